@@ -1,0 +1,40 @@
+# Quick start: `make test` and `make bench`. Both set up what is missing and are idempotent.
+# VENV=path reuses an existing environment instead of ./.venv.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.lmdeq-deps-stamp
+INSTALL_STAMP := $(VENV)/.lmdeq-install-stamp
+CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
+export CUDA_HOME ?= /usr/local/cuda
+export MAX_JOBS ?= 2
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: test bench install venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): requirements-dev.txt | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+$(INSTALL_STAMP): $(DEPS_STAMP) setup.py pyproject.toml $(CSRC)
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+venv: $(DEPS_STAMP)
+install: $(INSTALL_STAMP)
+
+test: $(INSTALL_STAMP)
+	$(PY) -m lmdeq.info
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests; there must be tests' >&2; exit 1; fi; exit $$rc
+
+bench: $(INSTALL_STAMP)
+	$(PY) -m lmdeq.cli bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build *.egg-info lmdeq/_C*.so lmdeq/_build_info.json $(INSTALL_STAMP)

@@ -1,0 +1,54 @@
+"""The ``lmdeq`` command line: ``lmdeq info | bench | train | eval``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _info(args):
+    from . import info
+
+    return info.main([])
+
+
+def _bench(args):
+    from .bench import cli as bench_cli
+
+    return bench_cli.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmdeq", description="Fast, provably convergent deep equilibrium models")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p_info = sub.add_parser("info", help="versions, build and the backend chosen for each op")
+    p_info.set_defaults(handler=_info)
+    from .bench import cli as bench_cli
+
+    p_bench = sub.add_parser("bench", help="run the benchmarks (default: the main one)")
+    bench_cli.add_arguments(p_bench)
+    p_bench.set_defaults(handler=_bench)
+    try:
+        from .train import cli as train_cli
+    except ImportError as exc:  # training needs torchvision; say so instead of hiding the commands
+        msg = f"training is unavailable: {exc}"
+
+        def _missing(args, msg=msg):
+            print(msg, file=sys.stderr)
+            return 2
+
+        for name in ("train", "eval"):
+            sub.add_parser(name, help=msg).set_defaults(handler=_missing)
+    else:
+        train_cli.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    rc = args.handler(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

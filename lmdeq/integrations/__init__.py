@@ -1,0 +1,1 @@
+"""Integrations with other DEQ libraries (optional dependencies)."""

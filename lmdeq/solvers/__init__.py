@@ -1,0 +1,35 @@
+"""Fixed-point solvers with TorchDEQ 0.1.0's contract:
+
+    solver(func, x0, max_iter=50, tol=1e-3, stop_mode='abs', indexing=None, **kwargs)
+        -> (z_star, trajectory, info)
+
+``x0`` is a tensor (batch first) or a list/tuple of tensors; residuals are per sample,
+abs = ||f(z) - z||, rel = abs / ||f(z)||. ``info`` holds TorchDEQ's keys (abs_lowest, rel_lowest,
+abs_trace, rel_trace, nstep, sradius) plus converged (B,) bool, result (:class:`Result`) and f_evals.
+"""
+from .anderson import anderson
+from .broyden import broyden
+from .fixed_point import fixed_point
+from .iterations import iterations_for
+from .tracking import Result, SolverError
+
+SOLVERS = {
+    "fixed_point": fixed_point,
+    "anderson": anderson,
+    "broyden": broyden,
+}
+_ALIASES = {"fixed_point_iter": "fixed_point", "picard": "fixed_point"}
+
+
+def get_solver(name):
+    """The solver called ``name`` (a callable is returned as is)."""
+    if callable(name):
+        return name
+    key = _ALIASES.get(name, name)
+    if key not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)} (or a callable), got {name!r}")
+    return SOLVERS[key]
+
+
+__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "get_solver", "SOLVERS",
+           "Result", "SolverError"]

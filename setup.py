@@ -1,0 +1,90 @@
+"""Build script for lmdeq.
+
+One extension, ``lmdeq._C``, is compiled from ``csrc/``:
+
+* the C++ CPU kernels (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) whenever torch is importable at build time;
+* the CUDA kernels (``csrc/cuda/*.cu``) when a CUDA toolkit (``nvcc`` under ``CUDA_HOME``) is present
+  *and* the installed torch is a CUDA build. The decision is made from the toolchain, never from
+  ``torch.cuda.is_available()``, so a CPU-only build machine still compiles (and checks) the CUDA code.
+
+Honoured environment variables: ``CUDA_HOME`` (default: /usr/local/cuda when it holds nvcc),
+``TORCH_CUDA_ARCH_LIST`` (default "9.0"), ``MAX_JOBS`` (parallel compile jobs, read by torch's
+BuildExtension), ``LMDEQ_BUILD_EXT=0`` (skip the extension), ``LMDEQ_BUILD_CUDA=0`` (CPU kernels only).
+
+Without torch at build time (e.g. an isolated ``pip install .``) the result is a pure-Python
+install: every op then runs on its Triton or plain-PyTorch backend.
+"""
+import glob
+import json
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+BUILD_INFO = os.path.join(ROOT, "lmdeq", "_build_info.json")
+
+
+def _find_cuda_home():
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    return None
+
+
+def _extensions():
+    if os.environ.get("LMDEQ_BUILD_EXT", "1") == "0":
+        return [], {}, {"extension": False, "reason": "LMDEQ_BUILD_EXT=0"}
+    try:
+        import torch
+    except ImportError:
+        return [], {}, {"extension": False, "reason": "torch was not importable at build time"}
+
+    cuda_home = _find_cuda_home()
+    want_cuda = os.environ.get("LMDEQ_BUILD_CUDA", "1") != "0"
+    with_cuda = bool(want_cuda and cuda_home and torch.version.cuda)
+    if with_cuda:
+        # cpp_extension reads CUDA_HOME when it is imported; set it first so its guess cannot win.
+        os.environ["CUDA_HOME"] = cuda_home
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    from torch.utils import cpp_extension
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    macros = []
+    if with_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        macros.append(("LMDEQ_WITH_CUDA", None))
+        ext_cls = cpp_extension.CUDAExtension
+        extra = {"cxx": cxx_flags + ["-DLMDEQ_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17", "-DLMDEQ_WITH_CUDA"]}
+    else:
+        ext_cls = cpp_extension.CppExtension
+        extra = {"cxx": cxx_flags}
+    if not sources:
+        return [], {}, {"extension": False, "reason": "no C++ sources under csrc/"}
+    ext = ext_cls("lmdeq._C", sources, extra_compile_args=extra, define_macros=macros,
+                  extra_link_args=["-fopenmp"])
+    if with_cuda:
+        cuda_reason = None
+    elif not want_cuda:
+        cuda_reason = "LMDEQ_BUILD_CUDA=0"
+    elif not cuda_home:
+        cuda_reason = "no CUDA toolkit (nvcc) found at build time"
+    else:
+        cuda_reason = "torch %s is not a CUDA build" % torch.__version__
+    info = {
+        "extension": True,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "with_cuda": with_cuda,
+        "cuda_reason": cuda_reason,
+        "cuda_home": cuda_home if with_cuda else None,
+        "arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+    }
+    return [ext], {"build_ext": cpp_extension.BuildExtension}, info
+
+
+ext_modules, cmdclass, build_info = _extensions()
+with open(BUILD_INFO, "w") as fh:
+    json.dump(build_info, fh, indent=1)
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,35 +1,71 @@
-"""``lmdeq bench``: argument parsing and dispatch to the benchmark suites."""
+"""``lmdeq bench``: argument parsing and dispatch to the benchmark suites.
+
+``lmdeq bench`` (suite ``speedup``, the main job) on a GPU runs cifar10-large at batch 128; without a GPU,
+or with ``--quick``, the CPU configuration: cifar10-small, batch 32, 3 timed steps per method.
+``lmdeq bench solvers`` times lmdeq's solvers against TorchDEQ's.
+"""
 from __future__ import annotations
 
 import json
 
 import torch
 
-SUITES = ("solvers",)
+SUITES = ("speedup", "solvers")
 
 
 def add_arguments(parser):
-    parser.add_argument("suite", nargs="?", default="solvers", choices=SUITES,
+    parser.add_argument("suite", nargs="?", default="speedup", choices=SUITES,
                         help="which benchmark (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default: 128 on GPU, 32 on CPU)")
-    parser.add_argument("--max-iter", type=int, default=18, help="f-evaluations per solve (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median reported)")
-    parser.add_argument("--quick", action="store_true", help="small configuration (smoke test)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: 128 on GPU, 32 on CPU / --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the CPU configuration (speedup: cifar10-small, batch 32, 3 steps)")
     parser.add_argument("--out", default="benchmarks/results", help="directory for result files")
+    sp = parser.add_argument_group("speedup")
+    sp.add_argument("--preset", default=None, help="model preset (default: cifar10-large on GPU, cifar10-small on CPU)")
+    sp.add_argument("--steps", type=int, default=None, help="timed steps per method (default: 10 GPU, 3 CPU)")
+    sp.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: 3 GPU, 1 CPU)")
+    sp.add_argument("--weights", action="append", default=[], metavar="CHECKPOINT",
+                    help="trained checkpoint from `lmdeq train` (repeat: one original, one Lipschitz)")
+    sp.add_argument("--data", default=None, help="take the batch from this dataset (default: random images)")
+    sp.add_argument("--methods", default="original,authors,lmdeq", help="comma-separated subset of methods")
+    sp.add_argument("--channels-last", action="store_true", help="fast path: channels_last memory format")
+    sp.add_argument("--bf16", action="store_true", help="fast path: bf16 autocast for f (GPU)")
+    sp.add_argument("--check-every", type=int, default=None, help="fast path: convergence read-back period")
+    sp.add_argument("--tag", default="", help="suffix for result file names")
+    so = parser.add_argument_group("solvers")
+    so.add_argument("--max-iter", type=int, default=18, help="f-evaluations per solve (default: %(default)s)")
+    so.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median reported)")
 
 
 def run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("lmdeq bench: --device cuda requested but no CUDA device is visible")
-    batch = args.batch or (128 if device.type == "cuda" else 32)
+    gpu = device.type == "cuda" and not args.quick
+    batch = args.batch or (128 if gpu else 32)
     if args.suite == "solvers":
         from .solvers import run as run_solvers
 
         kw = dict(device=device, batch=batch, max_iter=args.max_iter, repeats=args.repeats, out_dir=args.out)
         if args.quick:
             kw.update(batch=min(batch, 2), max_iter=min(args.max_iter, 4), repeats=1, problems=["mdeq-small"])
-        result = run_solvers(**kw)
-        print(json.dumps(result, indent=1))
+        print(json.dumps(run_solvers(**kw), indent=1))
+        return 0
+    from .speedup import METHODS, run as run_speedup
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise SystemExit(f"lmdeq bench: --methods must be a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
+    result = run_speedup(preset=args.preset or ("cifar10-large" if gpu else "cifar10-small"), batch=batch,
+                         device=device, steps=args.steps or (10 if gpu else 3),
+                         warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
+                         weights=args.weights, methods=methods, data=args.data,
+                         channels_last=args.channels_last, bf16=args.bf16, check_every=args.check_every,
+                         out_dir=args.out, tag=args.tag)
+    print(result["table"])
+    if result.get("files"):
+        print("\nwrote " + ", ".join(result["files"]))
     return 0

@@ -1,0 +1,221 @@
+"""The speed-up benchmark (``lmdeq bench``): original MDEQ vs the authors' Lipschitz MDEQ vs lmdeq's fast path.
+
+Measured on one device, in one run, with the same batch, the same weights policy and the same data:
+
+* (a) ``original`` — lmdeq's faithful original MDEQ: Broyden, 18/20 (large) or 22/22 (small) iterations,
+  relative tolerance 1e-3, eager;
+* (b) ``authors`` — the Lipschitz MDEQ as the authors release it: Anderson (m=6, lam=1e-4, 18/20
+  iterations, rel 1e-3, a host sync per iteration), eager, and after every optimiser step the cap of
+  each conv's *reshaped kernel matrix* norm (``constraint='authors'``) instead of lmdeq's certified
+  operator-norm parametrisation;
+* (c) ``lmdeq`` — the fast path: certified Lipschitz MDEQ, fused kernels, fixed-point solves capped by
+  the a-priori iteration count of the certified bound with device-side convergence checks read back every
+  ``check_every`` steps; on GPU optionally channels_last and bf16 autocast for f.
+
+Per method: ms per training step (forward solve + backward solve + optimiser step + constraint upkeep),
+ms per inference batch, forward/backward f-evaluations and final relative residuals (from the last
+timed step), peak device memory, and the ratios a/b, a/c, b/c; on random-init weights and, with
+``--weights CHECKPOINT`` (from ``lmdeq train``; repeatable, one per variant), on trained weights.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .device import device_slug, environment, median, sync, time_call
+from .report import bar_chart, markdown_table
+
+__all__ = ["METHODS", "method_config", "measure", "run"]
+
+METHODS = ("original", "authors", "lmdeq")
+LABELS = {"original": "(a) original MDEQ", "authors": "(b) authors' Lipschitz MDEQ", "lmdeq": "(c) lmdeq fast path"}
+
+
+def method_config(method: str, preset: str, check_every: Optional[int] = None) -> dict:
+    """mdeq() keyword arguments of a benchmark method."""
+    from ..models import AUTHORS_SOLVER
+
+    if method == "original":
+        return dict(preset=preset, lipschitz=False)
+    if method == "authors":
+        kw = copy.deepcopy(AUTHORS_SOLVER)
+        kw["solver_kwargs"] = {**kw["solver_kwargs"], "lam": 1e-4, "check_every": 1}
+        kw["b_solver_kwargs"] = {**kw["b_solver_kwargs"], "lam": 1e-4, "check_every": 1}
+        return dict(preset=preset, lipschitz=True, constraint="authors", **kw)
+    if method == "lmdeq":
+        kw = dict(preset=preset, lipschitz=True)
+        if check_every is not None:
+            kw.update(solver_kwargs={"check_every": check_every}, b_solver_kwargs={"check_every": check_every})
+        return kw
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:
+    """Load the first checkpoint of the model's variant (original / Lipschitz); return its path."""
+    for ckpt in checkpoints:
+        if bool(ckpt["model_config"].get("lipschitz")) == bool(model.config["lipschitz"]) and \
+                ckpt["model_config"].get("preset") == model.config["preset"]:
+            missing, unexpected = model.load_state_dict(ckpt["model_state"], strict=False)
+            # Buffers of the certified parametrisation (norm estimates) may be absent in (b); parameters may not.
+            params = {n for n, _ in model.named_parameters()}
+            if params & set(missing):
+                raise ValueError(f"checkpoint {ckpt['path']} lacks parameters {sorted(params & set(missing))[:5]}")
+            return ckpt["path"]
+    return None
+
+
+def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e-3,
+            autocast_dtype: Optional[torch.dtype] = None) -> Dict:
+    """Time training steps and inference batches of ``model`` on (x, y); solver stats from the last step."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else torch.autocast(device.type, enabled=False))
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        if hasattr(model, "constraint_step"):
+            model.constraint_step()
+
+    def infer():
+        with torch.no_grad(), autocast:
+            model(x)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    train_times = time_call(train_step, device, repeats=steps, warmup=warmup)
+    train_info = dict(model.last_info)
+    peak_train = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    infer_times = time_call(infer, device, repeats=steps, warmup=warmup)
+    eval_info = dict(model.last_info)
+    peak_eval = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    sync(device)
+    return {
+        "train_ms": 1e3 * median(train_times), "infer_ms": 1e3 * median(infer_times),
+        "train_ms_all": [1e3 * t for t in train_times], "infer_ms_all": [1e3 * t for t in infer_times],
+        "f_evals": train_info.get("f_nstep"), "b_evals": train_info.get("b_nstep"),
+        "f_residual": train_info.get("f_residual"), "b_residual": train_info.get("b_residual"),
+        "infer_f_evals": eval_info.get("f_nstep"), "infer_f_residual": eval_info.get("f_residual"),
+        "peak_train_mib": peak_train, "peak_infer_mib": peak_eval,
+        "lipschitz_bound": model.lipschitz_bound() if hasattr(model, "lipschitz_bound") else None,
+    }
+
+
+def _ratios(rows: List[Dict]) -> Dict[str, float]:
+    by = {r["method"]: r for r in rows}
+    out = {}
+    for num, den, name in (("original", "authors", "a/b"), ("original", "lmdeq", "a/c"), ("authors", "lmdeq", "b/c")):
+        if num in by and den in by:
+            out[f"train {name}"] = by[num]["train_ms"] / by[den]["train_ms"]
+            out[f"infer {name}"] = by[num]["infer_ms"] / by[den]["infer_ms"]
+    return out
+
+
+def _batch(preset_batch: int, device, data: Optional[str], seed: int):
+    """One batch of images and labels: real CIFAR-10 images from ``data`` if given, else N(0, 1) images."""
+    g = torch.Generator().manual_seed(seed)
+    if data:
+        from ..train.batches import eval_batches
+        from ..train.sources import load_source
+        from ..train.split import stratified_subset
+
+        images = load_source(data).train
+        picked = images.subset(stratified_subset(images.labels, len(images.classes), preset_batch, seed, "bench"))
+        x, y = next(iter(eval_batches(picked, preset_batch)))
+    else:
+        x = torch.randn(preset_batch, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (preset_batch,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int = 3, warmup: int = 1,
+        weights: Optional[List[str]] = None, methods=METHODS, data: Optional[str] = None, seed: int = 0,
+        channels_last: bool = False, bf16: bool = False, check_every: Optional[int] = None,
+        out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
+    """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict."""
+    from ..models import mdeq
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    device = torch.device(device)
+    x, y = _batch(batch, device, data, seed)
+    checkpoints = []
+    for path in weights or []:
+        from ..train.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        ckpt["path"] = path
+        checkpoints.append(ckpt)
+    weight_sets = ["init"] + (["trained"] if checkpoints else [])
+    rows: List[Dict] = []
+    for wset in weight_sets:
+        for method in methods:
+            torch.manual_seed(seed)
+            model = mdeq(**method_config(method, preset, check_every if method == "lmdeq" else None))
+            source = "random init (seed %d)" % seed
+            if wset == "trained":
+                loaded = _load_weights(model, checkpoints)
+                if loaded is None:
+                    log(f"{method}: no --weights checkpoint of this variant/preset; skipped on trained weights")
+                    continue
+                source = loaded
+            model = model.to(device)
+            xm = x
+            fast = method == "lmdeq"
+            if fast and channels_last:
+                model = model.to(memory_format=torch.channels_last)
+                xm = x.contiguous(memory_format=torch.channels_last)
+            log(f"[{wset}] {LABELS[method]}: timing {steps} training steps and {steps} inference batches ...")
+            m = measure(model, xm, y, device, steps=steps, warmup=warmup,
+                        autocast_dtype=torch.bfloat16 if (fast and bf16) else None)
+            row = {"weights": wset, "weights_source": source, "method": method, "label": LABELS[method], **m}
+            rows.append(row)
+            log(f"    train {m['train_ms']:.1f} ms  infer {m['infer_ms']:.1f} ms  f/b evals "
+                f"{m['f_evals']}/{m['b_evals']}  f_res {m['f_residual']}")
+    ratios = {w: _ratios([r for r in rows if r["weights"] == w]) for w in weight_sets}
+    result = {"benchmark": "speedup", "env": environment(device), "preset": preset, "batch": batch,
+              "steps": steps, "warmup": warmup, "data": data or "random N(0,1) images", "seed": seed,
+              "fast_path": {"channels_last": channels_last, "bf16_autocast": bf16, "cuda_graphs": False,
+                            "check_every": check_every},
+              "rows": rows, "ratios": ratios}
+    result["table"] = table(result)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        stem = os.path.join(out_dir, f"speedup-{device_slug(device)}{tag}")
+        with open(stem + ".json", "w") as fh:
+            json.dump(result, fh, indent=1)
+        groups = [f"{r['weights']}\n{r['method']}" for r in rows]
+        bar_chart(stem + ".png", f"lmdeq speed-up, {preset}, batch {batch}, {result['env']['device']}",
+                  groups, {"train ms/step": [r["train_ms"] for r in rows],
+                           "inference ms/batch": [r["infer_ms"] for r in rows]}, "milliseconds")
+        result["files"] = [stem + ".json", stem + ".png"]
+    return result
+
+
+def table(result: Dict) -> str:
+    """The Markdown report: per-method rows, then the ratios."""
+    cols = ["weights", "label", "train_ms", "infer_ms", "f_evals", "b_evals", "f_residual", "b_residual",
+            "infer_f_evals", "peak_train_mib", "lipschitz_bound"]
+    heads = ["weights", "method", "train ms/step", "infer ms/batch", "fwd f-evals", "bwd evals", "fwd rel res",
+             "bwd rel res", "infer f-evals", "peak MiB (train)", "L bound"]
+    text = markdown_table(result["rows"], cols, heads)
+    ratio_rows = [{"weights": w, **{k: v for k, v in r.items()}} for w, r in result["ratios"].items()]
+    if ratio_rows:
+        keys = ["weights"] + sorted({k for r in ratio_rows for k in r if k != "weights"})
+        text += "\n\n" + markdown_table(ratio_rows, keys)
+    env = result["env"]
+    return (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; preset {result['preset']}, "
+            f"batch {result['batch']}, median of {result['steps']} steps\n\n" + text)

@@ -1,0 +1,157 @@
+"""Multiscale fusion of the MDEQ cell and the post-fusion layers, with their Lipschitz bounds.
+
+Branch i has C_i channels at resolution r_i = r_0 / 2^i. For branches j != i a path F_ij maps branch j
+to branch i:
+
+* downsampling (j < i, k = i - j levels): k stride-2 3x3 convs, each followed by GroupNorm, with the
+  activation between them:  Lip(F_ij) <= prod_t (c_t g_t) * s^(k - 1);
+* upsampling (j > i, k = j - i levels): 1x1 conv, GroupNorm, nearest upsampling by 2^k. Nearest
+  upsampling copies each value 2^k x 2^k times, so its l2 norm is 2^k:  Lip(F_ij) <= c g 2^k.
+
+Fused input of branch i:  y_i = m_ii b_i + sum_{j != i} m_ij F_ij(b_j) with m = 1 everywhere for the
+original MDEQ (plain sum) and, for the Lipschitz MDEQ, m_ii = 1 - beta, m_ij = beta w_ij with
+w_ij = softmax_j(-p_ij) over j != i, p_ij = j - i for upsampling paths and 0 for downsampling.
+Post-fusion:  f_i = GN_noaffine(conv1x1(act(y_i))),  Lip(post_i) <= s c g.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .cell_options import CellOptions
+
+__all__ = ["DownsamplePath", "UpsamplePath", "PostFusion", "MultiscaleFusion", "fusion_coefficients"]
+
+
+class DownsamplePath(nn.Module):
+    """Branch j -> branch i > j: chain of (stride-2 conv3x3, GN) with the activation in between."""
+
+    def __init__(self, channels: Sequence[int], resolutions: Sequence[int], j: int, i: int, options: CellOptions):
+        super().__init__()
+        self.levels = i - j
+        self.convs, self.norms, self.acts = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for t in range(self.levels):
+            c_out = channels[i] if t == self.levels - 1 else channels[j]
+            res = resolutions[j + t]
+            self.convs.append(options.conv(channels[j], c_out, 3, stride=2, input_size=(res, res)))
+            self.norms.append(options.norm(options.num_groups, c_out))
+            if t < self.levels - 1:
+                self.acts.append(options.act())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for t in range(self.levels):
+            x = self.norms[t](self.convs[t](x))
+            if t < self.levels - 1:
+                x = self.acts[t](x)
+        return x
+
+    def lipschitz(self):
+        """prod_t (c_t g_t) * s^(levels - 1)."""
+        bound = 1.0
+        for conv, norm in zip(self.convs, self.norms):
+            bound = bound * conv.lipschitz() * norm.lipschitz()
+        for act in self.acts:
+            bound = bound * act.lipschitz()
+        return bound
+
+
+class UpsamplePath(nn.Module):
+    """Branch j -> branch i < j: conv1x1, GN, nearest upsampling by 2^(j - i)."""
+
+    def __init__(self, channels: Sequence[int], j: int, i: int, options: CellOptions):
+        super().__init__()
+        self.levels = j - i
+        self.conv = options.conv(channels[j], channels[i], 1)
+        self.norm = options.norm(options.num_groups, channels[i])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.norm(self.conv(x)), scale_factor=2 ** self.levels, mode="nearest")
+
+    def lipschitz(self):
+        """c g 2^levels (nearest upsampling by k has l2 norm k)."""
+        return self.conv.lipschitz() * self.norm.lipschitz() * 2.0 ** self.levels
+
+
+class PostFusion(nn.Module):
+    """act, conv1x1, GroupNorm without affine (num_groups // 2 groups)."""
+
+    def __init__(self, channels: int, options: CellOptions):
+        super().__init__()
+        self.act = options.act()
+        self.conv = options.conv(channels, channels, 1, weight_norm=options.weight_norm)
+        self.norm = options.norm(max(1, options.num_groups // 2), channels, affine=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(self.act(y)))
+
+    def lipschitz(self):
+        return self.act.lipschitz() * self.conv.lipschitz() * self.norm.lipschitz()
+
+
+def fusion_coefficients(num_branches: int, lipschitz: bool, beta: float) -> List[List[float]]:
+    """m_ij of y_i = sum_j m_ij F_ij(b_j): all 1 (original), else 1 - beta and beta softmax_j(-p_ij)."""
+    n = num_branches
+    if not lipschitz:
+        return [[1.0] * n for _ in range(n)]
+    m = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        logits = [-(j - i) if j > i else 0.0 for j in others]
+        top = max(logits)
+        exps = [math.exp(v - top) for v in logits]
+        total = sum(exps)
+        m[i][i] = 1.0 - beta
+        for j, e in zip(others, exps):
+            m[i][j] = beta * e / total
+    return m
+
+
+class MultiscaleFusion(nn.Module):
+    """f_i = post_i(sum_j m_ij F_ij(b_j)) with F_ii = identity; see the module docstring."""
+
+    def __init__(self, channels: Sequence[int], resolutions: Sequence[int], options: CellOptions):
+        super().__init__()
+        n = len(channels)
+        self.coefficients = fusion_coefficients(n, options.lipschitz, options.beta)
+        self.paths = nn.ModuleList()
+        for i in range(n):
+            row = nn.ModuleList()
+            for j in range(n):
+                if j == i:
+                    row.append(nn.Identity())
+                elif j < i:
+                    row.append(DownsamplePath(channels, resolutions, j, i, options))
+                else:
+                    row.append(UpsamplePath(channels, j, i, options))
+            self.paths.append(row)
+        self.post = nn.ModuleList(PostFusion(c, options) for c in channels)
+
+    def forward(self, blocks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        out = []
+        for i, row in enumerate(self.paths):
+            y = 0
+            for j, path in enumerate(row):
+                m = self.coefficients[i][j]
+                if m != 0.0:
+                    term = path(blocks[j])
+                    y = y + (term if m == 1.0 else m * term)
+            out.append(self.post[i](y))
+        return out
+
+    def path_bounds(self) -> List[List[object]]:
+        """L_ij = m_ij Lip(F_ij) (m_ii on the diagonal; None where m_ij = 0, i.e. no path)."""
+        n = len(self.paths)
+        bounds = [[None] * n for _ in range(n)]
+        for i, row in enumerate(self.paths):
+            for j, path in enumerate(row):
+                m = self.coefficients[i][j]
+                if m != 0.0:
+                    bounds[i][j] = m if i == j else m * path.lipschitz()
+        return bounds
+
+    def post_bounds(self) -> List[object]:
+        return [p.lipschitz() for p in self.post]

@@ -1,0 +1,69 @@
+"""HRNet-style classification head of the MDEQ classifier (outside f).
+
+Per branch i a bottleneck block raises C_i to 4 h_i channels; starting at the highest resolution, a
+stride-2 conv3x3-BN-ReLU chain carries the running sum down one level at a time
+(y <- bottleneck_{i+1}(z_{i+1}) + down_i(y)); then a 1x1 conv to the final width, BN, ReLU, global
+average pooling and a linear classifier.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .stem import BN_MOMENTUM
+
+__all__ = ["Bottleneck", "ClassificationHead"]
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4 channels) with BN (no affine) and a projected residual."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int):
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes, momentum=BN_MOMENTUM, affine=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, momentum=BN_MOMENTUM, affine=False)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out, momentum=BN_MOMENTUM, affine=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.project = None
+        if in_channels != out:
+            self.project = nn.Sequential(nn.Conv2d(in_channels, out, 1, bias=False),
+                                         nn.BatchNorm2d(out, momentum=BN_MOMENTUM))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        residual = x if self.project is None else self.project(x)
+        return self.relu(out + residual)
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, channels: Sequence[int], head_channels: Sequence[int], final_channels: int,
+                 num_classes: int):
+        super().__init__()
+        widths = [h * Bottleneck.expansion for h in head_channels]
+        self.increase = nn.ModuleList(Bottleneck(c, h) for c, h in zip(channels, head_channels))
+        self.downsample = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1, bias=True),
+                          nn.BatchNorm2d(widths[i + 1], momentum=BN_MOMENTUM),
+                          nn.ReLU(inplace=True))
+            for i in range(len(channels) - 1))
+        self.final = nn.Sequential(nn.Conv2d(widths[-1], final_channels, 1),
+                                   nn.BatchNorm2d(final_channels, momentum=BN_MOMENTUM),
+                                   nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(final_channels, num_classes)
+
+    def forward(self, z: Sequence[torch.Tensor]) -> torch.Tensor:
+        y = self.increase[0](z[0])
+        for i, down in enumerate(self.downsample):
+            y = self.increase[i + 1](z[i + 1]) + down(y)
+        y = self.final(y)
+        return self.classifier(y.mean(dim=(2, 3)))

@@ -1,0 +1,80 @@
+"""Group normalisations of the MDEQ cell.
+
+* :class:`StandardGroupNorm` (original MDEQ): y = gamma (x - mean_g x) / sqrt(var_g x + eps) + beta.
+  Dividing by the group's standard deviation makes it scale invariant, hence not globally Lipschitz
+  (its gain grows like 1/sqrt(eps) near constant inputs): its bound is inf.
+* :class:`MeanOnlyGroupNorm` (Lipschitz MDEQ): y = gamma_eff (x - mean_g x) + beta with
+  gamma_eff = clamp(gamma, -gamma_max, gamma_max). Per sample, x -> x - mean_g x is an orthogonal
+  projection (norm 1), and the per-channel scale has norm max |gamma_eff| <= gamma_max, so the layer is
+  max|gamma_eff|-Lipschitz in l2 (1 without affine). The clip sits in the forward pass, so no optimiser
+  step can undo it; :meth:`MeanOnlyGroupNorm.project_` also clips the stored parameter so that its
+  gradient stays alive.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MeanOnlyGroupNorm", "StandardGroupNorm", "group_norm"]
+
+
+class StandardGroupNorm(nn.GroupNorm):
+    """torch's GroupNorm with a :meth:`lipschitz` that states it has no finite global bound."""
+
+    def lipschitz(self) -> float:
+        return float("inf")
+
+
+class MeanOnlyGroupNorm(nn.Module):
+    """y = clamp(gamma, +-gamma_max) * (x - mean over (group, H, W)) + beta; no division by the std."""
+
+    def __init__(self, num_groups: int, num_channels: int, affine: bool = True, gamma_max: float = 1.0):
+        super().__init__()
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.gamma_max = float(gamma_max)
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_channels))
+            self.bias = nn.Parameter(torch.zeros(num_channels))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def effective_gamma(self):
+        """gamma clipped to [-gamma_max, gamma_max] (None without affine)."""
+        if self.weight is None:
+            return None
+        return self.weight.clamp(-self.gamma_max, self.gamma_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        xg = x.reshape(b, self.num_groups, -1)
+        out = (xg - xg.mean(dim=-1, keepdim=True)).reshape(x.shape)
+        if self.weight is None:
+            return out
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        return out * self.effective_gamma().reshape(shape) + self.bias.reshape(shape)
+
+    def lipschitz(self) -> torch.Tensor | float:
+        """max |gamma_eff| (a 0-d tensor), or 1 without affine."""
+        gamma = self.effective_gamma()
+        return 1.0 if gamma is None else gamma.detach().abs().max()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clip the stored gamma into [-gamma_max, gamma_max] in place."""
+        if self.weight is not None:
+            self.weight.clamp_(-self.gamma_max, self.gamma_max)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, affine={self.weight is not None}, "
+                f"gamma_max={self.gamma_max}")
+
+
+def group_norm(lipschitz: bool, num_groups: int, num_channels: int, affine: bool, gamma_max: float = 1.0):
+    """The cell's group norm: mean-only with a gamma cap for the Lipschitz variant, else standard."""
+    if lipschitz:
+        return MeanOnlyGroupNorm(num_groups, num_channels, affine=affine, gamma_max=gamma_max)
+    return StandardGroupNorm(num_groups, num_channels, affine=affine)

@@ -1,0 +1,52 @@
+"""The per-branch residual block of the MDEQ cell (MDEQ's BasicBlock), with its Lipschitz bound.
+
+    u    = act(gn1(conv1 z))                  conv1: C -> eC, 3x3
+    v    = gn2(drop(conv2 u) + injection)     conv2: eC -> C, 3x3; drop: variational dropout
+    b(z) = gn3(act(a_res z + a_f v))          (a_res, a_f) = (1, 1) original, (1 - alpha, alpha) Lipschitz
+
+The injection does not depend on z, so in l2 (per sample)
+
+    Lip(b) <= g3 * s * (a_res + a_f * g2 * d * c2 * s * g1 * c1)
+
+with c = conv norm bounds, g = GroupNorm bounds (max |gamma|), s = activation slope, d = dropout
+scaling (1/(1-p) in training mode, 1 in eval mode).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cell_options import CellOptions
+from .dropout import VariationalDropout2d
+
+__all__ = ["ResidualBlock"]
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, resolution: int, options: CellOptions):
+        super().__init__()
+        inner = options.expansion * channels
+        size = (resolution, resolution)
+        self.conv1 = options.conv(channels, inner, 3, input_size=size, weight_norm=options.weight_norm)
+        self.gn1 = options.norm(options.num_groups, inner)
+        self.act1 = options.act()
+        self.conv2 = options.conv(inner, channels, 3, input_size=size, weight_norm=options.weight_norm)
+        self.drop = VariationalDropout2d(options.dropout)
+        self.gn2 = options.norm(options.num_groups, channels)
+        self.act3 = options.act()
+        self.gn3 = options.norm(options.num_groups, channels)
+        self.a_res, self.a_f = options.residual_coefficients()
+
+    def forward(self, z: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
+        v = self.drop(self.conv2(self.act1(self.gn1(self.conv1(z)))))
+        if injection is not None:
+            v = v + injection
+        v = self.gn2(v)
+        mixed = z + v if self.a_res == 1.0 and self.a_f == 1.0 else self.a_res * z + self.a_f * v
+        return self.gn3(self.act3(mixed))
+
+    def lipschitz(self):
+        """g3 s (a_res + a_f g2 d c2 s g1 c1); see the module docstring."""
+        inner = (self.gn2.lipschitz() * self.drop.lipschitz() * self.conv2.lipschitz() * self.act1.lipschitz()
+                 * self.gn1.lipschitz() * self.conv1.lipschitz())
+        return self.gn3.lipschitz() * self.act3.lipschitz() * (self.a_res + self.a_f * inner)

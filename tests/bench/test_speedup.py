@@ -1,0 +1,78 @@
+"""The speed-up benchmark's --quick path runs end to end and reports consistent fields (no timing
+thresholds), and the sync-free solve gives the same result as the checked solve."""
+import json
+import math
+
+import pytest
+import torch
+
+from lmdeq.bench import speedup
+from lmdeq.cli import main
+from lmdeq.models import mdeq
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return speedup.run(preset="cifar10-small", batch=2, steps=1, warmup=0, out_dir=str(out), log=lambda m: None)
+
+
+def test_rows_and_fields(result):
+    rows = result["rows"]
+    assert [r["method"] for r in rows] == ["original", "authors", "lmdeq"]
+    for r in rows:
+        assert r["weights"] == "init"
+        assert r["train_ms"] > 0 and r["infer_ms"] > 0 and len(r["train_ms_all"]) == 1
+        assert isinstance(r["f_evals"], int) and r["f_evals"] >= 1
+        assert isinstance(r["b_evals"], int) and r["b_evals"] >= 1
+        assert math.isfinite(r["f_residual"]) and math.isfinite(r["b_residual"])
+    by = {r["method"]: r for r in rows}
+    # The original MDEQ runs its fixed Broyden budget (22/22 for cifar10-small) unless it converges.
+    assert by["original"]["f_evals"] <= 22 and by["original"]["b_evals"] <= 22
+    assert by["authors"]["f_evals"] <= 18 and by["authors"]["b_evals"] <= 20
+    assert math.isinf(by["original"]["lipschitz_bound"])
+    assert by["lmdeq"]["lipschitz_bound"] < 1.0
+    ratios = result["ratios"]["init"]
+    assert set(ratios) == {f"{k} {r}" for k in ("train", "infer") for r in ("a/b", "a/c", "b/c")}
+    assert ratios["train a/c"] == pytest.approx(by["original"]["train_ms"] / by["lmdeq"]["train_ms"])
+
+
+def test_files_written(result):
+    js, png = result["files"]
+    with open(js) as fh:
+        saved = json.load(fh)
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    assert saved["env"]["torch"] == torch.__version__
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "(c) lmdeq fast path" in result["table"] and "train a/c" in result["table"]
+
+
+def test_cli_quick_path(tmp_path, capsys):
+    rc = main(["bench", "--quick", "--batch", "2", "--steps", "1", "--warmup", "0", "--methods", "lmdeq",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "(c) lmdeq fast path" in out and "cifar10-small" in out
+    assert (tmp_path / next(p.name for p in tmp_path.iterdir() if p.suffix == ".json")).exists()
+
+
+def test_cli_rejects_unknown_method(tmp_path):
+    with pytest.raises(SystemExit, match="--methods"):
+        main(["bench", "--quick", "--methods", "fast", "--out", str(tmp_path)])
+
+
+def test_sync_free_solve_matches_checked_solve():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    free = mdeq("cifar10-small", solve_mode="apriori").eval()
+    with torch.no_grad():
+        logits_free = free(x)
+    n = free.last_info["f_nstep"]
+    checked = mdeq("cifar10-small", f_max_iter=n, f_tol=1e-30,
+                   solver_kwargs={"return_final": True}).eval()
+    checked.load_state_dict(free.state_dict())
+    with torch.no_grad():
+        logits_checked = checked(x)
+    assert checked.last_info["f_nstep"] == n
+    assert torch.equal(logits_free, logits_checked)

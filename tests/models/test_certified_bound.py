@@ -1,0 +1,136 @@
+"""The certified bound: measured ||J_f|| <= lipschitz_bound(), conv estimates within the margin, L < 1
+for the Lipschitz presets, and the a-priori iteration counts."""
+import math
+
+import pytest
+import torch
+
+from lmdeq import solvers
+from lmdeq.models import mdeq
+from lmdeq.models.apriori import apriori_iterations
+
+from .tiny import TINY2, TINY3, conv_norm_upper_bound, jacobian_spectral_norm, scale_weights_, state_norm
+
+
+def _model(tiny, seed, **kw):
+    torch.manual_seed(seed)
+    return mdeq("cifar10-small", **tiny, **kw).double()
+
+
+@pytest.mark.parametrize("tiny,adversarial", [(TINY2, False), (TINY3, False), (TINY2, True), (TINY3, True)],
+                         ids=["2br-init", "3br-init", "2br-scaled", "3br-scaled"])
+def test_jacobian_norm_never_exceeds_bound(tiny, adversarial):
+    model = _model(tiny, seed=10)
+    if adversarial:  # blow every conv and gamma up, then re-constrain as the trainer would
+        scale_weights_(model, conv_factor=1e3, gamma_factor=6.0)
+        model.constraint_step(n_iter=model.config["init_power_iters"])
+        assert all(float(c.lipschitz()) == pytest.approx(model.config["conv_cap"]) for c in model.cell.convs())
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 3, 32, 32, generator=gen, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        bound = model.lipschitz_bound()
+        assert 0.0 < bound < 1.0
+        f, z0 = model.fixed_point_problem(x)
+        # train: at a random state; eval: at the initial state z0 = 0
+        point = [3.0 * torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in z0] if mode == "train" else z0
+        measured = jacobian_spectral_norm(f, point)
+        assert measured <= bound, f"{mode}: ||J_f|| ~ {measured:.4f} exceeds the bound {bound:.4f}"
+
+
+def test_conv_estimates_are_within_the_margin_at_real_sizes():
+    # The certificate assumes ||A_W|| <= (1 + margin) sigma_hat; check it with exact or rigorous upper
+    # bounds at the layers' real input sizes, after construction and after a warm refresh.
+    model = _model(TINY3, seed=12, init_power_iters=30)
+    margin = model.config["sigma_margin"]
+    for refresh in (False, True):
+        if refresh:
+            with torch.no_grad():
+                for conv in model.cell.convs():
+                    for p in conv.parameters():
+                        p.add_(0.05 * p.abs().mean() * torch.randn_like(p))
+            model.constraint_step()
+        for conv in model.cell.convs():
+            hw = tuple(conv.power_vector.shape[-2:]) if conv.kernel_size > 1 else (1, 1)
+            upper = conv_norm_upper_bound(conv.unscaled_weight(), hw, conv.stride)
+            est = float(conv.sigma)
+            assert est <= upper * (1 + 1e-6)
+            assert upper <= (1 + margin) * est, f"{conv}: true norm <= {upper:.5f}, estimate {est:.5f}"
+
+
+@pytest.mark.parametrize("preset", ["cifar10-small", "cifar10-large"])
+def test_presets_bound_is_below_one_even_with_every_conv_at_its_cap(preset):
+    torch.manual_seed(13)
+    model = mdeq(preset, init_power_iters=1)
+    at_init = model.lipschitz_bound()
+    scale_weights_(model, conv_factor=1e3, gamma_factor=10.0)
+    model.constraint_step(n_iter=1)   # scaled by 1e3, every estimate is far above the cap
+    worst = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        worst[mode] = model.lipschitz_bound()
+        assert at_init < 1.0 and worst[mode] < 1.0
+    assert worst["eval"] < worst["train"]   # dropout's 1/(1-p) enters in training mode only
+    original = mdeq(preset, lipschitz=False)
+    assert original.lipschitz_bound() == math.inf
+    original.constraint_step()   # no-op, no error
+
+
+@pytest.mark.parametrize("L", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("tau", [1.0, 0.7])
+def test_apriori_count_certifies_relative_residual_on_a_linear_contraction(L, tau):
+    # f(z) = L Q z + b (Q orthogonal) from z0 = 0: the worst-case direction for the residual bound.
+    torch.manual_seed(14)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    b = torch.randn(3, 12, dtype=torch.float64)
+    tol = 1e-4
+    n = apriori_iterations(L, tol, tau)
+    z, _, _ = solvers.fixed_point(lambda z: L * z @ q.T + b, torch.zeros_like(b), iterations=n, tau=tau)
+    fz = L * z @ q.T + b
+    rel = ((fz - z).norm(dim=1) / fz.norm(dim=1)).max()
+    assert rel <= tol
+    with pytest.raises(RuntimeError, match="not < 1"):
+        apriori_iterations(1.0, tol)
+
+
+@pytest.mark.parametrize("adversarial", [False, True], ids=["init", "scaled"])
+def test_model_solve_reaches_tolerance_within_the_apriori_count(adversarial):
+    model = _model(TINY2, seed=15, f_tol=1e-4)
+    if adversarial:
+        scale_weights_(model, conv_factor=40.0, gamma_factor=6.0)
+        model.constraint_step(n_iter=model.config["init_power_iters"])
+    model.eval()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    count = apriori_iterations(model.lipschitz_bound(), 1e-4)
+    # Checked mode (default): stops early, never needs more than the count.
+    with torch.no_grad():
+        model(x)
+    info = model.last_info
+    assert info["converged"] == 1.0 and info["f_nstep"] <= count
+    # A-priori mode: exactly `count` unchecked steps; measure the returned point's residual directly.
+    f, z0 = model.fixed_point_problem(x)
+    with torch.no_grad():
+        z, _, sinfo = solvers.fixed_point(f, z0, iterations=count)
+        fz = f(z)
+    for b in range(x.shape[0]):
+        res = state_norm([a[b] - c[b] for a, c in zip(fz, z)]) / state_norm([a[b] for a in fz])
+        assert res <= 1e-4
+    assert sinfo["f_evals"] == count
+
+
+def test_original_converges_worse_than_lipschitz_on_the_same_input(record_property, capsys):
+    # Measured, not assumed: each variant with its default solver on the same input (eval mode).
+    torch.manual_seed(16)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    residual = {}
+    for lip in (False, True):
+        model = mdeq("cifar10-small", lipschitz=lip, **TINY2).double().eval()
+        with torch.no_grad():
+            model(x)
+        residual[lip] = model.last_info["f_residual"]
+        record_property(f"f_residual_lipschitz_{lip}", residual[lip])
+    with capsys.disabled():
+        print(f"\n[models] final relative residual: original {residual[False]:.3e} (Broyden, 22 steps), "
+              f"Lipschitz {residual[True]:.3e} (fixed point)")
+    assert residual[True] <= 1e-3
+    assert all(math.isfinite(r) for r in residual.values())

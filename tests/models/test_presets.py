@@ -1,0 +1,98 @@
+"""Presets, parameter counts, config round trip, and clear errors for bad configs."""
+import json
+
+import pytest
+import torch
+
+from lmdeq.models import AUTHORS_SOLVER, PRESETS, mdeq
+
+from .tiny import TINY2
+
+
+@pytest.mark.parametrize("preset,expected", [("cifar10-small", 159e3), ("cifar10-large", 11.1e6)])
+@pytest.mark.parametrize("lipschitz", [False, True])
+def test_preset_parameter_counts(preset, expected, lipschitz):
+    kw = {"init_power_iters": 1} if lipschitz else {}
+    model = mdeq(preset, lipschitz=lipschitz, **kw)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - expected) / expected < 0.01, count
+
+
+def test_presets_are_named():
+    assert set(PRESETS) == {"cifar10-large", "cifar10-small"}
+
+
+@pytest.mark.parametrize("lipschitz", [False, True])
+def test_config_round_trip_rebuilds_the_same_model(lipschitz):
+    torch.manual_seed(0)
+    extra = {} if lipschitz else {"f_max_iter": 4, "b_max_iter": 4}   # keep Broyden short on CPU
+    model = mdeq("cifar10-small", lipschitz=lipschitz, **TINY2, **extra).eval()
+    config = json.loads(json.dumps(model.config))       # JSON-serialisable
+    assert config["preset"] == "cifar10-small" and config["lipschitz"] is lipschitz
+    clone = mdeq(**config).eval()
+    assert clone.config == model.config
+    clone.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(clone(x), model(x), rtol=1e-5, atol=1e-6)
+    if lipschitz:
+        assert clone.lipschitz_bound() == pytest.approx(model.lipschitz_bound(), rel=1e-5)
+
+
+def test_variant_defaults():
+    orig = mdeq("cifar10-large", lipschitz=False).config
+    assert (orig["solver"], orig["b_solver"], orig["f_max_iter"], orig["b_max_iter"]) == ("broyden", "broyden", 18, 20)
+    assert (orig["f_tol"], orig["stop_mode"]) == (1e-3, "rel")
+    small = mdeq("cifar10-small", lipschitz=False).config
+    assert (small["f_max_iter"], small["b_max_iter"], small["dropout"]) == (22, 22, 0.25)
+    lip = mdeq("cifar10-small", init_power_iters=1).config
+    assert {k: lip[k] for k in ("s", "gamma_max", "alpha", "beta", "conv_cap")} == dict(
+        s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0)
+    authors = mdeq("cifar10-small", init_power_iters=1, **AUTHORS_SOLVER).config
+    assert (authors["solver"], authors["solver_kwargs"], authors["f_max_iter"], authors["b_max_iter"]) == (
+        "anderson", {"m": 6}, 18, 20)
+
+
+@pytest.mark.parametrize("overrides,exc,match", [
+    (dict(s=0.0), ValueError, "s must be"),
+    (dict(s=-1.0), ValueError, "s must be"),
+    (dict(alpha=1.5), ValueError, "alpha"),
+    (dict(alpha=-0.1), ValueError, "alpha"),
+    (dict(beta=-0.01), ValueError, "beta"),
+    (dict(beta=2.0), ValueError, "beta"),
+    (dict(conv_cap=0.0), ValueError, "conv_cap"),
+    (dict(conv_cap=-2.0), ValueError, "conv_cap"),
+    (dict(gamma_max=0.0), ValueError, "gamma_max"),
+    (dict(sigma_margin=-0.1), ValueError, "sigma_margin"),
+    (dict(s=float("nan")), ValueError, "s must be"),
+    (dict(dropout=1.0), ValueError, "dropout"),
+    (dict(channels=[8, 12]), ValueError, "divisible"),
+    (dict(channels=[8]), ValueError, "branches"),
+    (dict(head_channels=[2]), ValueError, "head_channels"),
+    (dict(power_iters=0), ValueError, "power_iters"),
+    (dict(solver="newton"), ValueError, "solver"),
+    (dict(stop_mode="max"), ValueError, "stop_mode"),
+    (dict(solve_mode="fast"), ValueError, "solve_mode"),
+    (dict(solve_mode="apriori", solver="anderson"), ValueError, "fixed_point"),
+    (dict(stop_mode="abs"), ValueError, "stop_mode='rel'"),
+    (dict(f_max_iter=0), ValueError, "f_max_iter"),
+    (dict(backward="exact"), ValueError, "backward"),
+    (dict(weight_norm="yes"), TypeError, "weight_norm"),
+    (dict(alpah=0.5), TypeError, "unknown mdeq override"),
+])
+def test_bad_hyperparameters_are_clear_errors(overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        mdeq("cifar10-small", lipschitz=True, **overrides)
+
+
+def test_bad_preset_and_variant_errors():
+    with pytest.raises(ValueError, match="unknown preset"):
+        mdeq("cifar100-huge")
+    with pytest.raises(TypeError, match="lipschitz must be a bool"):
+        mdeq("cifar10-small", lipschitz="yes")
+    with pytest.raises(ValueError, match="only apply to the Lipschitz variant"):
+        mdeq("cifar10-small", lipschitz=False, s=0.4)
+    with pytest.raises(ValueError, match="a-priori"):
+        mdeq("cifar10-small", lipschitz=False, f_max_iter=None)
+    with pytest.raises(ValueError, match="apriori"):
+        mdeq("cifar10-small", lipschitz=False, solve_mode="apriori")

@@ -1,0 +1,58 @@
+"""Evaluation of a classifier on labelled images: mean cross-entropy, top-1 accuracy, solver statistics."""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .augment import normalize
+from .batches import eval_batches
+from .hooks import solver_stats
+from .images import LabelledImages
+
+
+def check_logits(logits: torch.Tensor, batch: int, num_classes: int) -> None:
+    if logits.dim() != 2 or logits.shape[0] != batch:
+        raise ValueError(f"model must return logits of shape (B={batch}, classes), got {tuple(logits.shape)}")
+    if logits.shape[1] < num_classes:
+        raise ValueError(f"model returns {logits.shape[1]} logits but the data has {num_classes} classes")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: LabelledImages, batch_size: int, device: torch.device,
+             workers: int = 0, progress: bool = False, desc: str = "eval") -> dict:
+    """{'loss', 'acc', 'n', 'f_nstep', 'f_residual' (batch-size-weighted means), 'time_s'} over ``data``.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    solver = {}
+    weights = 0
+    loader = eval_batches(data, batch_size, workers, pin_memory=device.type == "cuda")
+    if progress:
+        from tqdm.auto import tqdm
+        loader = tqdm(loader, desc=desc, leave=False, unit="batch")
+    try:
+        for images, labels in loader:
+            x = normalize(images.to(device, non_blocking=True))
+            y = labels.to(device, non_blocking=True)
+            logits = model(x)
+            check_logits(logits, y.shape[0], len(data.classes))
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == y).sum()
+            for k, v in solver_stats(model, ("f_nstep", "f_residual")).items():
+                solver[k] = solver.get(k, 0.0) + v * y.shape[0]
+            weights += y.shape[0]
+    finally:
+        model.train(was_training)
+    n = len(data)
+    out = {"loss": float(loss_sum) / n, "acc": int(correct) / n, "n": n}
+    out.update({k: v / weights for k, v in solver.items()})
+    out["time_s"] = time.perf_counter() - start
+    return out
+

@@ -1,0 +1,51 @@
+"""The optional model hooks the trainer uses; any classifier ``model(x) -> logits`` works without them.
+
+* ``model.last_info``: dict with 'f_nstep', 'f_residual', 'b_nstep', 'b_residual' of the last solve;
+* ``model.constraint_step()``: re-imposes the Lipschitz constraint, called after every optimiser step;
+* ``model.lipschitz_bound()``: the certified Lipschitz bound L of the equilibrium map (L < 1: contraction),
+  possibly different in training and inference mode;
+* ``model.config``: JSON-serialisable kwargs that rebuild the model.
+"""
+from __future__ import annotations
+
+import torch
+
+SOLVER_KEYS = ("f_nstep", "f_residual", "b_nstep", "b_residual")
+
+
+def solver_stats(model: torch.nn.Module, keys=SOLVER_KEYS) -> dict[str, float]:
+    """The numeric solver statistics of the model's last forward/backward (absent keys left out)."""
+    info = getattr(model, "last_info", None) or {}
+    out = {}
+    for k in keys:
+        v = info.get(k)
+        if v is not None:
+            out[k] = float(v)
+    return out
+
+
+def apply_constraint(model: torch.nn.Module) -> None:
+    step = getattr(model, "constraint_step", None)
+    if callable(step):
+        step()
+
+
+def certified_bound(model: torch.nn.Module, training: bool | None = None) -> float | None:
+    """``model.lipschitz_bound()`` as a float (None without the hook), in the model's current mode or,
+    with ``training`` given, in that mode (the bound may depend on it, e.g. dropout's 1/(1-p) in training)."""
+    bound = getattr(model, "lipschitz_bound", None)
+    if not callable(bound):
+        return None
+    was_training = model.training
+    try:
+        if training is not None:
+            model.train(training)
+        with torch.no_grad():
+            return float(bound())
+    finally:
+        model.train(was_training)
+
+
+def model_config(model: torch.nn.Module) -> dict | None:
+    cfg = getattr(model, "config", None)
+    return dict(cfg) if isinstance(cfg, dict) else None

@@ -49,13 +49,15 @@ def _extensions():
     from torch.utils import cpp_extension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: torch's BuildExtension adds the standard its headers need (C++17 up to torch 2.9,
+    # C++20 after), and nvcc rejects a second -std.
+    cxx_flags = ["-O3", "-fopenmp"]
     macros = []
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         macros.append(("LMDEQ_WITH_CUDA", None))
         ext_cls = cpp_extension.CUDAExtension
-        extra = {"cxx": cxx_flags + ["-DLMDEQ_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17", "-DLMDEQ_WITH_CUDA"]}
+        extra = {"cxx": cxx_flags + ["-DLMDEQ_WITH_CUDA"], "nvcc": ["-O3", "-DLMDEQ_WITH_CUDA"]}
     else:
         ext_cls = cpp_extension.CppExtension
         extra = {"cxx": cxx_flags}

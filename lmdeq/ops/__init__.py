@@ -1,15 +1,23 @@
-"""lmdeq's public ops. Each is a torch.library custom op with a fake implementation; the backend
-(cuda extension > triton > C++ CPU > torch reference) is chosen at run time (LMDEQ_BACKEND overrides).
+"""lmdeq's public ops: fused kernels behind ``torch.library`` custom ops (namespace ``lmdeq``).
 
-Until the fused kernels land, these names point to the plain-PyTorch references.
+Each op has a plain-PyTorch reference (``lmdeq.ops.reference``, the source of truth), a Triton kernel
+(``lmdeq.kernels``) and C++ CPU / CUDA kernels (``lmdeq._C``, namespace ``lmdeq_C``), plus a fake
+implementation for tracing (torch.compile, opcheck). The backend is chosen per call
+(``lmdeq.ops.backends``; LMDEQ_BACKEND=auto|cuda|triton|cpu|torch); ``python -m lmdeq.info`` shows
+the choice and why other backends are unavailable.
 """
-from .reference import (
-    anderson_gram_row,
-    anderson_mix,
-    conv_power_iteration,
-    fixed_point_update,
-    fixed_point_update_multi,
-    power_iteration_matrices,
+from . import backends, reference
+from .anderson import anderson_gram_row, anderson_mix
+from .fixed_point_step import fixed_point_update, fixed_point_update_multi
+from .power_iteration import conv_power_iteration, power_iteration_matrices
+
+OP_NAMES = (
+    "fixed_point_update",
+    "fixed_point_update_multi",
+    "anderson_gram_row",
+    "anderson_mix",
+    "power_iteration_matrices",
+    "conv_power_iteration",
 )
 
 __all__ = [
@@ -19,4 +27,7 @@ __all__ = [
     "anderson_mix",
     "power_iteration_matrices",
     "conv_power_iteration",
+    "OP_NAMES",
+    "backends",
+    "reference",
 ]

@@ -6,12 +6,20 @@ Norms are per sample: a sample is everything but the leading batch dimension.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a storage dtype: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as (B, n): one row per sample (also for B = 0)."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def fixed_point_update(z: torch.Tensor, fz: torch.Tensor, tau: float):
@@ -20,11 +28,11 @@ def fixed_point_update(z: torch.Tensor, fz: torch.Tensor, tau: float):
     z_next = (1 - tau) z + tau f(z);  res_norm[b] = ||f(z)_b - z_b||_2;  fz_norm[b] = ||f(z)_b||_2.
     Returns (z_next in z's dtype, res_norm (B,), fz_norm (B,)) with norms in the accumulation dtype.
     """
-    acc = _acc_dtype(z)
+    acc = acc_dtype(z.dtype)
     za, fa = z.to(acc), fz.to(acc)
     z_next = ((1.0 - tau) * za + tau * fa).to(z.dtype)
-    res = (fa - za).reshape(z.shape[0], -1).norm(dim=1)
-    fzn = fa.reshape(z.shape[0], -1).norm(dim=1)
+    res = _rows(fa - za).norm(dim=1)
+    fzn = _rows(fa).norm(dim=1)
     return z_next, res, fzn
 
 
@@ -49,7 +57,7 @@ def anderson_gram_row(X: torch.Tensor, Fh: torch.Tensor, k: int) -> torch.Tensor
     X, Fh: history buffers (B, m, n). Returns H[b, j] = <G_k, G_j> for j < m, shape (B, m),
     in the accumulation dtype.
     """
-    acc = _acc_dtype(X)
+    acc = acc_dtype(X.dtype)
     G = Fh.to(acc) - X.to(acc)
     return torch.einsum("bjn,bn->bj", G, G[:, k])
 
@@ -59,7 +67,7 @@ def anderson_mix(X: torch.Tensor, Fh: torch.Tensor, alpha: torch.Tensor, tau: fl
 
     X, Fh: (B, m, n); alpha: (B, m). Returns (B, n) in X's dtype.
     """
-    acc = _acc_dtype(X)
+    acc = acc_dtype(X.dtype)
     mixed = (1.0 - tau) * X.to(acc) + tau * Fh.to(acc)
     return torch.einsum("bm,bmn->bn", alpha.to(acc), mixed).to(X.dtype)
 
@@ -94,7 +102,7 @@ def conv_power_iteration(weights, vs, strides, paddings, n_iter: int = 1):
         v = v / v.norm().clamp_min(1e-12)
         for _ in range(n_iter):
             u = F.conv2d(v, W, stride=s, padding=p)
-            out_pad = _output_padding(v.shape[-2:], u.shape[-2:], W.shape[-2:], s, p)
+            out_pad = conv_transpose_output_padding(v.shape[-2:], u.shape[-2:], W.shape[-2:], s, p)
             w = F.conv_transpose2d(u, W, stride=s, padding=p, output_padding=out_pad)
             v = w / w.norm().clamp_min(1e-12)
         sigmas.append(F.conv2d(v, W, stride=s, padding=p).norm())
@@ -102,7 +110,7 @@ def conv_power_iteration(weights, vs, strides, paddings, n_iter: int = 1):
     return torch.stack(sigmas), new_vs
 
 
-def _output_padding(in_hw, out_hw, k_hw, stride, padding):
+def conv_transpose_output_padding(in_hw, out_hw, k_hw, stride, padding):
     """Output padding for conv_transpose2d so that it maps out_hw back exactly to in_hw."""
     s = (stride, stride) if isinstance(stride, int) else tuple(stride)
     p = (padding, padding) if isinstance(padding, int) else tuple(padding)

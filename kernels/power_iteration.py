@@ -1,0 +1,130 @@
+"""Triton kernels of batched power iteration on matrices W_l (rows_l x cols_l), all layers per launch.
+
+    transposed:  t_l = W_l^T u_l                                   (program: layer, BLOCK_C columns)
+    forward:     u_l = W_l t_l / max(||t_l||, eps)                 (program: layer, BLOCK_R rows)
+    finalize:    out_l = u_l / max(||u_l||, eps),  sigma_l = ||u_l||^2 / max(||u_l||, eps)
+
+2 launches per iteration + 1 for any number of layers. A device table of per-layer pointers and sizes
+(one host-to-device copy per call) lets one launch address every layer's weight. u is kept
+unnormalised between iterations (v = t / ||t|| does not depend on u's scale). Vectors are fp32
+(fp64 for fp64 weights); every reduction has a fixed order.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from lmdeq.ops.reference import acc_dtype
+
+from .dtypes import tl_acc, tl_dtype
+
+FIELDS = 6  # per layer: weight pointer, rows, cols, offset in u_work, offset in t_work, output pointer
+T_ROWS, T_COLS = 32, 64  # transposed kernel: column tile, rows per step
+F_ROWS, F_COLS = 16, 128  # forward kernel: row tile, columns per step
+
+
+@triton.jit
+def _layer(layers, l, DTYPE: tl.constexpr):
+    base = layers + l * 6
+    w = tl.load(base).to(tl.pointer_type(DTYPE))
+    return w, tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 4)
+
+
+@triton.jit
+def _transposed_kernel(layers, tile_layer, tile_index, u_work, t_work, DTYPE: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    p = tl.program_id(0)
+    l = tl.load(tile_layer + p)
+    w, rows, cols, u_off, t_off = _layer(layers, l, DTYPE)
+    c = tl.load(tile_index + p) * BLOCK_C + tl.arange(0, BLOCK_C)
+    acc = tl.zeros([BLOCK_C], ACC)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        mask = (r[:, None] < rows) & (c[None, :] < cols)
+        wt = tl.load(w + r[:, None] * cols + c[None, :], mask=mask, other=0.0).to(ACC)
+        u = tl.load(u_work + u_off + r, mask=r < rows, other=0.0)
+        acc += tl.sum(wt * u[:, None], axis=0)
+    tl.store(t_work + t_off + c, acc, mask=c < cols)
+
+
+@triton.jit
+def _forward_kernel(layers, tile_layer, tile_index, t_work, u_work, DTYPE: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    p = tl.program_id(0)
+    l = tl.load(tile_layer + p)
+    w, rows, cols, u_off, t_off = _layer(layers, l, DTYPE)
+    sq = tl.zeros([BLOCK_C], ACC)
+    for c0 in range(0, cols, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        t = tl.load(t_work + t_off + c, mask=c < cols, other=0.0)
+        sq += t * t
+    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), 1e-12)
+    r = tl.load(tile_index + p) * BLOCK_R + tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_R], ACC)
+    for c0 in range(0, cols, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (r[:, None] < rows) & (c[None, :] < cols)
+        wt = tl.load(w + r[:, None] * cols + c[None, :], mask=mask, other=0.0).to(ACC)
+        t = tl.load(t_work + t_off + c, mask=c < cols, other=0.0)
+        acc += tl.sum(wt * t[None, :], axis=1)
+    tl.store(u_work + u_off + r, acc * inv, mask=r < rows)
+
+
+@triton.jit
+def _finalize_kernel(layers, u_work, sigmas, DTYPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    l = tl.program_id(0)
+    w, rows, cols, u_off, t_off = _layer(layers, l, DTYPE)
+    out = tl.load(layers + l * 6 + 5).to(tl.pointer_type(DTYPE))
+    sq = tl.zeros([BLOCK], ACC)
+    for r0 in range(0, rows, BLOCK):
+        r = r0 + tl.arange(0, BLOCK)
+        u = tl.load(u_work + u_off + r, mask=r < rows, other=0.0)
+        sq += u * u
+    nrm = tl.sqrt(tl.sum(sq, axis=0))
+    denom = tl.maximum(nrm, 1e-12)
+    for r0 in range(0, rows, BLOCK):
+        r = r0 + tl.arange(0, BLOCK)
+        u = tl.load(u_work + u_off + r, mask=r < rows, other=0.0)
+        tl.store(out + r, (u / denom).to(DTYPE), mask=r < rows)
+    tl.store(sigmas + l, (nrm * nrm / denom).to(DTYPE))
+
+
+def power_iteration_matrices(mats: List[torch.Tensor], us: List[torch.Tensor], n_iter: int
+                             ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """mats: contiguous (rows_l, cols_l) of one dtype and device; us: contiguous (rows_l,); n_iter >= 1."""
+    dtype, device = mats[0].dtype, mats[0].device
+    L = len(mats)
+    sigmas = torch.empty(L, dtype=dtype, device=device)
+    new_us = [torch.empty_like(u) for u in us]
+    layers, t_tiles, f_tiles = [], ([], []), ([], [])
+    u_off = t_off = 0
+    for l, W in enumerate(mats):
+        rows, cols = W.shape
+        layers += [W.data_ptr(), rows, cols, u_off, t_off, new_us[l].data_ptr()]
+        for tiles, n, size in ((t_tiles, cols, T_COLS), (f_tiles, rows, F_ROWS)):
+            count = triton.cdiv(n, size)
+            tiles[0].extend([l] * count)
+            tiles[1].extend(range(count))
+        u_off += rows
+        t_off += cols
+    meta = torch.tensor(layers + t_tiles[0] + t_tiles[1] + f_tiles[0] + f_tiles[1], dtype=torch.int64).to(device)
+    n_t, n_f = len(t_tiles[0]), len(f_tiles[0])
+    layer_tab = meta[:FIELDS * L]
+    t_layer, t_index = meta[FIELDS * L:FIELDS * L + n_t], meta[FIELDS * L + n_t:FIELDS * L + 2 * n_t]
+    rest = meta[FIELDS * L + 2 * n_t:]
+    f_layer, f_index = rest[:n_f], rest[n_f:]
+    u_work = torch.cat(us).to(acc_dtype(dtype))
+    t_work = torch.empty(t_off, dtype=u_work.dtype, device=device)
+    DTYPE, ACC = tl_dtype(dtype), tl_acc(dtype)
+    for _ in range(n_iter):
+        if n_t:
+            _transposed_kernel[(n_t,)](layer_tab, t_layer, t_index, u_work, t_work, DTYPE=DTYPE, ACC=ACC,
+                                       BLOCK_R=T_ROWS, BLOCK_C=T_COLS, num_warps=4)
+        if n_f:
+            _forward_kernel[(n_f,)](layer_tab, f_layer, f_index, t_work, u_work, DTYPE=DTYPE, ACC=ACC,
+                                    BLOCK_R=F_ROWS, BLOCK_C=F_COLS, num_warps=4)
+    _finalize_kernel[(L,)](layer_tab, u_work, sigmas, DTYPE=DTYPE, ACC=ACC, BLOCK=256, num_warps=4)
+    return sigmas, new_us

@@ -1,0 +1,117 @@
+"""Backend choice (LMDEQ_BACKEND), the extension's load-time check, and the `lmdeq info` report."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmdeq import info, ops
+from lmdeq.ops import backends
+
+needs_ext = pytest.mark.skipif(backends.extension() is None, reason="lmdeq._C not built")
+
+
+@needs_ext
+def test_auto_picks_the_cpp_kernel_for_cpu_tensors(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.choose(torch.device("cpu")) == "cpu"
+
+
+def test_forced_backend_that_cannot_run_says_why(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "cuda")
+    with pytest.raises(RuntimeError, match="LMDEQ_BACKEND=cuda cannot run on cpu tensors: cuda: "):
+        ops.fixed_point_update(torch.randn(2, 3), torch.randn(2, 3), 0.5)
+
+
+def test_unknown_backend_is_rejected(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "fortran")
+    with pytest.raises(ValueError, match="LMDEQ_BACKEND='fortran' is not one of"):
+        backends.choose(torch.device("cpu"))
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setattr(backends, "_triton_interpreted", lambda: False)
+    assert "TRITON_INTERPRET=1" in backends.unavailable_reason("triton", "cpu")
+
+
+def test_cuda_reasons_tell_the_truth():
+    why = backends.unavailable_reason("cuda", "cpu")
+    if backends.extension() is None:
+        assert why.startswith("cuda: extension lmdeq._C not built")
+    elif not backends.extension().with_cuda:
+        assert why.startswith("cuda: extension built without CUDA")
+    elif not torch.cuda.is_available():
+        assert why == "cuda: no CUDA device"
+    else:
+        assert why.startswith("cuda: runs CUDA tensors only")
+
+
+def test_extension_built_for_another_torch_is_refused(monkeypatch):
+    monkeypatch.setattr(backends, "build_info", lambda: {"extension": True, "torch": "1.0.0"})
+    backends._load_extension.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="built for torch 1.0.0"):
+            ext, why = backends._load_extension()
+        assert ext is None and "rebuild" in why
+    finally:
+        backends._load_extension.cache_clear()
+
+
+def test_without_extension_the_reference_runs(monkeypatch):
+    monkeypatch.setattr(backends, "_load_extension", lambda: (None, "extension lmdeq._C not built (test)"))
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.choose(torch.device("cpu")) == "torch"
+    out, res, fzn = ops.fixed_point_update(torch.ones(2, 3), torch.zeros(2, 3), 0.5)
+    assert torch.equal(out, torch.full((2, 3), 0.5)) and torch.allclose(res, torch.full((2,), 3 ** 0.5))
+
+
+def test_package_works_without_extension_and_triton():
+    """A fresh interpreter where importing lmdeq._C and triton fails: every op, the solvers and the
+    implicit backward run (reference path)."""
+    code = """
+import sys
+sys.modules['triton'] = None
+sys.modules['lmdeq._C'] = None
+import torch
+from lmdeq import info, ops
+from lmdeq.ops import backends
+assert backends.choose(torch.device('cpu')) == 'torch'
+z = torch.randn(2, 5)
+ops.fixed_point_update(z, z, 0.5); ops.fixed_point_update_multi([z], [z], 0.5)
+X = torch.randn(2, 3, 4)
+ops.anderson_gram_row(X, X, 0); ops.anderson_mix(X, X, torch.ones(2, 3), 0.5)
+ops.power_iteration_matrices([torch.randn(3, 2)], [torch.randn(3)], 1)
+ops.conv_power_iteration([torch.randn(2, 1, 3, 3)], [torch.randn(1, 1, 4, 4)], [1], [1], 1)
+from lmdeq import solvers, deq_solve
+zs, _, res = solvers.anderson(lambda z: 0.5 * torch.tanh(z) + 1.0, torch.zeros(2, 5), tol=1e-6)
+assert res['result'] == 'converged', res['result']
+W = torch.nn.Parameter(0.3 * torch.eye(5))
+zd, _ = deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), tol=1e-8, b_tol=1e-8)
+zd.sum().backward()
+assert W.grad.abs().sum() > 0
+text = info.report()
+assert 'triton: not installed' in text and 'cpu: extension lmdeq._C not built' in text, text
+print('ok')
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("LMDEQ_BACKEND", "TRITON_INTERPRET")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_info_report_lists_versions_backends_and_choices(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    text = info.report()
+    assert f"torch {torch.__version__}" in text and "triton" in text
+    for name in ops.OP_NAMES:
+        assert name in text
+    if backends.extension() is not None:
+        assert "extension lmdeq._C: loaded" in text and "compiled against torch" in text
+    if not torch.cuda.is_available():
+        assert "unavailable cuda: " in text
+
+
+def test_info_module_runs():
+    out = subprocess.run([sys.executable, "-m", "lmdeq.info"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "selected (cpu)" in out.stdout

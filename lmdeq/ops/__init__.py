@@ -20,14 +20,4 @@ OP_NAMES = (
     "conv_power_iteration",
 )
 
-__all__ = [
-    "fixed_point_update",
-    "fixed_point_update_multi",
-    "anderson_gram_row",
-    "anderson_mix",
-    "power_iteration_matrices",
-    "conv_power_iteration",
-    "OP_NAMES",
-    "backends",
-    "reference",
-]
+__all__ = [*OP_NAMES, "OP_NAMES", "backends", "reference"]

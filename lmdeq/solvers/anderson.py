@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .state import StateLayout, check_solver_args
-from .tracking import Tracker
+from .state import check_positive_int, check_solver_args
+from .tracking import start_solve
 
 __all__ = ["anderson"]
 
@@ -37,15 +37,11 @@ def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "
     estimate a step vouches for is f(x_k) (as in TorchDEQ).
     """
     check_solver_args(max_iter, tol, stop_mode, tau=tau, check_every=check_every, iterations=iterations)
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m must be an int >= 1, got {m!r}")
+    check_positive_int("m", m)
     if not lam >= 0:
         raise ValueError(f"lam must be >= 0, got {lam!r}")
-    layout = StateLayout(x0)
-    f = layout.checked_func(func)
-    steps = iterations if iterations is not None else max_iter
-    tracker = Tracker(layout, steps, tol, stop_mode, indexing,
-                      return_final=return_final or iterations is not None, check_every=check_every)
+    layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
+                                            check_every, iterations)
     B = layout.batch
     X = layout.new_flat(m).zero_()
     Fh = layout.new_flat(m).zero_()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .state import StateLayout, check_solver_args
-from .tracking import Tracker
+from .state import check_positive_int, check_solver_args
+from .tracking import start_solve
 
 __all__ = ["broyden"]
 
@@ -33,13 +33,9 @@ def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "a
     check_solver_args(max_iter, tol, stop_mode, check_every=check_every, iterations=iterations)
     if LBFGS_thres is not None:
         memory = LBFGS_thres
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-        raise ValueError(f"memory must be an int >= 1, got {memory!r}")
-    layout = StateLayout(x0)
-    f = layout.checked_func(func)
-    steps = iterations if iterations is not None else max_iter
-    tracker = Tracker(layout, steps, tol, stop_mode, indexing,
-                      return_final=return_final or iterations is not None, check_every=check_every)
+    check_positive_int("memory", memory)
+    layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
+                                            check_every, iterations)
     acc = torch.float64 if layout.dtype == torch.float64 else torch.float32
     U = torch.zeros(layout.batch, memory, layout.numel, dtype=acc, device=layout.device)
     V = torch.zeros_like(U)

@@ -10,8 +10,8 @@ norms in a single pass over the state, for tensor and list states alike (no flat
 from __future__ import annotations
 
 from .. import ops
-from .state import StateLayout, check_solver_args
-from .tracking import Tracker
+from .state import check_solver_args
+from .tracking import start_solve
 
 __all__ = ["fixed_point"]
 
@@ -43,11 +43,8 @@ def fixed_point(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str 
         sradius, converged, result, f_evals.
     """
     check_solver_args(max_iter, tol, stop_mode, tau=tau, check_every=check_every, iterations=iterations)
-    layout = StateLayout(x0)
-    f = layout.checked_func(func)
-    steps = iterations if iterations is not None else max_iter
-    tracker = Tracker(layout, steps, tol, stop_mode, indexing,
-                      return_final=return_final or iterations is not None, check_every=check_every)
+    layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
+                                            check_every, iterations)
     z = layout.parts(x0)
     for _ in range(steps):
         fz = f(z)

@@ -12,7 +12,7 @@ from typing import Callable, List, Sequence
 
 import torch
 
-__all__ = ["StateLayout", "check_solver_args"]
+__all__ = ["StateLayout", "check_solver_args", "check_positive_int"]
 
 
 class StateLayout:
@@ -126,19 +126,24 @@ class StateLayout:
         return call
 
 
+def check_positive_int(name: str, value) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int >= 1 (bools are not ints here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def check_solver_args(max_iter, tol, stop_mode, tau=None, check_every=None, iterations=None):
     """Clear errors for bad solver arguments, each naming the argument."""
     if isinstance(max_iter, bool) or not isinstance(max_iter, int):
         raise TypeError(f"max_iter must be an int, got {type(max_iter).__name__}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    check_positive_int("max_iter", max_iter)
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not (tol > 0) or math.isinf(tol):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     if stop_mode not in ("abs", "rel"):
         raise ValueError(f"stop_mode must be 'abs' or 'rel', got {stop_mode!r}")
     if tau is not None and not (0.0 < float(tau) <= 1.0):
         raise ValueError(f"tau must be in (0, 1], got {tau!r}")
-    if check_every is not None and (not isinstance(check_every, int) or check_every < 1):
-        raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
-    if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1):
-        raise ValueError(f"iterations must be an int >= 1 or None, got {iterations!r}")
+    if check_every is not None:
+        check_positive_int("check_every", check_every)
+    if iterations is not None:
+        check_positive_int("iterations", iterations)

@@ -14,7 +14,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
-__all__ = ["Result", "SolverError", "Tracker", "default_check_every"]
+from .state import StateLayout
+
+__all__ = ["Result", "SolverError", "Tracker", "default_check_every", "start_solve"]
 
 _REL_EPS = 1e-9
 
@@ -147,3 +149,13 @@ class Tracker:
         if n >= 2 and bool((trace[:, n - 1] > self.diverge_factor * trace[:, 0]).any()):
             return Result.DIVERGED
         return Result.MAX_ITER
+
+
+def start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final, check_every, iterations):
+    """The common start of every solver: (layout, checked func, step budget, tracker). ``iterations``
+    fixes the step count and returns the final iterate (no read-back, see :class:`Tracker`)."""
+    layout = StateLayout(x0)
+    steps = iterations if iterations is not None else max_iter
+    tracker = Tracker(layout, steps, tol, stop_mode, indexing,
+                      return_final=return_final or iterations is not None, check_every=check_every)
+    return layout, layout.checked_func(func), steps, tracker

@@ -129,13 +129,15 @@ def _batch(preset_batch: int, device, data: Optional[str], seed: int):
     """One batch of images and labels: real CIFAR-10 images from ``data`` if given, else N(0, 1) images."""
     g = torch.Generator().manual_seed(seed)
     if data:
+        from ..train.augment import normalize
         from ..train.batches import eval_batches
         from ..train.sources import load_source
         from ..train.split import stratified_subset
 
         images = load_source(data).train
         picked = images.subset(stratified_subset(images.labels, len(images.classes), preset_batch, seed, "bench"))
-        x, y = next(iter(eval_batches(picked, preset_batch)))
+        images, y = next(iter(eval_batches(picked, preset_batch)))
+        x = normalize(images)
     else:
         x = torch.randn(preset_batch, 3, 32, 32, generator=g)
         y = torch.randint(0, 10, (preset_batch,), generator=g)

@@ -76,3 +76,20 @@ def test_sync_free_solve_matches_checked_solve():
         logits_checked = checked(x)
     assert checked.last_info["f_nstep"] == n
     assert torch.equal(logits_free, logits_checked)
+
+
+def test_benchmark_batch_from_an_image_folder(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(0)
+    for c in range(10):
+        folder = tmp_path / "data" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            pixels = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    x, y = speedup._batch(10, torch.device("cpu"), str(tmp_path / "data"), seed=0)
+    assert x.dtype == torch.float32 and x.shape == (10, 3, 32, 32)
+    assert sorted(y.tolist()) == list(range(10))  # a stratified batch: one image per class
+    assert -3.0 < float(x.mean()) < 3.0  # normalised, not raw 0..255 pixels

@@ -25,7 +25,7 @@ def add_arguments(parser):
     sp = parser.add_argument_group("speedup")
     sp.add_argument("--preset", default=None, help="model preset (default: cifar10-large on GPU, cifar10-small on CPU)")
     sp.add_argument("--steps", type=int, default=None, help="timed steps per method (default: 10 GPU, 3 CPU)")
-    sp.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: 3 GPU, 1 CPU)")
+    sp.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: 3 GPU, 2 CPU)")
     sp.add_argument("--weights", action="append", default=[], metavar="CHECKPOINT",
                     help="trained checkpoint from `lmdeq train` (repeat: one original, one Lipschitz)")
     sp.add_argument("--data", default=None, help="take the batch from this dataset (default: random images)")
@@ -61,7 +61,7 @@ def run(args) -> int:
         raise SystemExit(f"lmdeq bench: --methods must be a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
     result = run_speedup(preset=args.preset or ("cifar10-large" if gpu else "cifar10-small"), batch=batch,
                          device=device, steps=args.steps or (10 if gpu else 3),
-                         warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
+                         warmup=args.warmup if args.warmup is not None else (3 if gpu else 2),
                          weights=args.weights, methods=methods, data=args.data,
                          channels_last=args.channels_last, bf16=args.bf16, check_every=args.check_every,
                          out_dir=args.out, tag=args.tag)

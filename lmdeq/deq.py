@@ -19,6 +19,7 @@ closes over its inputs (the injection) and parameters.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -128,8 +129,7 @@ class DEQ(nn.Module):
 
     def __init__(self, func: Callable, **config):
         super().__init__()
-        allowed = set(deq_solve.__code__.co_varnames[2:deq_solve.__code__.co_argcount
-                                                     + deq_solve.__code__.co_kwonlyargcount])
+        allowed = set(inspect.signature(deq_solve).parameters) - {"f", "z0"}
         unknown = sorted(set(config) - allowed)
         if unknown:
             raise TypeError(f"DEQ got unknown config key(s) {unknown}; valid keys: {sorted(allowed)}")

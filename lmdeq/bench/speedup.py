@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .device import device_slug, environment, median, sync, time_call
+from .device import device_slug, environment, median, time_call
 from .report import bar_chart, markdown_table
 
 __all__ = ["METHODS", "method_config", "measure", "run"]
@@ -103,7 +103,6 @@ def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e
     infer_times = time_call(infer, device, repeats=steps, warmup=warmup)
     eval_info = dict(model.last_info)
     peak_eval = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    sync(device)
     return {
         "train_ms": 1e3 * median(train_times), "infer_ms": 1e3 * median(infer_times),
         "train_ms_all": [1e3 * t for t in train_times], "infer_ms_all": [1e3 * t for t in infer_times],
@@ -155,12 +154,10 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
     device = torch.device(device)
     x, y = _batch(batch, device, data, seed)
     checkpoints = []
-    for path in weights or []:
+    if weights:
         from ..train.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(path)
-        ckpt["path"] = path
-        checkpoints.append(ckpt)
+        checkpoints = [{**load_checkpoint(path), "path": path} for path in weights]
     weight_sets = ["init"] + (["trained"] if checkpoints else [])
     rows: List[Dict] = []
     for wset in weight_sets:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.reference import acc_dtype
 from .state import check_positive_int, check_solver_args
 from .tracking import start_solve
 
@@ -36,7 +37,7 @@ def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "a
     check_positive_int("memory", memory)
     layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
                                             check_every, iterations)
-    acc = torch.float64 if layout.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(layout.dtype)
     U = torch.zeros(layout.batch, memory, layout.numel, dtype=acc, device=layout.device)
     V = torch.zeros_like(U)
 

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..ops.reference import acc_dtype
 from .state import StateLayout
 
 __all__ = ["Result", "SolverError", "Tracker", "default_check_every", "start_solve"]
@@ -57,7 +58,7 @@ class Tracker:
         self.check_every = check_every or default_check_every(layout.device)
         self.diverge_factor = diverge_factor
         self.indexing = sorted(set(int(i) for i in indexing)) if indexing else []
-        acc = torch.float64 if layout.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(layout.dtype)
         B, dev = layout.batch, layout.device
         self.abs_trace = torch.zeros(B, max_iter, dtype=acc, device=dev)
         self.rel_trace = torch.zeros(B, max_iter, dtype=acc, device=dev)

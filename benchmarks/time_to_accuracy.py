@@ -30,7 +30,7 @@ class _Reached(Exception):
 
 
 def time_to_accuracy(method: str, args) -> dict:
-    overrides = method_config(method, args.preset)
+    overrides = method_config(method, args.preset, solve_mode=args.solve_mode)
     overrides.pop("preset")
     lipschitz = overrides.pop("lipschitz")
     cfg = TrainConfig(preset=args.preset, lipschitz=lipschitz, model_overrides=overrides, data=args.data,
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     args.preset = args.preset or ("cifar10-large" if device.type == "cuda" else "cifar10-small")
+    args.solve_mode = "apriori" if device.type == "cuda" else "checked"  # as `lmdeq bench` (c)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

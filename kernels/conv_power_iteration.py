@@ -6,7 +6,7 @@
 The convolutions are PyTorch's (cuDNN on GPU). Each iteration gathers every layer's vector into one
 flat buffer (one concatenation) and normalises all segments in one Triton launch, one program per
 segment: sum of squares, then scaling, in a fixed order. Segment offset tables are cached per
-(device, sizes), so that a CUDA-graph capture of the whole op (lmdeq.ops.cuda_graphs) sees no host
+(device, sizes), so that a CUDA-graph capture of the whole op (lmdeq.cuda_graphs) sees no host
 to device copy after the first call.
 """
 from __future__ import annotations

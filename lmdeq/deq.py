@@ -8,11 +8,19 @@ Backward modes (``backward=``):
 
   is itself a fixed point, solved with any solver (``b_solver``, own ``b_max_iter``/``b_tol``). It is an
   ``autograd.Function`` (an identity in the forward pass whose backward returns g), applied to the
-  tracked re-evaluation f(z*); autograd then carries g into f's parameters and inputs. No tensor hooks,
-  so it is safe under DistributedDataParallel and re-entrant backward.
+  tracked evaluation f(z*); autograd then carries g into f's parameters and inputs. That evaluation is
+  differentiable in z* as well, and the adjoint's vector-Jacobian products J_f^T g run on its graph, so
+  f is evaluated with autograd once per step. No tensor hooks, so it is safe under
+  DistributedDataParallel and re-entrant backward.
 * ``'jfb'`` — Jacobian-free backprop: dL/dtheta ~ v^T df/dtheta(z*) (one tracked f-evaluation).
 * ``'phantom'`` — ``phantom_steps`` damped tracked steps z <- (1 - phantom_tau) z + phantom_tau f(z) from z*.
 * ``'none'`` — return z* detached.
+
+CUDA graphs (``graph=GraphedProblem(...)``): when both solves run a fixed number of steps
+(``iterations``/``b_iterations``, so no host sync) on a CUDA device, the whole forward solve and the
+whole adjoint solve (re-evaluation of f at z* plus every vector-Jacobian product) are each captured
+once per key and replayed as one CUDA graph (see :mod:`lmdeq.cuda_graphs`); the tracked evaluation
+f(z*) and the gradient into parameters stay eager. Results equal the eager solves.
 
 ``f`` maps a state (tensor, or list/tuple of tensors, batch first) to a state of the same structure and
 closes over its inputs (the injection) and parameters.
@@ -20,17 +28,66 @@ closes over its inputs (the injection) and parameters.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Optional
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable, Hashable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .cuda_graphs import GraphCache
 from .solvers import get_solver
 from .solvers.state import StateLayout
 
-__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES"]
+__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem"]
 
 BACKWARD_MODES = ("implicit", "jfb", "phantom", "none")
+
+
+@dataclass(frozen=True)
+class GraphedProblem:
+    """How :func:`deq_solve` may run its solves as CUDA-graph replays.
+
+    * ``cache``: the :class:`~lmdeq.cuda_graphs.GraphCache` holding the captures (owned by the caller,
+      e.g. a model, so they live as long as its parameters);
+    * ``key``: everything besides ``inputs`` that f's work depends on (mode, the storage of the tensors
+      it reads in place such as parameters, autocast state);
+    * ``inputs``: the tensors f reads that change from call to call (copied into static buffers);
+    * ``bind(static_inputs)``: a context manager yielding a state -> state function that computes
+      exactly f, but reads ``static_inputs`` in place of ``inputs``.
+    """
+
+    cache: GraphCache
+    key: Hashable
+    inputs: Sequence[torch.Tensor]
+    bind: Callable[[List[torch.Tensor]], AbstractContextManager]
+
+    def usable(self, device, steps: Optional[int], solver_kwargs: Optional[dict]) -> bool:
+        """Fixed step count, no trajectory, CUDA (or the cache's device), graphs enabled."""
+        return steps is not None and not (solver_kwargs or {}).get("indexing") and self.cache.enabled(device)
+
+    def run(self, tag: Hashable, body: Callable, state: Sequence[torch.Tensor], grad: bool):
+        """``body(f, static_state) -> (parts, info)`` through the cache: returns (parts, info) where the
+        info dict's tensors come from this replay and its Python values from the capture."""
+        inputs = list(self.inputs) + list(state)
+        k = len(self.inputs)
+
+        dev = inputs[0].device.type
+        amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        # Same autocast state, but no cast cache: a cached cast made during warm-up would be baked into
+        # the graph and go stale when the weights change (as torch.cuda.make_graphed_callables asks).
+        autocast = torch.autocast(dev, dtype=amp[1], enabled=amp[0], cache_enabled=False)
+
+        def fn(static):
+            with torch.set_grad_enabled(grad), autocast, self.bind(static[:k]) as f:
+                parts, info = body(f, static[k:])
+            names = [n for n, v in info.items() if torch.is_tensor(v)]
+            fixed = {n: v for n, v in info.items() if not torch.is_tensor(v)}
+            return list(parts) + [info[n] for n in names], (len(parts), names, fixed)
+
+        signature = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in inputs)
+        outs, (n, names, fixed) = self.cache((tag, self.key, amp, signature), fn, inputs)
+        return outs[:n], {**fixed, **dict(zip(names, outs[n:])), "cuda_graph": True}
 
 
 def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: float = 1e-3,
@@ -38,12 +95,13 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
               backward: str = "implicit", b_solver="fixed_point", b_max_iter: int = 40, b_tol: float = 1e-6,
               b_stop_mode: str = "abs", b_iterations: Optional[int] = None,
               b_solver_kwargs: Optional[dict] = None, phantom_steps: int = 5, phantom_tau: float = 0.5,
-              on_backward: Optional[Callable[[dict], None]] = None):
+              on_backward: Optional[Callable[[dict], None]] = None, graph: Optional[GraphedProblem] = None):
     """Find z* = f(z*) and return ``(z, info)`` where z carries gradients per ``backward``.
 
     ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
     with the backward solver's info when the implicit backward runs. ``iterations``/``b_iterations`` run
-    the forward/backward solves for exactly that many steps with no host sync.
+    the forward/backward solves for exactly that many steps with no host sync; with ``graph`` as well
+    (and a CUDA device) each such solve is one CUDA-graph replay, and ``info['cuda_graph']`` is True.
     """
     if backward not in BACKWARD_MODES:
         raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {backward!r}")
@@ -54,11 +112,18 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     solve = get_solver(solver)
     b_solve = get_solver(b_solver)  # validated now, not in the middle of a backward pass
     layout = StateLayout(z0, "z0")
-    z0 = layout.external([p.detach() for p in layout.parts(z0)])
-    with torch.no_grad():
-        z_star, _, info = solve(f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                                iterations=iterations, **(solver_kwargs or {}))
-    star = [p.detach() for p in layout.parts(z_star)]
+    kwargs = dict(max_iter=max_iter, tol=tol, stop_mode=stop_mode, iterations=iterations, **(solver_kwargs or {}))
+    if graph is not None and graph.usable(layout.device, iterations, solver_kwargs):
+        def body(g_f, static_z0):
+            z, _, inf = solve(g_f, layout.external(list(static_z0)), **kwargs)
+            return layout.parts(z), inf
+
+        star, info = graph.run(("forward", solver, repr(sorted(kwargs.items()))), body,
+                               [p.detach() for p in layout.parts(z0)], grad=False)
+    else:
+        with torch.no_grad():
+            z_star, _, info = solve(f, layout.external([p.detach() for p in layout.parts(z0)]), **kwargs)
+        star = [p.detach() for p in layout.parts(z_star)]
     if backward == "none" or not torch.is_grad_enabled():
         return layout.external(star), info
 
@@ -71,28 +136,49 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
             z = [(1.0 - phantom_tau) * zi + phantom_tau * fi for zi, fi in zip(z, fz)]
         return layout.external(z), info
 
-    tracked = layout.check_output(f(layout.external(star)))
-    adjoint = _Adjoint(f, layout, star, b_solve,
-                       dict(max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, iterations=b_iterations,
-                            **(b_solver_kwargs or {})),
-                       on_backward)
+    b_kwargs = dict(max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, iterations=b_iterations,
+                    **(b_solver_kwargs or {}))
+    if graph is not None and not graph.usable(layout.device, b_iterations, b_solver_kwargs):
+        graph = None
+    adjoint = _Adjoint(layout, star, b_solve, b_kwargs, on_backward, graph,
+                       (b_solver, repr(sorted(b_kwargs.items()))), _autocast_state(layout.device))
+    if graph is None:
+        # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
+        # products run on: f is evaluated once for both (its graph is kept until the backward pass).
+        star = [p.requires_grad_() for p in star]
+        tracked = layout.check_output(f(layout.external(star)))
+        adjoint.linearisation = (star, tracked)
+    else:
+        tracked = layout.check_output(f(layout.external(star)))
     out = _ImplicitGrad.apply(adjoint, *tracked)
     return layout.external(list(out)), info
 
 
+def _autocast_state(device: torch.device) -> torch.autocast:
+    """An autocast context equal to the one active now on ``device``'s type (entered again later)."""
+    dev = device.type
+    return torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev))
+
+
 class _Adjoint:
-    """The adjoint fixed-point problem g = J_f(z*)^T g + v, built lazily in the backward pass (the
-    re-evaluation of f at z* happens only if a backward pass runs)."""
+    """The adjoint fixed-point problem g = J_f(z*)^T g + v, solved in the backward pass on a linearisation
+    (z*, f(z*)) with z* differentiable: the tracked evaluation of the forward pass (eager), or, with
+    ``graph``, an evaluation inside the captured graph under the forward pass's autocast state (so f
+    is the same map in both solves)."""
 
-    def __init__(self, f, layout, star, solve, kwargs, on_backward):
-        self.f, self.layout, self.star = f, layout, star
+    def __init__(self, layout, star, solve, kwargs, on_backward, graph, tag, autocast):
+        self.layout, self.star = layout, star
         self.solve, self.kwargs, self.on_backward = solve, kwargs, on_backward
+        self.graph, self.tag, self.autocast = graph, tag, autocast
+        self.linearisation = None
 
-    def __call__(self, v_parts):
-        layout = self.layout
+    def _linearise(self, f, star):
         with torch.enable_grad():
-            zs = [p.detach().requires_grad_() for p in self.star]
-            fz = layout.check_output(self.f(layout.external(zs)))
+            zs = [p.detach().requires_grad_() for p in star]
+            return zs, self.layout.check_output(f(self.layout.external(zs)))
+
+    def _solve(self, zs, fz, v_parts):
+        layout = self.layout
 
         def adjoint_map(g):
             g_parts = layout.parts(g)
@@ -100,9 +186,22 @@ class _Adjoint:
             return layout.external([v + (j if j is not None else 0.0) for v, j in zip(v_parts, jt)])
 
         g, _, info = self.solve(adjoint_map, layout.external(list(v_parts)), **self.kwargs)
+        return layout.parts(g), info
+
+    def __call__(self, v_parts):
+        if self.graph is None:
+            g, info = self._solve(*self.linearisation, v_parts)
+        else:
+            n = len(self.star)
+
+            def body(f, static):
+                return self._solve(*self._linearise(f, static[:n]), static[n:])
+
+            with self.autocast:
+                g, info = self.graph.run(("adjoint",) + self.tag, body, list(self.star) + list(v_parts), grad=True)
         if self.on_backward is not None:
             self.on_backward(info)
-        return layout.parts(g)
+        return g
 
 
 class _ImplicitGrad(torch.autograd.Function):

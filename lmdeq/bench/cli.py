@@ -33,6 +33,10 @@ def add_arguments(parser):
     sp.add_argument("--channels-last", action="store_true", help="fast path: channels_last memory format")
     sp.add_argument("--bf16", action="store_true", help="fast path: bf16 autocast for f (GPU)")
     sp.add_argument("--check-every", type=int, default=None, help="fast path: convergence read-back period")
+    sp.add_argument("--solve-mode", choices=("apriori", "checked"), default=None,
+                    help="fast path: exact a-priori counts, no syncs (default on GPU) or checked solves (CPU)")
+    sp.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                    help="fast path: do not replay the solves as CUDA graphs")
     sp.add_argument("--tag", default="", help="suffix for result file names")
     so = parser.add_argument_group("solvers")
     so.add_argument("--max-iter", type=int, default=18, help="f-evaluations per solve (default: %(default)s)")
@@ -64,7 +68,7 @@ def run(args) -> int:
                          warmup=args.warmup if args.warmup is not None else (3 if gpu else 2),
                          weights=args.weights, methods=methods, data=args.data,
                          channels_last=args.channels_last, bf16=args.bf16, check_every=args.check_every,
-                         out_dir=args.out, tag=args.tag)
+                         solve_mode=args.solve_mode, cuda_graphs=args.cuda_graphs, out_dir=args.out, tag=args.tag)
     print(result["table"])
     if result.get("files"):
         print("\nwrote " + ", ".join(result["files"]))

@@ -8,9 +8,11 @@ Measured on one device, in one run, with the same batch, the same weights policy
   iterations, rel 1e-3, a host sync per iteration), eager, and after every optimiser step the cap of
   each conv's *reshaped kernel matrix* norm (``constraint='authors'``) instead of lmdeq's certified
   operator-norm parametrisation;
-* (c) ``lmdeq`` — the fast path: certified Lipschitz MDEQ, fused kernels, fixed-point solves capped by
-  the a-priori iteration count of the certified bound with device-side convergence checks read back every
-  ``check_every`` steps; on GPU optionally channels_last and bf16 autocast for f.
+* (c) ``lmdeq`` — the fast path: certified Lipschitz MDEQ, fused kernels, fixed-point solves. On GPU
+  (``solve_mode='apriori'``) each solve runs exactly the a-priori iteration count of the certified bound,
+  with no host sync, and is replayed as one CUDA graph (forward solve, and adjoint solve with its
+  re-evaluation of f); optionally channels_last and bf16 autocast for f. On CPU (``'checked'``, where a
+  read-back costs nothing) the solves stop at tol, capped by the a-priori count.
 
 Per method: ms per training step (forward solve + backward solve + optimiser step + constraint upkeep),
 ms per inference batch, forward/backward f-evaluations and final relative residuals (from the last
@@ -37,8 +39,10 @@ METHODS = ("original", "authors", "lmdeq")
 LABELS = {"original": "(a) original MDEQ", "authors": "(b) authors' Lipschitz MDEQ", "lmdeq": "(c) lmdeq fast path"}
 
 
-def method_config(method: str, preset: str, check_every: Optional[int] = None) -> dict:
-    """mdeq() keyword arguments of a benchmark method."""
+def method_config(method: str, preset: str, check_every: Optional[int] = None, solve_mode: str = "checked",
+                  cuda_graphs: bool = True) -> dict:
+    """mdeq() keyword arguments of a benchmark method (``check_every``, ``solve_mode`` and ``cuda_graphs``
+    apply to the fast path only)."""
     from ..models import AUTHORS_SOLVER
 
     if method == "original":
@@ -49,7 +53,7 @@ def method_config(method: str, preset: str, check_every: Optional[int] = None) -
         kw["b_solver_kwargs"] = {**kw["b_solver_kwargs"], "lam": 1e-4, "check_every": 1}
         return dict(preset=preset, lipschitz=True, constraint="authors", **kw)
     if method == "lmdeq":
-        kw = dict(preset=preset, lipschitz=True)
+        kw = dict(preset=preset, lipschitz=True, solve_mode=solve_mode, cuda_graphs=cuda_graphs)
         if check_every is not None:
             kw.update(solver_kwargs={"check_every": check_every}, b_solver_kwargs={"check_every": check_every})
         return kw
@@ -109,6 +113,7 @@ def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e
         "f_evals": train_info.get("f_nstep"), "b_evals": train_info.get("b_nstep"),
         "f_residual": train_info.get("f_residual"), "b_residual": train_info.get("b_residual"),
         "infer_f_evals": eval_info.get("f_nstep"), "infer_f_residual": eval_info.get("f_residual"),
+        "cuda_graph": bool(train_info.get("cuda_graph")) and bool(eval_info.get("cuda_graph")),
         "peak_train_mib": peak_train, "peak_infer_mib": peak_eval,
         "lipschitz_bound": model.lipschitz_bound() if hasattr(model, "lipschitz_bound") else None,
     }
@@ -146,12 +151,14 @@ def _batch(preset_batch: int, device, data: Optional[str], seed: int):
 def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int = 3, warmup: int = 1,
         weights: Optional[List[str]] = None, methods=METHODS, data: Optional[str] = None, seed: int = 0,
         channels_last: bool = False, bf16: bool = False, check_every: Optional[int] = None,
-        out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
-    """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict."""
+        solve_mode: Optional[str] = None, cuda_graphs: bool = True, out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
+    """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict. ``solve_mode`` of the
+    fast path defaults to 'apriori' on CUDA and 'checked' elsewhere."""
     from ..models import mdeq
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     device = torch.device(device)
+    solve_mode = solve_mode or ("apriori" if device.type == "cuda" else "checked")
     x, y = _batch(batch, device, data, seed)
     checkpoints = []
     if weights:
@@ -163,7 +170,7 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
     for wset in weight_sets:
         for method in methods:
             torch.manual_seed(seed)
-            model = mdeq(**method_config(method, preset, check_every if method == "lmdeq" else None))
+            model = mdeq(**method_config(method, preset, check_every, solve_mode, cuda_graphs))
             source = "random init (seed %d)" % seed
             if wset == "trained":
                 loaded = _load_weights(model, checkpoints)
@@ -187,7 +194,8 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
     ratios = {w: _ratios([r for r in rows if r["weights"] == w]) for w in weight_sets}
     result = {"benchmark": "speedup", "env": environment(device), "preset": preset, "batch": batch,
               "steps": steps, "warmup": warmup, "data": data or "random N(0,1) images", "seed": seed,
-              "fast_path": {"channels_last": channels_last, "bf16_autocast": bf16, "cuda_graphs": False,
+              "fast_path": {"channels_last": channels_last, "bf16_autocast": bf16, "solve_mode": solve_mode,
+                            "cuda_graphs": any(r["cuda_graph"] for r in rows if r["method"] == "lmdeq"),
                             "check_every": check_every},
               "rows": rows, "ratios": ratios}
     result["table"] = table(result)

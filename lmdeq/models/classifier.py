@@ -9,16 +9,20 @@ Build it with :func:`lmdeq.models.mdeq`. The public surface the trainer relies o
 * ``model.constraint_step()`` after each ``optimizer.step()`` (no-op for the original variant);
 * ``model.lipschitz_bound()`` -> certified bound on Lip(f) w.r.t. z (inf for the original variant);
 * ``model.fixed_point_problem(x)`` -> (f, z0);
+* ``model.graphs`` -> the :class:`~lmdeq.cuda_graphs.GraphCache` of its CUDA-graphed solves (used on CUDA
+  with ``solve_mode='apriori'`` and ``cuda_graphs=True``);
 * ``model.config`` with ``mdeq(**model.config)`` rebuilding the model.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ..deq import deq_solve
+from ..cuda_graphs import GraphCache
+from ..deq import GraphedProblem, deq_solve
 from .apriori import apriori_iterations
 from .authors_cap import ReshapedMatrixCap
 from .cell_options import CellOptions
@@ -59,6 +63,7 @@ class MDEQClassifier(nn.Module):
         self._convs = self.cell.convs()
         self._bound_cache = (None, None)
         self._info = {}
+        self.graphs = GraphCache(max_graphs=8)
         self._authors_cap = ReshapedMatrixCap(self._convs, cfg["conv_cap"], cfg["power_iters"]) if authors else None
         if self.lipschitz:
             update_norm_estimates(self._convs, cfg["init_power_iters"])
@@ -90,26 +95,55 @@ class MDEQClassifier(nn.Module):
     def fixed_point_problem(self, x: torch.Tensor):
         """(f, z0) for input x: f maps a list of branch tensors to a list, with x's injection fixed and
         this forward pass's dropout masks drawn; z0 is zeros of shapes (B, C_i, 32 / 2^i, 32 / 2^i)."""
+        f, z0, _ = self._problem(x)
+        return f, z0
+
+    def _problem(self, x: torch.Tensor):
+        """(f, z0, injection) of :meth:`fixed_point_problem`."""
         self._check_input(x)
         injection = self.injection(self.stem(x))
         batch = x.shape[0]
         self.cell.reset_dropout(batch, injection.device, injection.dtype)
-        z0 = [injection.new_zeros(shape) for shape in self.cell.state_shapes(batch)]
+        # The state keeps x's dtype (fp32) even when autocast computes f in bf16.
+        z0 = [injection.new_zeros(shape, dtype=x.dtype) for shape in self.cell.state_shapes(batch)]
+        return self._cell_map(injection), z0, injection
+
+    def _cell_map(self, injection: torch.Tensor):
+        """z -> f(z) = cell(z, injection), returned in the state's dtype (under autocast the cell computes
+        in low precision; the solver's state, residuals and updates stay in the state's dtype)."""
         cell = self.cell
 
         def f(z):
-            return cell(z, injection)
+            return [out.to(zi.dtype) for out, zi in zip(cell(z, injection), z)]
 
-        return f, z0
+        return f
+
+    def _graphed_problem(self, injection: torch.Tensor):
+        """The CUDA-graph description of f (see :class:`lmdeq.deq.GraphedProblem`): the injection and the
+        dropout masks are the per-call inputs; the cell's parameters and norm estimates are read in place
+        (their storage is part of the key, so moving the model re-captures; the autocast state is part of
+        every key, see GraphedProblem.run)."""
+        if not (self.config["cuda_graphs"] and self.graphs.enabled(injection.device)):
+            return None
+        cell = self.cell
+        storage = tuple(t.data_ptr() for t in cell.parameters()) + tuple(t.data_ptr() for t in cell.buffers())
+
+        @contextmanager
+        def bind(static):
+            with cell.swapped_dropout_masks(static[1:]), cell.frozen_weights():
+                yield self._cell_map(static[0])
+
+        return GraphedProblem(self.graphs, (self.training, storage), [injection, *cell.dropout_masks()], bind)
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         self._refresh_stale_estimates()
-        f, z0 = self.fixed_point_problem(x)
+        f, z0, injection = self._problem(x)
         kwargs = self._solve_kwargs()
         with self.cell.frozen_weights():
-            z, info = deq_solve(f, z0, on_backward=self._record_backward, **kwargs)
+            z, info = deq_solve(f, z0, on_backward=self._record_backward, graph=self._graphed_problem(injection),
+                                **kwargs)
         self._record_forward(info)
         return self.head(z)
 
@@ -135,7 +169,8 @@ class MDEQClassifier(nn.Module):
 
     def _record_forward(self, info: dict) -> None:
         self._info.update(f_nstep=info["f_evals"], f_residual=info["rel_lowest"].mean(),
-                          converged=info["converged"].float().mean(), b_nstep=0, b_residual=math.nan)
+                          converged=info["converged"].float().mean(), b_nstep=0, b_residual=math.nan,
+                          cuda_graph=info.get("cuda_graph", False))
 
     def _record_backward(self, info: dict) -> None:
         self._info.update(b_nstep=info["f_evals"], b_residual=info["rel_lowest"].mean())
@@ -144,7 +179,8 @@ class MDEQClassifier(nn.Module):
     def last_info(self) -> dict:
         """Latest solve statistics as python numbers: f_nstep (forward f-evaluations), f_residual (final
         relative residual, batch mean), converged (fraction of the batch below f_tol), b_nstep and
-        b_residual (after a backward pass; 0 and nan before), and lipschitz_bound when the solve used it.
+        b_residual (after a backward pass; 0 and nan before), cuda_graph (whether the forward solve was a
+        CUDA-graph replay), and lipschitz_bound when the solve used it.
         Reading it syncs with the device."""
         return {k: (v.item() if torch.is_tensor(v) else v) for k, v in self._info.items()}
 

@@ -85,13 +85,15 @@ class DEQConv2d(nn.Module):
     @contextmanager
     def frozen(self):
         """Compute W_eff once and reuse it for every call inside the block (the many f-evaluations of one
-        solve); outside, W_eff is recomputed from the current weights and estimate at every call."""
+        solve); outside, W_eff is recomputed from the current weights and estimate at every call. Nested
+        blocks compute their own W_eff and restore the outer one on exit."""
+        outer = self._frozen_weight
         self._frozen_weight = None
         self._frozen_weight = self.effective_weight()
         try:
             yield
         finally:
-            self._frozen_weight = None
+            self._frozen_weight = outer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.effective_weight(), stride=self.stride, padding=self.padding)

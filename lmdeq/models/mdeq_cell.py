@@ -54,6 +54,25 @@ class MDEQCell(nn.Module):
         for block, c in zip(self.blocks, self.channels):
             block.drop.reset_mask(batch, c, device, dtype)
 
+    def dropout_masks(self) -> List[torch.Tensor]:
+        """The masks of this forward pass's active dropout layers (block order)."""
+        return [blk.drop.mask for blk in self.blocks if blk.drop.mask is not None]
+
+    @contextmanager
+    def swapped_dropout_masks(self, masks: Sequence[torch.Tensor]):
+        """Within the block the active dropout layers use ``masks`` (same order as :meth:`dropout_masks`)."""
+        active = [blk.drop for blk in self.blocks if blk.drop.mask is not None]
+        if len(masks) != len(active):
+            raise ValueError(f"expected {len(active)} dropout masks, got {len(masks)}")
+        saved = [d.mask for d in active]
+        try:
+            for d, m in zip(active, masks):
+                d.mask = m
+            yield
+        finally:
+            for d, m in zip(active, saved):
+                d.mask = m
+
     def forward(self, z: Sequence[torch.Tensor], injection: torch.Tensor) -> List[torch.Tensor]:
         b = [blk(zi, injection if i == 0 else None) for i, (blk, zi) in enumerate(zip(self.blocks, z))]
         return self.fusion(b)

@@ -13,7 +13,8 @@ s = 0.4, gamma_max = 1.0, alpha = 0.5, beta = 0.3, conv_cap = 2.0. Default solve
 iteration, the cheapest per step, which the certified bound L < 1 guarantees to converge; with
 ``f_max_iter=None`` / ``b_max_iter=None`` the iteration limit is the a-priori count for L (see
 :mod:`lmdeq.models.apriori`), and ``solve_mode='apriori'`` runs exactly that count with no
-convergence checks. The authors' solver setting is ``mdeq(..., **AUTHORS_SOLVER)``.
+convergence checks. The authors' solver setting is ``mdeq(..., **AUTHORS_SOLVER)``. ``cuda_graphs=True``
+(default) replays each fixed-count solve (``solve_mode='apriori'``) as one CUDA graph on CUDA devices.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ AUTHORS_SOLVER = dict(solver="anderson", b_solver="anderson", f_max_iter=18, b_m
 
 _ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels")
 _COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, f_tol=1e-3, b_tol=1e-3, stop_mode="rel",
-                        solver_kwargs={}, b_solver_kwargs={}, backward="implicit", solve_mode="checked")
+                        solver_kwargs={}, b_solver_kwargs={}, backward="implicit", solve_mode="checked",
+                        cuda_graphs=True)
 _LIPSCHITZ_DEFAULTS = dict(s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0, constraint="certified",
                            sigma_margin=0.05,
                            power_iters=2, init_power_iters=30, solver="fixed_point",
@@ -139,8 +141,9 @@ def _validate(cfg: dict) -> None:
     _number_in(cfg, "dropout", 0.0, None)
     if cfg["dropout"] >= 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg['dropout']!r}")
-    if not isinstance(cfg["weight_norm"], bool):
-        raise TypeError(f"weight_norm must be a bool, got {type(cfg['weight_norm']).__name__}")
+    for key in ("weight_norm", "cuda_graphs"):
+        if not isinstance(cfg[key], bool):
+            raise TypeError(f"{key} must be a bool, got {type(cfg[key]).__name__}")
     _validate_solver(cfg)
     if cfg["lipschitz"]:
         _number_in(cfg, "s", 0.0, None, low_open=True)

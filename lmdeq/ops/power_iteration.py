@@ -8,7 +8,7 @@
     v <- A^T A v / ||A^T A v||; sigma_l = ||A_l v_l|| (a lower estimate of ||A_l||_2). The compiled
     op runs all layers in one call, normalising every layer in one multi-tensor kernel per iteration;
     on CUDA the whole op (all layers and iterations) is captured once per signature and replayed as
-    one CUDA graph (see cuda_graphs.py).
+    one CUDA graph (see lmdeq/cuda_graphs.py).
 
 Both return (sigmas (L,) in the weights' dtype, new vectors) and run under no_grad (no autograd).
 Vectors are computed in fp32 (fp64 for fp64 weights).
@@ -20,13 +20,19 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import backends, cuda_graphs, reference, validation
+from .. import cuda_graphs
+from . import backends, reference, validation
 from .dispatch import eager_fast_path
 
 __all__ = ["power_iteration_matrices", "conv_power_iteration"]
 
 _MAT = "lmdeq.ops.power_iteration_matrices"
 _CONV = "lmdeq.ops.conv_power_iteration"
+_GRAPHS = cuda_graphs.GraphCache(max_graphs=8)
+
+
+def _flat(sigmas: Tensor, vs: Sequence[Tensor]) -> List[Tensor]:
+    return [sigmas, *vs]
 
 
 def _check_layers(op: str, weights, vecs, vec_name: str) -> None:
@@ -118,10 +124,11 @@ def _conv(weights: List[Tensor], vs: List[Tensor], strides: List[int], paddings:
     backend = backends.choose(device)
     run = _conv_eager(backend, list(strides), list(paddings), n_iter)
     tensors = list(weights) + list(vs)
-    if backend in ("cuda", "triton") and cuda_graphs.enabled(device):
+    if backend in ("cuda", "triton") and _GRAPHS.enabled(device):
         key = ("conv_power_iteration", backend, device, weights[0].dtype,
                tuple(tuple(t.shape) for t in tensors), tuple(strides), tuple(paddings), n_iter)
-        sigmas, new_vs = cuda_graphs.replay(key, run, tensors)
+        outs, _ = _GRAPHS(key, lambda static: (_flat(*run(static)), None), tensors)
+        sigmas, new_vs = outs[0], outs[1:]
     else:
         sigmas, new_vs = run(tensors)
     return sigmas, [v.contiguous() for v in new_vs]

@@ -26,12 +26,14 @@ def test_rows_and_fields(result):
         assert isinstance(r["f_evals"], int) and r["f_evals"] >= 1
         assert isinstance(r["b_evals"], int) and r["b_evals"] >= 1
         assert math.isfinite(r["f_residual"]) and math.isfinite(r["b_residual"])
+        assert r["cuda_graph"] is False  # CPU: no CUDA graphs
     by = {r["method"]: r for r in rows}
     # The original MDEQ runs its fixed Broyden budget (22/22 for cifar10-small) unless it converges.
     assert by["original"]["f_evals"] <= 22 and by["original"]["b_evals"] <= 22
     assert by["authors"]["f_evals"] <= 18 and by["authors"]["b_evals"] <= 20
     assert math.isinf(by["original"]["lipschitz_bound"])
     assert by["lmdeq"]["lipschitz_bound"] < 1.0
+    assert result["fast_path"]["solve_mode"] == "checked" and result["fast_path"]["cuda_graphs"] is False
     ratios = result["ratios"]["init"]
     assert set(ratios) == {f"{k} {r}" for k in ("train", "infer") for r in ("a/b", "a/c", "b/c")}
     assert ratios["train a/c"] == pytest.approx(by["original"]["train_ms"] / by["lmdeq"]["train_ms"])
@@ -55,6 +57,19 @@ def test_cli_quick_path(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "(c) lmdeq fast path" in out and "cifar10-small" in out
     assert (tmp_path / next(p.name for p in tmp_path.iterdir() if p.suffix == ".json")).exists()
+
+
+def test_cli_fast_path_options(tmp_path, capsys):
+    rc = main(["bench", "--quick", "--batch", "2", "--steps", "1", "--warmup", "0", "--methods", "lmdeq",
+               "--solve-mode", "apriori", "--no-cuda-graphs", "--out", str(tmp_path), "--tag=-opt"])
+    assert rc == 0
+    (path,) = tmp_path.glob("speedup-*-opt.json")
+    with open(path) as fh:
+        saved = json.load(fh)
+    assert saved["fast_path"]["solve_mode"] == "apriori" and saved["fast_path"]["cuda_graphs"] is False
+    # apriori: exactly the a-priori count, the same in training and inference up to the mode's bound
+    row = saved["rows"][0]
+    assert row["f_evals"] == row["b_evals"] and row["f_evals"] >= 1
 
 
 def test_cli_rejects_unknown_method(tmp_path):

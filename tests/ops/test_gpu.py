@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lmdeq import ops
-from lmdeq.ops import backends, cuda_graphs, reference
+from lmdeq.ops import backends, reference
+from lmdeq.ops.power_iteration import _GRAPHS
 
 from .helpers import DTYPES, assert_all_close, assert_close, poisoned_outputs, randn, up
 
@@ -93,6 +94,7 @@ def test_conv_power_iteration(gpu_backend, dtype, graphs, monkeypatch):
     monkeypatch.setenv("LMDEQ_CUDA_GRAPHS", graphs)
     convs = [((32, 32, 3, 3), (32, 32), 1, 1), ((64, 32, 3, 3), (32, 32), 2, 1), ((16, 8, 1, 1), (7, 5), 1, 0),
              ((8, 16, 3, 3), (9, 9), 2, 0)] + [((4, 4, 3, 3), (6, 6), 1, 1)] * 35
+    replays = _GRAPHS.replays
     for seed in (0, 1):  # second call: graph replay with new weights and vectors
         weights = [_dev(w, dtype, seed * 1000 + i) for i, (w, *_r) in enumerate(convs)]
         vs = [_dev((1, w[1], *hw), dtype, seed * 1000 + 100 + i) for i, (w, hw, _s, _p) in enumerate(convs)]
@@ -103,4 +105,5 @@ def test_conv_power_iteration(gpu_backend, dtype, graphs, monkeypatch):
         # cuDNN may use TF32 for fp32 convolutions: allow for it in the tolerance
         assert_close(sigmas, ref64[0], lowp[0], dtype, "sigmas")
         assert_all_close(new_vs, ref64[1], lowp[1], dtype, "vs")
-    assert cuda_graphs.enabled(weights[0].device) == (graphs == "1")
+    assert _GRAPHS.enabled(weights[0].device) == (graphs == "1")
+    assert (_GRAPHS.replays - replays == 2) == (graphs == "1") and not _GRAPHS.failures

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..cuda_graphs import GraphCache
 from ..deq import GraphedProblem, deq_solve
-from .apriori import apriori_iterations
+from .apriori import adjoint_apriori_iterations, apriori_iterations
 from .authors_cap import ReshapedMatrixCap
 from .cell_options import CellOptions
 from .head import ClassificationHead
@@ -159,7 +159,7 @@ class MDEQClassifier(nn.Module):
             bound = self.lipschitz_bound()
             self._info["lipschitz_bound"] = bound
             f_count = apriori_iterations(bound, cfg["f_tol"], cfg["solver_kwargs"].get("tau", 1.0))
-            b_count = apriori_iterations(bound, cfg["b_tol"], cfg["b_solver_kwargs"].get("tau", 1.0))
+            b_count = adjoint_apriori_iterations(bound, cfg["b_tol"], cfg["b_solver_kwargs"].get("tau", 1.0))
             if apriori:
                 kw.update(iterations=f_count, b_iterations=b_count, max_iter=f_count, b_max_iter=b_count)
             else:

@@ -7,7 +7,7 @@ import torch
 
 from lmdeq import solvers
 from lmdeq.models import mdeq
-from lmdeq.models.apriori import apriori_iterations
+from lmdeq.models.apriori import adjoint_apriori_iterations, apriori_iterations
 
 from .tiny import TINY2, TINY3, conv_norm_upper_bound, jacobian_spectral_norm, scale_weights_, state_norm
 
@@ -89,8 +89,35 @@ def test_apriori_count_certifies_relative_residual_on_a_linear_contraction(L, ta
     fz = L * z @ q.T + b
     rel = ((fz - z).norm(dim=1) / fz.norm(dim=1)).max()
     assert rel <= tol
+    # the adjoint problem g = J^T g + v (J = L Q) from g0 = v: its own, smaller count suffices
+    v = torch.randn(3, 12, dtype=torch.float64)
+    n_adj = adjoint_apriori_iterations(L, tol, tau)
+    g, _, _ = solvers.fixed_point(lambda g: L * g @ q + v, v.clone(), iterations=n_adj, tau=tau)
+    fg = L * g @ q + v
+    assert ((fg - g).norm(dim=1) / fg.norm(dim=1)).max() <= tol
+    assert n_adj <= n
     with pytest.raises(RuntimeError, match="not < 1"):
         apriori_iterations(1.0, tol)
+    with pytest.raises(RuntimeError, match="not < 1"):
+        adjoint_apriori_iterations(1.0, tol)
+
+
+@pytest.mark.parametrize("L", [0.05, 0.15, 0.25, 0.5, 0.9])
+def test_apriori_counts_are_at_least_the_worst_case(L):
+    # Worst case of the forward bound in one dimension, f(z) = -L z + 1 from 0 (the iterates overshoot
+    # and |f(z_k)| is smallest): the count must reach tol there; the count for a looser target may not.
+    tol = 1e-3
+    n = apriori_iterations(L, tol)
+    z = 0.0
+    for _ in range(n):
+        z = -L * z + 1.0
+    assert abs((-L * z + 1.0) - z) / abs(-L * z + 1.0) <= tol
+    # adjoint worst case: g = -L g + v from g0 = v
+    n_adj = adjoint_apriori_iterations(L, tol)
+    g = 1.0
+    for _ in range(n_adj):
+        g = -L * g + 1.0
+    assert abs((-L * g + 1.0) - g) / abs(-L * g + 1.0) <= tol
 
 
 @pytest.mark.parametrize("adversarial", [False, True], ids=["init", "scaled"])
@@ -116,6 +143,25 @@ def test_model_solve_reaches_tolerance_within_the_apriori_count(adversarial):
         res = state_norm([a[b] - c[b] for a, c in zip(fz, z)]) / state_norm([a[b] for a in fz])
         assert res <= 1e-4
     assert sinfo["f_evals"] == count
+    # Adjoint: g = J_f(z*)^T g + v from g0 = v, exactly the adjoint a-priori count, residual measured.
+    with torch.no_grad():
+        z_star, _, _ = solvers.fixed_point(f, z0, max_iter=200, tol=1e-13, stop_mode="rel")
+    with torch.enable_grad():
+        zs = [t.detach().requires_grad_() for t in z_star]
+        fz = f(zs)
+    v = [torch.randn_like(t) for t in zs]
+
+    def adjoint_map(g):
+        jt = torch.autograd.grad(fz, zs, g, retain_graph=True)
+        return [a + b for a, b in zip(v, jt)]
+
+    b_count = adjoint_apriori_iterations(model.lipschitz_bound(), 1e-4)
+    g, _, _ = solvers.fixed_point(adjoint_map, v, iterations=b_count)
+    fg = adjoint_map(g)
+    for b in range(x.shape[0]):
+        res = state_norm([a[b] - c[b] for a, c in zip(fg, g)]) / state_norm([a[b] for a in fg])
+        assert res <= 1e-4
+    assert b_count <= count
 
 
 def test_original_converges_worse_than_lipschitz_on_the_same_input(record_property, capsys):

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from lmdeq.models import AUTHORS_SOLVER, mdeq
-from lmdeq.models.apriori import apriori_iterations
+from lmdeq.models.apriori import adjoint_apriori_iterations, apriori_iterations
 
 from .tiny import TINY2, TINY3
 
@@ -96,8 +96,9 @@ def test_training_step(variant):
         assert not any(c.estimate_is_stale() for c in model.cell.convs())
         assert model.lipschitz_bound() < 1.0
         if variant.get("solve_mode") == "apriori":   # exactly the a-priori count, forward and backward
-            count = apriori_iterations(info["lipschitz_bound"], model.config["f_tol"])
-            assert info["f_nstep"] == count and info["b_nstep"] == count
+            bound, tol = info["lipschitz_bound"], model.config["f_tol"]
+            assert info["f_nstep"] == apriori_iterations(bound, tol)
+            assert info["b_nstep"] == adjoint_apriori_iterations(bound, tol)
     else:
         assert model.lipschitz_bound() == math.inf
     loss2 = F.cross_entropy(model(x), y)      # a second step runs after the upkeep

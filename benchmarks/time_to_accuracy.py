@@ -2,7 +2,7 @@
 reach a validation accuracy on CIFAR-10 under ``lmdeq train`` (same data, seed, schedule and batch).
 
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-train-jpeg.tar.gz \
-        --target 0.80 --epochs 50 [--preset cifar10-large] [--methods original,authors,lmdeq]
+        --target 0.80 --epochs 50 [--preset cifar10-large] [--methods original,authors,lmdeq] [--save-runs DIR]
 
 Time counts training and validation wall-clock (data decoding, cached once beforehand, excluded). A method
 that has not reached the target after ``--epochs`` is reported as not reached, with its best accuracy.
@@ -47,13 +47,15 @@ def time_to_accuracy(method: str, args) -> dict:
             raise _Reached()
 
     reached = False
+    out_dir = os.path.join(args.save_runs, method) if args.save_runs else None
     try:
         run_training(cfg, device=args.device, workers=args.workers, progress=not args.no_progress,
-                     on_epoch_end=on_epoch_end, print_fn=lambda m: print(m, file=sys.stderr, flush=True))
+                     on_epoch_end=on_epoch_end, print_fn=lambda m: print(m, file=sys.stderr, flush=True),
+                     out_dir=out_dir)
     except _Reached:
         reached = True
     best = max((h["val_acc"] for h in history if h["val_acc"] is not None), default=None)
-    return {"method": method, "label": LABELS[method], "reached": reached,
+    return {"method": method, "label": LABELS[method], "reached": reached, "run_dir": out_dir,
             "seconds": history[-1]["elapsed_s"] if reached else None,
             "epochs": history[-1]["epoch"] if history else 0, "best_val_acc": best, "history": history}
 
@@ -74,6 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--save-runs", default=None, metavar="DIR",
+                   help="keep each method's run (checkpoints, metrics) in DIR/<method> (for lmdeq bench --weights)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))

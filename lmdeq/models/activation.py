@@ -1,6 +1,9 @@
 """Scaled ReLU, the activation of the MDEQ cell: act(x) = s * max(x, 0).
 
-It is s-Lipschitz in any l_p norm (elementwise, slope 0 or s). The original MDEQ uses s = 1.
+It is s-Lipschitz in any l_p norm (elementwise, slope 0 or s). The original MDEQ uses s = 1. Inside the
+cell, s * relu(x) is evaluated as relu(x) with s folded into the neighbouring affine map (a GroupNorm's
+gamma/beta or the next convolution's weight), which saves a pass over the activations; this module
+holds s and the bound.
 """
 from __future__ import annotations
 

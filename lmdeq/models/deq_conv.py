@@ -95,8 +95,11 @@ class DEQConv2d(nn.Module):
         finally:
             self._frozen_weight = outer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.effective_weight(), stride=self.stride, padding=self.padding)
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """conv2d(scale * x, W_eff) = conv2d(x, scale * W_eff): a scalar on the input (the activation's s)
+        costs a pass over the small weight instead of one over the activations."""
+        w = self.effective_weight()
+        return F.conv2d(x, w if scale == 1.0 else w * scale, stride=self.stride, padding=self.padding)
 
     # -- norm estimate ---------------------------------------------------------------------------------
     def lipschitz(self) -> torch.Tensor | float:

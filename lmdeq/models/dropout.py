@@ -34,13 +34,14 @@ class VariationalDropout2d(nn.Module):
         keep = torch.empty(batch, channels, 1, 1, device=device, dtype=dtype).bernoulli_(1.0 - self.p)
         self.mask = keep / (1.0 - self.p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """m * x, or m * x + add in one pass when ``add`` is given."""
         if not self.active():
-            return x
+            return x if add is None else x + add
         if self.mask is None or self.mask.shape[:2] != x.shape[:2]:
             raise RuntimeError("VariationalDropout2d: call reset_mask(batch, channels, ...) for this "
                                "batch before applying the layer")
-        return x * self.mask
+        return x * self.mask if add is None else torch.addcmul(add, x, self.mask)
 
     def lipschitz(self) -> float:
         return 1.0 / (1.0 - self.p) if self.active() else 1.0

@@ -42,11 +42,12 @@ class DownsamplePath(nn.Module):
             if t < self.levels - 1:
                 self.acts.append(options.act())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """scale * F(x); scale and the activations' s are folded into the GroupNorms and convs."""
         for t in range(self.levels):
-            x = self.norms[t](self.convs[t](x))
-            if t < self.levels - 1:
-                x = self.acts[t](x)
+            last = t == self.levels - 1
+            x = self.convs[t](x, scale=1.0 if t == 0 else self.acts[t - 1].s)
+            x = self.norms[t](x, gamma_scale=scale, beta_scale=scale) if last else torch.relu(self.norms[t](x))
         return x
 
     def lipschitz(self):
@@ -68,8 +69,10 @@ class UpsamplePath(nn.Module):
         self.conv = options.conv(channels[j], channels[i], 1)
         self.norm = options.norm(options.num_groups, channels[i])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.norm(self.conv(x)), scale_factor=2 ** self.levels, mode="nearest")
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """scale * F(x), the scale folded into the GroupNorm."""
+        y = self.norm(self.conv(x), gamma_scale=scale, beta_scale=scale)
+        return F.interpolate(y, scale_factor=2 ** self.levels, mode="nearest")
 
     def lipschitz(self):
         """c g 2^levels (nearest upsampling by k has l2 norm k)."""
@@ -86,7 +89,7 @@ class PostFusion(nn.Module):
         self.norm = options.norm(max(1, options.num_groups // 2), channels, affine=False)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(self.act(y)))
+        return self.norm(self.conv(torch.relu(y), scale=self.act.s))   # conv(s relu y) = (s W) * relu y
 
     def lipschitz(self):
         return self.act.lipschitz() * self.conv.lipschitz() * self.norm.lipschitz()
@@ -133,12 +136,15 @@ class MultiscaleFusion(nn.Module):
     def forward(self, blocks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         out = []
         for i, row in enumerate(self.paths):
-            y = 0
+            # m_ij folds into each path's last GroupNorm, m_ii into the add: one pass per term.
+            y = None
             for j, path in enumerate(row):
                 m = self.coefficients[i][j]
-                if m != 0.0:
-                    term = path(blocks[j])
-                    y = y + (term if m == 1.0 else m * term)
+                if m != 0.0 and j != i:
+                    term = path(blocks[j], scale=m)
+                    y = term if y is None else y + term
+            m_ii = self.coefficients[i][i]
+            y = blocks[i] * m_ii if y is None else torch.add(y, blocks[i], alpha=m_ii)
             out.append(self.post[i](y))
         return out
 

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["MeanOnlyGroupNorm", "StandardGroupNorm", "group_norm"]
 
 
 class StandardGroupNorm(nn.GroupNorm):
     """torch's GroupNorm with a :meth:`lipschitz` that states it has no finite global bound."""
+
+    def forward(self, x: torch.Tensor, gamma_scale: float = 1.0, beta_scale: float = 1.0) -> torch.Tensor:
+        """gamma_scale * gamma * normalised(x) + beta_scale * beta (scales as in MeanOnlyGroupNorm)."""
+        if gamma_scale == 1.0 and beta_scale == 1.0:
+            return super().forward(x)
+        if self.weight is None:
+            return gamma_scale * super().forward(x)
+        return F.group_norm(x, self.num_groups, self.weight * gamma_scale, self.bias * beta_scale, self.eps)
 
     def lipschitz(self) -> float:
         return float("inf")
@@ -48,14 +57,24 @@ class MeanOnlyGroupNorm(nn.Module):
             return None
         return self.weight.clamp(-self.gamma_max, self.gamma_max)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gamma_scale: float = 1.0, beta_scale: float = 1.0) -> torch.Tensor:
+        """gamma_scale * gamma_eff * (x - mean_g x) + beta_scale * beta.
+
+        The scales let a neighbouring positive scalar fold in at no cost (s * relu(GN(x)) =
+        relu(GN(x) with both scales s); GN(s * x) = GN(x) with gamma_scale s). With affine parameters the
+        layer is evaluated as one pass, gamma' x + (beta' - gamma' mean_g x), after the mean."""
         b, c = x.shape[:2]
         xg = x.reshape(b, self.num_groups, -1)
-        out = (xg - xg.mean(dim=-1, keepdim=True)).reshape(x.shape)
+        mean = xg.mean(dim=-1, keepdim=True)
         if self.weight is None:
-            return out
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        return out * self.effective_gamma().reshape(shape) + self.bias.reshape(shape)
+            out = (xg - mean).reshape(x.shape)
+            return out if gamma_scale == 1.0 else out * gamma_scale
+        gamma = self.effective_gamma() * gamma_scale
+        beta = self.bias * beta_scale if beta_scale != 1.0 else self.bias
+        shift = beta - gamma * mean.reshape(b, self.num_groups, 1).expand(
+            b, self.num_groups, c // self.num_groups).reshape(b, c)
+        spatial = (1,) * (x.dim() - 2)
+        return torch.addcmul(shift.reshape((b, c) + spatial), x, gamma.reshape((1, c) + spatial))
 
     def lipschitz(self) -> torch.Tensor | float:
         """max |gamma_eff| (a 0-d tensor), or 1 without affine."""

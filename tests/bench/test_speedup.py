@@ -67,9 +67,9 @@ def test_cli_fast_path_options(tmp_path, capsys):
     with open(path) as fh:
         saved = json.load(fh)
     assert saved["fast_path"]["solve_mode"] == "apriori" and saved["fast_path"]["cuda_graphs"] is False
-    # apriori: exactly the a-priori count, the same in training and inference up to the mode's bound
+    # apriori: the certified counts, the adjoint's (from g0 = v) never longer than the forward's
     row = saved["rows"][0]
-    assert row["f_evals"] == row["b_evals"] and row["f_evals"] >= 1
+    assert 1 <= row["b_evals"] <= row["f_evals"]
 
 
 def test_cli_rejects_unknown_method(tmp_path):

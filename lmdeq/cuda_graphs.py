@@ -99,6 +99,10 @@ class GraphCache:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def graphed(self, key: Hashable) -> bool:
+        """Whether ``key`` has a capture that replays (False if unknown or if its capture failed)."""
+        return self._calls.get(key) is not None
+
     def __call__(self, key: Hashable, fn: Fn, inputs: Sequence[Tensor]) -> Tuple[List[Tensor], Any]:
         """``fn(inputs)`` through the capture stored under ``key`` (captured now if missing)."""
         if key not in self._calls:

@@ -51,7 +51,7 @@ class GraphedProblem:
     * ``cache``: the :class:`~lmdeq.cuda_graphs.GraphCache` holding the captures (owned by the caller,
       e.g. a model, so they live as long as its parameters);
     * ``key``: everything besides ``inputs`` that f's work depends on (mode, the storage of the tensors
-      it reads in place such as parameters, autocast state);
+      it reads in place such as parameters; shapes, solver settings and the autocast state are added);
     * ``inputs``: the tensors f reads that change from call to call (copied into static buffers);
     * ``bind(static_inputs)``: a context manager yielding a state -> state function that computes
       exactly f, but reads ``static_inputs`` in place of ``inputs``.
@@ -71,7 +71,6 @@ class GraphedProblem:
         info dict's tensors come from this replay and its Python values from the capture."""
         inputs = list(self.inputs) + list(state)
         k = len(self.inputs)
-
         dev = inputs[0].device.type
         amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         # Same autocast state, but no cast cache: a cached cast made during warm-up would be baked into
@@ -86,8 +85,9 @@ class GraphedProblem:
             return list(parts) + [info[n] for n in names], (len(parts), names, fixed)
 
         signature = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in inputs)
-        outs, (n, names, fixed) = self.cache((tag, self.key, amp, signature), fn, inputs)
-        return outs[:n], {**fixed, **dict(zip(names, outs[n:])), "cuda_graph": True}
+        key = (tag, self.key, amp, signature)
+        outs, (n, names, fixed) = self.cache(key, fn, inputs)
+        return outs[:n], {**fixed, **dict(zip(names, outs[n:])), "cuda_graph": self.cache.graphed(key)}
 
 
 def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: float = 1e-3,
@@ -101,7 +101,8 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
     with the backward solver's info when the implicit backward runs. ``iterations``/``b_iterations`` run
     the forward/backward solves for exactly that many steps with no host sync; with ``graph`` as well
-    (and a CUDA device) each such solve is one CUDA-graph replay, and ``info['cuda_graph']`` is True.
+    (and a CUDA device) each such solve is one CUDA-graph replay, and ``info['cuda_graph']`` says whether it
+    was (False when the capture failed and the solve ran eagerly).
     """
     if backward not in BACKWARD_MODES:
         raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {backward!r}")

@@ -99,3 +99,25 @@ def test_cuda_graphed_solves_equal_eager_on_gpu():
         assert info_g["cuda_graph"] is True
         assert _rel(z_g, z_e) < 1e-5 and _rel(gW_g, gW_e) < 1e-5 and _rel(gx_g, gx_e) < 1e-5
     assert cache.captures == 2 and cache.replays == 4 and not cache.failures
+
+
+class _FailingCall:
+    """A capture that fails like a non-capturable computation (e.g. a host sync inside)."""
+
+    @staticmethod
+    def supports(device) -> bool:
+        return True
+
+    def __init__(self, fn, inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_failed_capture_runs_eagerly_and_says_so():
+    cache = GraphCache(call_type=_FailingCall)
+    W = _problem("cpu", torch.float64)
+    x = _x("cpu", torch.float64, 1)
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        z_g, info_g, gW_g, _ = _solve_and_grads(W, x, _graphed(cache, W, x))
+    z_e, _, gW_e, _ = _solve_and_grads(W, x, None)
+    assert info_g["cuda_graph"] is False and cache.failures and cache.replays == 0
+    assert _rel(z_g, z_e) < 1e-12 and _rel(gW_g, gW_e) < 1e-12

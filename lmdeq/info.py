@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import torch
 
-from . import __version__
+from . import __version__, cuda_graphs
 from .ops import OP_NAMES, backends
 
 
@@ -63,6 +63,9 @@ def report() -> str:
         f"triton {_triton_version()}",
         *_extension_lines(),
         f"{backends.ENV_VAR}={os.environ.get(backends.ENV_VAR, 'auto')}",
+        f"LMDEQ_CUDA_GRAPHS={os.environ.get('LMDEQ_CUDA_GRAPHS', '1')} (CUDA-graphed fixed-count solves and conv power "
+        f"iteration: {'on' if cuda_graphs.enabled_by_env() else 'off'}"
+        f"{'' if torch.cuda.is_available() else ', used on CUDA devices only'})",
         "",
     ]
     for device in _devices():

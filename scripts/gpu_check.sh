@@ -6,7 +6,7 @@
 #      fast path (a-priori counts, no host syncs, CUDA-graphed solves);
 #   3. the GPU tests: every op on the CUDA and Triton backends against the float64 reference, and the
 #      CUDA-graphed solves (deq_solve and the MDEQ model) against the eager solves;
-#   4. fast-path variants: bf16 autocast + channels_last, and checked solves without graphs;
+#   4. fast-path variants: bf16 autocast, NCHW instead of channels_last, checked solves without graphs;
 #   5. the kernel benchmarks (quick), which end with a short table and the speed targets;
 #   6. a summary table.
 # Logs and results go to $OUT when set (the device tool), else to benchmarks/results/.
@@ -49,7 +49,8 @@ timeout "$(limit 150)" $PY -m pytest -m gpu tests/ops tests/deq tests/models -q 
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "fast-path variants"
-bench 40 speedup-bf16.log --methods lmdeq --bf16 --channels-last --tag=-bf16-cl
+bench 40 speedup-bf16.log --methods lmdeq --bf16 --tag=-bf16
+bench 40 speedup-nchw.log --methods lmdeq --no-channels-last --tag=-nchw
 bench 40 speedup-checked.log --methods lmdeq --solve-mode checked --no-cuda-graphs --tag=-checked
 
 step "kernel benchmarks"
@@ -58,7 +59,7 @@ timeout "$(limit 110)" $PY benchmarks/kernels.py --quick --compile-for large:128
 
 step "summary"
 grep -E "passed|failed|error" "$OUT_DIR/gpu-tests.log" | tail -1
-for log in speedup.log speedup-bf16.log speedup-checked.log; do
+for log in speedup.log speedup-bf16.log speedup-nchw.log speedup-checked.log; do
   echo "--- $log"; sed -n '/^| weights/,$p' "$OUT_DIR/$log" | grep -v '^wrote'
 done
 awk '/^device:/{p=1} p' "$OUT_DIR/bench.log" | grep -E "^device:|^op  |large +(128|1) "

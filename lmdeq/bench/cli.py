@@ -6,6 +6,7 @@ or with ``--quick``, the CPU configuration: cifar10-small, batch 32, 3 timed ste
 """
 from __future__ import annotations
 
+import argparse
 import json
 
 import torch
@@ -30,7 +31,8 @@ def add_arguments(parser):
                     help="trained checkpoint from `lmdeq train` (repeat: one original, one Lipschitz)")
     sp.add_argument("--data", default=None, help="take the batch from this dataset (default: random images)")
     sp.add_argument("--methods", default="original,authors,lmdeq", help="comma-separated subset of methods")
-    sp.add_argument("--channels-last", action="store_true", help="fast path: channels_last memory format")
+    sp.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="fast path: channels_last memory format (default: on; measured faster on CPU)")
     sp.add_argument("--bf16", action="store_true", help="fast path: bf16 autocast for f (GPU)")
     sp.add_argument("--check-every", type=int, default=None, help="fast path: convergence read-back period")
     sp.add_argument("--solve-mode", choices=("apriori", "checked"), default=None,

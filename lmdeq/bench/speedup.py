@@ -11,7 +11,7 @@ Measured on one device, in one run, with the same batch, the same weights policy
 * (c) ``lmdeq`` — the fast path: certified Lipschitz MDEQ, fused kernels, fixed-point solves. On GPU
   (``solve_mode='apriori'``) each solve runs exactly the a-priori iteration count of the certified bound,
   with no host sync, and is replayed as one CUDA graph (forward solve, and adjoint solve with its
-  re-evaluation of f); optionally channels_last and bf16 autocast for f. On CPU (``'checked'``, where a
+  re-evaluation of f); channels_last memory format (default) and optionally bf16 autocast for f. On CPU (``'checked'``, where a
   read-back costs nothing) the solves stop at tol, capped by the a-priori count.
 
 Per method: ms per training step (forward solve + backward solve + optimiser step + constraint upkeep),
@@ -150,7 +150,7 @@ def _batch(preset_batch: int, device, data: Optional[str], seed: int):
 
 def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int = 3, warmup: int = 1,
         weights: Optional[List[str]] = None, methods=METHODS, data: Optional[str] = None, seed: int = 0,
-        channels_last: bool = False, bf16: bool = False, check_every: Optional[int] = None,
+        channels_last: bool = True, bf16: bool = False, check_every: Optional[int] = None,
         solve_mode: Optional[str] = None, cuda_graphs: bool = True, out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
     """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict. ``solve_mode`` of the
     fast path defaults to 'apriori' on CUDA and 'checked' elsewhere."""

@@ -104,8 +104,12 @@ class MDEQClassifier(nn.Module):
         injection = self.injection(self.stem(x))
         batch = x.shape[0]
         self.cell.reset_dropout(batch, injection.device, injection.dtype)
-        # The state keeps x's dtype (fp32) even when autocast computes f in bf16.
-        z0 = [injection.new_zeros(shape, dtype=x.dtype) for shape in self.cell.state_shapes(batch)]
+        # The state keeps x's dtype (fp32) even when autocast computes f in bf16, and the injection's
+        # memory format (channels_last when the model and input are), so f's outputs match it.
+        fmt = torch.channels_last if injection.is_contiguous(memory_format=torch.channels_last) and \
+            not injection.is_contiguous() else torch.contiguous_format
+        z0 = [torch.zeros(shape, dtype=x.dtype, device=injection.device).contiguous(memory_format=fmt)
+              for shape in self.cell.state_shapes(batch)]
         return self._cell_map(injection), z0, injection
 
     def _cell_map(self, injection: torch.Tensor):

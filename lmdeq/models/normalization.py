@@ -64,17 +64,18 @@ class MeanOnlyGroupNorm(nn.Module):
         relu(GN(x) with both scales s); GN(s * x) = GN(x) with gamma_scale s). With affine parameters the
         layer is evaluated as one pass, gamma' x + (beta' - gamma' mean_g x), after the mean."""
         b, c = x.shape[:2]
-        xg = x.reshape(b, self.num_groups, -1)
-        mean = xg.mean(dim=-1, keepdim=True)
-        if self.weight is None:
-            out = (xg - mean).reshape(x.shape)
-            return out if gamma_scale == 1.0 else out * gamma_scale
-        gamma = self.effective_gamma() * gamma_scale
-        beta = self.bias * beta_scale if beta_scale != 1.0 else self.bias
-        shift = beta - gamma * mean.reshape(b, self.num_groups, 1).expand(
-            b, self.num_groups, c // self.num_groups).reshape(b, c)
+        g = self.num_groups
         spatial = (1,) * (x.dim() - 2)
-        return torch.addcmul(shift.reshape((b, c) + spatial), x, gamma.reshape((1, c) + spatial))
+        # Group means from per-channel means (groups are equal-sized): a reduction that reads x in any
+        # memory format, so channels_last inputs give channels_last outputs with no layout copy.
+        mean = x.mean(dim=tuple(range(2, x.dim()))).reshape(b, g, c // g).mean(dim=-1, keepdim=True)
+        mean = mean.expand(b, g, c // g).reshape((b, c) + spatial)
+        if self.weight is None:
+            out = x - mean
+            return out if gamma_scale == 1.0 else out * gamma_scale
+        gamma = (self.effective_gamma() * gamma_scale).reshape((1, c) + spatial)
+        beta = (self.bias * beta_scale if beta_scale != 1.0 else self.bias).reshape((1, c) + spatial)
+        return torch.addcmul(beta - gamma * mean, x, gamma)
 
     def lipschitz(self) -> torch.Tensor | float:
         """max |gamma_eff| (a 0-d tensor), or 1 without affine."""

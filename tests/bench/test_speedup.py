@@ -34,6 +34,7 @@ def test_rows_and_fields(result):
     assert math.isinf(by["original"]["lipschitz_bound"])
     assert by["lmdeq"]["lipschitz_bound"] < 1.0
     assert result["fast_path"]["solve_mode"] == "checked" and result["fast_path"]["cuda_graphs"] is False
+    assert result["fast_path"]["channels_last"] is True
     ratios = result["ratios"]["init"]
     assert set(ratios) == {f"{k} {r}" for k in ("train", "infer") for r in ("a/b", "a/c", "b/c")}
     assert ratios["train a/c"] == pytest.approx(by["original"]["train_ms"] / by["lmdeq"]["train_ms"])
@@ -61,12 +62,14 @@ def test_cli_quick_path(tmp_path, capsys):
 
 def test_cli_fast_path_options(tmp_path, capsys):
     rc = main(["bench", "--quick", "--batch", "2", "--steps", "1", "--warmup", "0", "--methods", "lmdeq",
-               "--solve-mode", "apriori", "--no-cuda-graphs", "--out", str(tmp_path), "--tag=-opt"])
+               "--solve-mode", "apriori", "--no-cuda-graphs", "--no-channels-last", "--out", str(tmp_path),
+               "--tag=-opt"])
     assert rc == 0
     (path,) = tmp_path.glob("speedup-*-opt.json")
     with open(path) as fh:
         saved = json.load(fh)
     assert saved["fast_path"]["solve_mode"] == "apriori" and saved["fast_path"]["cuda_graphs"] is False
+    assert saved["fast_path"]["channels_last"] is False
     # apriori: the certified counts, the adjoint's (from g0 = v) never longer than the forward's
     row = saved["rows"][0]
     assert 1 <= row["b_evals"] <= row["f_evals"]

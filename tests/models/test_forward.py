@@ -158,3 +158,28 @@ def test_frozen_weights_change_neither_outputs_nor_gradients(monkeypatch):
     assert grads_frozen.keys() == grads_plain.keys() and any(n.startswith("cell.") for n in grads_plain)
     for name, g in grads_plain.items():
         assert (grads_frozen[name] - g).norm() <= 1e-10 * (g.norm() + 1e-30), name
+
+
+@pytest.mark.parametrize("lipschitz", [True, False], ids=["lipschitz", "original"])
+def test_channels_last_model_matches_and_keeps_the_format(lipschitz):
+    # A channels_last model and input: same logits and gradients as NCHW, and the solver state and f's
+    # outputs stay channels_last (no layout copies inside the solve).
+    torch.manual_seed(3)
+    model = mdeq("cifar10-small", lipschitz=lipschitz, **TINY2).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.manual_seed(4)  # the same dropout masks in both passes
+    ref = model(x)
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+    model = model.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(4)
+    out = model(xc)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    assert float((out - ref).norm() / ref.norm()) < 1e-10
+    g, r = torch.cat([t.flatten() for t in grads]), torch.cat([t.flatten() for t in ref_grads])
+    assert float((g - r).norm() / r.norm()) < 1e-10
+    if lipschitz:   # torch's GroupNorm (original) may return NCHW; lmdeq's mean-only GroupNorm keeps the format
+        f, z0 = model.fixed_point_problem(xc)
+        with torch.no_grad():
+            fz = f(z0)
+        assert all(t.is_contiguous(memory_format=torch.channels_last) for t in list(z0) + list(fz))

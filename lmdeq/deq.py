@@ -114,16 +114,16 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     b_solve = get_solver(b_solver)  # validated now, not in the middle of a backward pass
     layout = StateLayout(z0, "z0")
     kwargs = dict(max_iter=max_iter, tol=tol, stop_mode=stop_mode, iterations=iterations, **(solver_kwargs or {}))
+    start = [p.detach() for p in layout.parts(z0)]
     if graph is not None and graph.usable(layout.device, iterations, solver_kwargs):
         def body(g_f, static_z0):
             z, _, inf = solve(g_f, layout.external(list(static_z0)), **kwargs)
             return layout.parts(z), inf
 
-        star, info = graph.run(("forward", solver, repr(sorted(kwargs.items()))), body,
-                               [p.detach() for p in layout.parts(z0)], grad=False)
+        star, info = graph.run(("forward", solver, repr(sorted(kwargs.items()))), body, start, grad=False)
     else:
         with torch.no_grad():
-            z_star, _, info = solve(f, layout.external([p.detach() for p in layout.parts(z0)]), **kwargs)
+            z_star, _, info = solve(f, layout.external(start), **kwargs)
         star = [p.detach() for p in layout.parts(z_star)]
     if backward == "none" or not torch.is_grad_enabled():
         return layout.external(star), info

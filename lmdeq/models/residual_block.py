@@ -40,17 +40,12 @@ class ResidualBlock(nn.Module):
     def forward(self, z: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
         # Evaluated with the activations' slope s folded into the neighbouring affine maps, so that every
         # elementwise step is one pass: act1(gn1(y)) = relu(gn1(y) scaled by s), gn3(act3(m)) =
-        # gn3(relu(m)) with gamma scaled by s, and a_res z + a_f v = lerp(z, v, a_f) when a_res + a_f = 1.
+        # gn3(relu(m)) with gamma scaled by s, and (1 - a_f) z + a_f v = lerp(z, v, a_f).
         s1, s3 = self.act1.s, self.act3.s
         u = torch.relu(self.gn1(self.conv1(z), gamma_scale=s1, beta_scale=s1))
         v = self.drop(self.conv2(u), add=injection)
         v = self.gn2(v)
-        if self.a_res == 1.0 and self.a_f == 1.0:
-            mixed = z + v
-        elif abs(self.a_res + self.a_f - 1.0) < 1e-12:
-            mixed = torch.lerp(z, v, self.a_f)
-        else:
-            mixed = torch.add(self.a_res * z, v, alpha=self.a_f)
+        mixed = z + v if (self.a_res, self.a_f) == (1.0, 1.0) else torch.lerp(z, v, self.a_f)  # a_res = 1 - a_f
         return self.gn3(torch.relu(mixed), gamma_scale=s3)
 
     def lipschitz(self):

@@ -183,3 +183,24 @@ def test_channels_last_model_matches_and_keeps_the_format(lipschitz):
         with torch.no_grad():
             fz = f(z0)
         assert all(t.is_contiguous(memory_format=torch.channels_last) for t in list(z0) + list(fz))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("norm_type", ["mean-only", "standard"])
+def test_group_norm_scales_fold_as_documented(norm_type, affine):
+    # norm(x, gamma_scale=a, beta_scale=b) = a * gamma * normalised(x) + b * beta, the identity the cell uses
+    # to fold the activation slope and fusion weights into its GroupNorms.
+    from lmdeq.models.normalization import group_norm
+
+    torch.manual_seed(5)
+    norm = group_norm(norm_type == "mean-only", 4, 8, affine=affine, gamma_max=1.5).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(-2.0, 2.0)
+            norm.bias.normal_()
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        plain = norm(x)
+        beta = norm.bias.reshape(1, 8, 1, 1) if affine else 0.0
+        expected = 0.4 * (plain - beta) + 0.7 * beta
+        assert torch.allclose(norm(x, gamma_scale=0.4, beta_scale=0.7), expected, atol=1e-12)

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--tag", default="", help="suffix for the result file name")
     p.add_argument("--save-runs", default=None, metavar="DIR",
                    help="keep each method's run (checkpoints, metrics) in DIR/<method> (for lmdeq bench --weights)")
     args = p.parse_args(argv)
@@ -90,14 +91,17 @@ def main(argv=None) -> int:
     # Decode (and cache) the data once, so no method pays for it.
     prepare_splits(TrainConfig(data=args.data, val_fraction=args.val_fraction, limit_train=args.limit_train,
                                limit_val=args.limit_val, seed=args.seed), progress=not args.no_progress)
-    rows = [time_to_accuracy(m, args) for m in methods]
     result = {"benchmark": "time_to_accuracy", "env": environment(device), "preset": args.preset,
-              "target": args.target, "data": args.data, "epochs_max": args.epochs, "batch_size": args.batch_size,
-              "rows": rows}
+              "target": args.target, "data": args.data, "val_fraction": args.val_fraction,
+              "limit_train": args.limit_train, "limit_val": args.limit_val, "epochs_max": args.epochs,
+              "batch_size": args.batch_size, "rows": []}
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"time_to_accuracy-{device_slug(device)}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1)
+    path = os.path.join(args.out, f"time_to_accuracy-{device_slug(device)}{args.tag}.json")
+    for m in methods:  # the JSON is rewritten after each method, so a run cut short keeps what finished
+        result["rows"].append(time_to_accuracy(m, args))
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+    rows = result["rows"]
     print(f"Device: {result['env']['device']}; preset {args.preset}; target val acc {args.target}\n")
     print(markdown_table(rows, ["label", "reached", "seconds", "epochs", "best_val_acc"],
                          ["method", "reached", "seconds", "epochs", "best val acc"]))

@@ -22,6 +22,9 @@ whole adjoint solve (re-evaluation of f at z* plus every vector-Jacobian product
 once per key and replayed as one CUDA graph (see :mod:`lmdeq.cuda_graphs`); the tracked evaluation
 f(z*) and the gradient into parameters stay eager. Results equal the eager solves.
 
+Profiler ranges (``torch.profiler.record_function``): ``lmdeq::forward_solve``, ``lmdeq::tracked_f``
+and ``lmdeq::adjoint_solve`` mark the three parts of a solve (see :mod:`lmdeq.bench.profile`).
+
 ``f`` maps a state (tensor, or list/tuple of tensors, batch first) to a state of the same structure and
 closes over its inputs (the injection) and parameters.
 """
@@ -34,6 +37,7 @@ from typing import Callable, Hashable, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .cuda_graphs import GraphCache
 from .solvers import get_solver
@@ -120,9 +124,10 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
             z, _, inf = solve(g_f, layout.external(list(static_z0)), **kwargs)
             return layout.parts(z), inf
 
-        star, info = graph.run(("forward", solver, repr(sorted(kwargs.items()))), body, start, grad=False)
+        with record_function("lmdeq::forward_solve"):
+            star, info = graph.run(("forward", solver, repr(sorted(kwargs.items()))), body, start, grad=False)
     else:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("lmdeq::forward_solve"):
             z_star, _, info = solve(f, layout.external(start), **kwargs)
         star = [p.detach() for p in layout.parts(z_star)]
     if backward == "none" or not torch.is_grad_enabled():
@@ -147,10 +152,12 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
         # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
         # products run on: f is evaluated once for both (its graph is kept until the backward pass).
         star = [p.requires_grad_() for p in star]
-        tracked = layout.check_output(f(layout.external(star)))
+        with record_function("lmdeq::tracked_f"):
+            tracked = layout.check_output(f(layout.external(star)))
         adjoint.linearisation = (star, tracked)
     else:
-        tracked = layout.check_output(f(layout.external(star)))
+        with record_function("lmdeq::tracked_f"):
+            tracked = layout.check_output(f(layout.external(star)))
     out = _ImplicitGrad.apply(adjoint, *tracked)
     return layout.external(list(out)), info
 
@@ -190,19 +197,22 @@ class _Adjoint:
         return layout.parts(g), info
 
     def __call__(self, v_parts):
-        if self.graph is None:
-            g, info = self._solve(*self.linearisation, v_parts)
-        else:
-            n = len(self.star)
-
-            def body(f, static):
-                return self._solve(*self._linearise(f, static[:n]), static[n:])
-
-            with self.autocast:
-                g, info = self.graph.run(("adjoint",) + self.tag, body, list(self.star) + list(v_parts), grad=True)
+        with record_function("lmdeq::adjoint_solve"):
+            g, info = self._run(v_parts)
         if self.on_backward is not None:
             self.on_backward(info)
         return g
+
+    def _run(self, v_parts):
+        if self.graph is None:
+            return self._solve(*self.linearisation, v_parts)
+        n = len(self.star)
+
+        def body(f, static):
+            return self._solve(*self._linearise(f, static[:n]), static[n:])
+
+        with self.autocast:
+            return self.graph.run(("adjoint",) + self.tag, body, list(self.star) + list(v_parts), grad=True)
 
 
 class _ImplicitGrad(torch.autograd.Function):

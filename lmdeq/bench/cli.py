@@ -31,6 +31,10 @@ def add_arguments(parser):
                     help="trained checkpoint from `lmdeq train` (repeat: one original, one Lipschitz)")
     sp.add_argument("--data", default=None, help="take the batch from this dataset (default: random images)")
     sp.add_argument("--methods", default="original,authors,lmdeq", help="comma-separated subset of methods")
+    sp.add_argument("--profile", action="store_true",
+                    help="profile one more training step per method: where the time goes")
+    sp.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                    help="cuDNN autotuning for every method (default: on, as the original MDEQ's configs)")
     sp.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="fast path: channels_last memory format (default: on; measured faster on CPU)")
     sp.add_argument("--bf16", action="store_true", help="fast path: bf16 autocast for f (GPU)")
@@ -70,7 +74,8 @@ def run(args) -> int:
                          warmup=args.warmup if args.warmup is not None else (3 if gpu else 2),
                          weights=args.weights, methods=methods, data=args.data,
                          channels_last=args.channels_last, bf16=args.bf16, check_every=args.check_every,
-                         solve_mode=args.solve_mode, cuda_graphs=args.cuda_graphs, out_dir=args.out, tag=args.tag)
+                         solve_mode=args.solve_mode, cuda_graphs=args.cuda_graphs,
+                         cudnn_benchmark=args.cudnn_benchmark, profile=args.profile, out_dir=args.out, tag=args.tag)
     print(result["table"])
     if result.get("files"):
         print("\nwrote " + ", ".join(result["files"]))

@@ -18,6 +18,8 @@ Per method: ms per training step (forward solve + backward solve + optimiser ste
 ms per inference batch, forward/backward f-evaluations and final relative residuals (from the last
 timed step), peak device memory, and the ratios a/b, a/c, b/c; on random-init weights and, with
 ``--weights CHECKPOINT`` (from ``lmdeq train``; repeatable, one per variant), on trained weights.
+With ``--profile``, one more training step per method runs under torch.profiler and the report adds
+where its time goes (solve phases and top operators, :mod:`lmdeq.bench.profile`).
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .device import device_slug, environment, median, time_call
+from .profile import PHASES, profile_step
 from .report import bar_chart, markdown_table
 
 __all__ = ["METHODS", "method_config", "measure", "run"]
@@ -75,8 +79,10 @@ def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:
 
 
 def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e-3,
-            autocast_dtype: Optional[torch.dtype] = None) -> Dict:
-    """Time training steps and inference batches of ``model`` on (x, y); solver stats from the last step."""
+            autocast_dtype: Optional[torch.dtype] = None, profile: bool = False) -> Dict:
+    """Time training steps and inference batches of ``model`` on (x, y); solver stats from the last step.
+    ``profile``: one more training step, after the timed ones, under torch.profiler (see
+    :func:`lmdeq.bench.profile.profile_step`), reported as ``profile``."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else torch.autocast(device.type, enabled=False))
@@ -87,9 +93,11 @@ def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         loss.backward()
-        opt.step()
+        with record_function("bench::optimizer_step"):
+            opt.step()
         if hasattr(model, "constraint_step"):
-            model.constraint_step()
+            with record_function("bench::constraint_step"):
+                model.constraint_step()
 
     def infer():
         with torch.no_grad(), autocast:
@@ -101,6 +109,7 @@ def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e
     train_times = time_call(train_step, device, repeats=steps, warmup=warmup)
     train_info = dict(model.last_info)
     peak_train = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    step_profile = profile_step(train_step, device) if profile else None
     model.eval()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -116,6 +125,7 @@ def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e
         "cuda_graph": bool(train_info.get("cuda_graph")) and bool(eval_info.get("cuda_graph")),
         "peak_train_mib": peak_train, "peak_infer_mib": peak_eval,
         "lipschitz_bound": model.lipschitz_bound() if hasattr(model, "lipschitz_bound") else None,
+        "profile": step_profile,
     }
 
 
@@ -151,9 +161,12 @@ def _batch(preset_batch: int, device, data: Optional[str], seed: int):
 def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int = 3, warmup: int = 1,
         weights: Optional[List[str]] = None, methods=METHODS, data: Optional[str] = None, seed: int = 0,
         channels_last: bool = True, bf16: bool = False, check_every: Optional[int] = None,
-        solve_mode: Optional[str] = None, cuda_graphs: bool = True, out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
+        solve_mode: Optional[str] = None, cuda_graphs: bool = True, cudnn_benchmark: bool = True,
+        profile: bool = False, out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
     """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict. ``solve_mode`` of the
-    fast path defaults to 'apriori' on CUDA and 'checked' elsewhere."""
+    fast path defaults to 'apriori' on CUDA and 'checked' elsewhere. ``cudnn_benchmark`` (cuDNN's
+    convolution autotuner, on in the original MDEQ's configs) applies to every method alike and is
+    restored afterwards."""
     from ..models import mdeq
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -167,33 +180,39 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
         checkpoints = [{**load_checkpoint(path), "path": path} for path in weights]
     weight_sets = ["init"] + (["trained"] if checkpoints else [])
     rows: List[Dict] = []
-    for wset in weight_sets:
-        for method in methods:
-            torch.manual_seed(seed)
-            model = mdeq(**method_config(method, preset, check_every, solve_mode, cuda_graphs))
-            source = "random init (seed %d)" % seed
-            if wset == "trained":
-                loaded = _load_weights(model, checkpoints)
-                if loaded is None:
-                    log(f"{method}: no --weights checkpoint of this variant/preset; skipped on trained weights")
-                    continue
-                source = loaded
-            model = model.to(device)
-            xm = x
-            fast = method == "lmdeq"
-            if fast and channels_last:
-                model = model.to(memory_format=torch.channels_last)
-                xm = x.contiguous(memory_format=torch.channels_last)
-            log(f"[{wset}] {LABELS[method]}: timing {steps} training steps and {steps} inference batches ...")
-            m = measure(model, xm, y, device, steps=steps, warmup=warmup,
-                        autocast_dtype=torch.bfloat16 if (fast and bf16) else None)
-            row = {"weights": wset, "weights_source": source, "method": method, "label": LABELS[method], **m}
-            rows.append(row)
-            log(f"    train {m['train_ms']:.1f} ms  infer {m['infer_ms']:.1f} ms  f/b evals "
-                f"{m['f_evals']}/{m['b_evals']}  f_res {m['f_residual']}")
+    saved_cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    try:
+        for wset in weight_sets:
+            for method in methods:
+                torch.manual_seed(seed)
+                model = mdeq(**method_config(method, preset, check_every, solve_mode, cuda_graphs))
+                source = "random init (seed %d)" % seed
+                if wset == "trained":
+                    loaded = _load_weights(model, checkpoints)
+                    if loaded is None:
+                        log(f"{method}: no --weights checkpoint of this variant/preset; skipped on trained weights")
+                        continue
+                    source = loaded
+                model = model.to(device)
+                xm = x
+                fast = method == "lmdeq"
+                if fast and channels_last:
+                    model = model.to(memory_format=torch.channels_last)
+                    xm = x.contiguous(memory_format=torch.channels_last)
+                log(f"[{wset}] {LABELS[method]}: timing {steps} training steps and {steps} inference batches ...")
+                m = measure(model, xm, y, device, steps=steps, warmup=warmup,
+                            autocast_dtype=torch.bfloat16 if (fast and bf16) else None, profile=profile)
+                row = {"weights": wset, "weights_source": source, "method": method, "label": LABELS[method], **m}
+                rows.append(row)
+                log(f"    train {m['train_ms']:.1f} ms  infer {m['infer_ms']:.1f} ms  f/b evals "
+                    f"{m['f_evals']}/{m['b_evals']}  f_res {m['f_residual']}")
+    finally:
+        torch.backends.cudnn.benchmark = saved_cudnn_benchmark
     ratios = {w: _ratios([r for r in rows if r["weights"] == w]) for w in weight_sets}
     result = {"benchmark": "speedup", "env": environment(device), "preset": preset, "batch": batch,
               "steps": steps, "warmup": warmup, "data": data or "random N(0,1) images", "seed": seed,
+              "cudnn_benchmark": cudnn_benchmark,
               "fast_path": {"channels_last": channels_last, "bf16_autocast": bf16, "solve_mode": solve_mode,
                             "cuda_graphs": any(r["cuda_graph"] for r in rows if r["method"] == "lmdeq"),
                             "check_every": check_every},
@@ -212,6 +231,21 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
     return result
 
 
+def profile_table(rows: List[Dict]) -> str:
+    """Where one training step's time goes, per profiled row: phases (ms), then each row's top operators."""
+    phases = list(PHASES.values()) + ["rest"]
+    flat = [{"weights": r["weights"], "label": r["label"], "clock": r["profile"]["clock"],
+             "wall_ms": r["profile"]["wall_ms"], "busy_ms": r["profile"]["busy_ms"], **r["profile"]["phases_ms"]}
+            for r in rows]
+    text = ("One profiled training step (ms; device time on GPU, host time on CPU):\n\n"
+            + markdown_table(flat, ["weights", "label", "clock", "wall_ms", "busy_ms"] + phases,
+                             ["weights", "method", "clock", "wall", "busy"] + phases))
+    for r in rows:
+        ops = "; ".join(f"{op['name']} {op['self_ms']:.3g} ms x{op['calls']}" for op in r["profile"]["top_ops"])
+        text += f"\n\ntop operators, {r['weights']} {r['label']}: {ops}"
+    return text
+
+
 def table(result: Dict) -> str:
     """The Markdown report: per-method rows, then the ratios."""
     cols = ["weights", "label", "train_ms", "infer_ms", "f_evals", "b_evals", "f_residual", "b_residual",
@@ -219,10 +253,13 @@ def table(result: Dict) -> str:
     heads = ["weights", "method", "train ms/step", "infer ms/batch", "fwd f-evals", "bwd evals", "fwd rel res",
              "bwd rel res", "infer f-evals", "peak MiB (train)", "L bound"]
     text = markdown_table(result["rows"], cols, heads)
-    ratio_rows = [{"weights": w, **{k: v for k, v in r.items()}} for w, r in result["ratios"].items()]
-    if ratio_rows:
+    ratio_rows = [{"weights": w, **r} for w, r in result["ratios"].items() if r]
+    if ratio_rows:  # none when a single method ran
         keys = ["weights"] + sorted({k for r in ratio_rows for k in r if k != "weights"})
         text += "\n\n" + markdown_table(ratio_rows, keys)
+    profiled = [r for r in result["rows"] if r.get("profile")]
+    if profiled:
+        text += "\n\n" + profile_table(profiled)
     env = result["env"]
     return (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; preset {result['preset']}, "
             f"batch {result['batch']}, median of {result['steps']} steps\n\n" + text)

@@ -19,6 +19,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -86,6 +87,26 @@ def _triton_importable() -> bool:
     return True
 
 
+def _major_minor(version: str) -> Tuple[int, int]:
+    """'3.6.0' / '2.4.0rc1' -> (3, 6) / (2, 4)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise ValueError(f"cannot read a version from {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _interpreter_defect(triton_version: str, numpy_version: str) -> Optional[str]:
+    """Why this Triton's interpreter cannot run lmdeq's kernels with this numpy, or None.
+
+    Triton's interpreter before 3.7 converts a runtime scalar argument (a 1-element array) with
+    ``int(array)``, which numpy 2.4 forbids; every kernel that loops over a runtime bound then fails
+    (triton-lang/triton#9171, fixed in Triton 3.7). Compiled (GPU) kernels are not affected."""
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        return (f"the interpreter of Triton {triton_version} cannot run with numpy {numpy_version} "
+                "(triton-lang/triton#9171): install numpy<2.4 or Triton>=3.7")
+    return None
+
+
 def _triton_reason(device_type: str) -> Optional[str]:
     if not _triton_importable():
         return "not installed"
@@ -93,7 +114,10 @@ def _triton_reason(device_type: str) -> Optional[str]:
         return None
     if device_type == "cpu":
         if _triton_interpreted():
-            return None
+            import numpy
+            import triton
+
+            return _interpreter_defect(triton.__version__, numpy.__version__)
         return "no GPU (set TRITON_INTERPRET=1 before importing lmdeq to run interpreted)"
     return f"no Triton kernels for {device_type} tensors"
 

@@ -57,22 +57,38 @@ def test_cli_quick_path(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "(c) lmdeq fast path" in out and "cifar10-small" in out
+    assert out.count("| weights") == 1  # one method: the rows table only, no (empty) ratio table
     assert (tmp_path / next(p.name for p in tmp_path.iterdir() if p.suffix == ".json")).exists()
 
 
 def test_cli_fast_path_options(tmp_path, capsys):
     rc = main(["bench", "--quick", "--batch", "2", "--steps", "1", "--warmup", "0", "--methods", "lmdeq",
-               "--solve-mode", "apriori", "--no-cuda-graphs", "--no-channels-last", "--out", str(tmp_path),
-               "--tag=-opt"])
+               "--solve-mode", "apriori", "--no-cuda-graphs", "--no-channels-last", "--no-cudnn-benchmark",
+               "--out", str(tmp_path), "--tag=-opt"])
     assert rc == 0
     (path,) = tmp_path.glob("speedup-*-opt.json")
     with open(path) as fh:
         saved = json.load(fh)
     assert saved["fast_path"]["solve_mode"] == "apriori" and saved["fast_path"]["cuda_graphs"] is False
-    assert saved["fast_path"]["channels_last"] is False
+    assert saved["fast_path"]["channels_last"] is False and saved["cudnn_benchmark"] is False
     # apriori: the certified counts, the adjoint's (from g0 = v) never longer than the forward's
     row = saved["rows"][0]
     assert 1 <= row["b_evals"] <= row["f_evals"]
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_cudnn_benchmark_applies_to_every_method_and_is_restored(flag, monkeypatch):
+    seen = []
+
+    def fake_measure(model, x, y, device, **kw):
+        seen.append(torch.backends.cudnn.benchmark)
+        return {"train_ms": 1.0, "infer_ms": 1.0, "f_evals": 1, "b_evals": 1, "f_residual": 0.0, "cuda_graph": False}
+
+    monkeypatch.setattr(speedup, "measure", fake_measure)
+    before = torch.backends.cudnn.benchmark
+    result = speedup.run(preset="cifar10-small", batch=2, cudnn_benchmark=flag, out_dir=None, log=lambda m: None)
+    assert seen == [flag] * 3 and result["cudnn_benchmark"] is flag
+    assert torch.backends.cudnn.benchmark is before
 
 
 def test_cli_rejects_unknown_method(tmp_path):

@@ -1,21 +1,14 @@
 """benchmarks/time_to_accuracy.py runs end to end on a tiny ImageFolder: it trains the chosen methods
 until the target validation accuracy, records wall-clock time, and keeps the runs when asked."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "time_to_accuracy.py"
+from .scripts import load_script
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = "benchmarks/time_to_accuracy.py"
 
 
 @pytest.fixture
@@ -32,14 +25,16 @@ def tiny_folder(tmp_path):
 
 def test_time_to_accuracy_runs_and_records(tiny_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
-    tta = _load_script()
+    tta = load_script(SCRIPT)
     out, runs = tmp_path / "results", tmp_path / "runs"
     rc = tta.main(["--data", str(tiny_folder), "--target", "0.0", "--epochs", "2", "--batch-size", "8",
                    "--val-fraction", "0.25", "--methods", "lmdeq", "--device", "cpu", "--no-progress",
-                   "--out", str(out), "--save-runs", str(runs)])
+                   "--out", str(out), "--save-runs", str(runs), "--tag=-tiny"])
     assert rc == 0
     (path,) = out.glob("time_to_accuracy-*.json")
+    assert path.name.endswith("-tiny.json")
     result = json.loads(path.read_text())
+    assert result["val_fraction"] == 0.25 and result["limit_train"] is None and result["epochs_max"] == 2
     (row,) = result["rows"]
     # target 0.0 is reached after the first epoch, with its measured time
     assert row["method"] == "lmdeq" and row["reached"] is True and row["epochs"] == 1
@@ -49,6 +44,6 @@ def test_time_to_accuracy_runs_and_records(tiny_folder, tmp_path, monkeypatch, c
 
 
 def test_time_to_accuracy_rejects_unknown_method(tiny_folder, tmp_path):
-    tta = _load_script()
+    tta = load_script(SCRIPT)
     with pytest.raises(SystemExit):
         tta.main(["--data", str(tiny_folder), "--methods", "fastest", "--out", str(tmp_path)])

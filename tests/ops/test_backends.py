@@ -34,6 +34,30 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     assert "TRITON_INTERPRET=1" in backends.unavailable_reason("triton", "cpu")
 
 
+@pytest.mark.parametrize("triton_v, numpy_v, broken", [
+    ("3.6.0", "2.4.0", True), ("3.6.0", "2.3.5", False), ("3.7.0", "2.4.6", False), ("3.8.0", "2.5.2", False),
+    ("2.3.1", "2.10.0rc1", True), ("3.10.0+git1234", "1.26.4", False)])
+def test_triton_interpreter_defect_with_numpy_2_4(triton_v, numpy_v, broken):
+    why = backends._interpreter_defect(triton_v, numpy_v)
+    if broken:
+        assert f"Triton {triton_v}" in why and f"numpy {numpy_v}" in why and "numpy<2.4" in why
+    else:
+        assert why is None
+
+
+def test_interpreter_defect_makes_triton_unavailable_on_cpu(monkeypatch):
+    import numpy
+    import triton
+
+    monkeypatch.setattr(backends, "_triton_interpreted", lambda: True)
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.1")
+    assert "triton-lang/triton#9171" in backends.unavailable_reason("triton", "cpu")
+    assert backends.unavailable_reason("triton", "cuda") is None  # compiled kernels are not affected
+    with pytest.raises(ValueError, match="cannot read a version"):
+        backends._interpreter_defect("dev", "2.4.0")
+
+
 def test_cuda_reasons_tell_the_truth():
     why = backends.unavailable_reason("cuda", "cpu")
     if backends.extension() is None:

@@ -16,7 +16,9 @@
 #      CUDA-graphed solves (deq_solve and the MDEQ model) against the eager solves;
 #   5. the kernel benchmarks (quick), which end with a short table and the speed targets;
 #   6. where the time goes: one profiled training step per method (solve phases, top operators);
-#   7. fast-path variants: bf16 autocast, NCHW instead of channels_last, checked solves without graphs;
+#   7. fast-path variants: bf16 autocast, eager solves (no CUDA graphs; the graphed adjoint re-evaluates
+#      f(z*) inside its graph, so graphs win only where launch overhead exceeds one f-evaluation), NCHW
+#      instead of channels_last, checked solves without graphs;
 #   8. a summary table.
 # Logs and results go to $OUT when set (the device tool), else to benchmarks/results/.
 # Budget: every step has its own cap, and all share TOTAL_S (default 570 s) counted from the script's
@@ -104,13 +106,14 @@ bench 60 speedup-profile.log --profile --steps 1 --tag=-profile "${BENCH_DATA[@]
 
 step "fast-path variants"
 bench 40 speedup-bf16.log --methods lmdeq --bf16 --tag=-bf16 "${BENCH_DATA[@]}"
+bench 40 speedup-eager.log --methods lmdeq --no-cuda-graphs --tag=-eager "${BENCH_DATA[@]}"
 bench 40 speedup-nchw.log --methods lmdeq --no-channels-last --tag=-nchw "${BENCH_DATA[@]}"
 bench 40 speedup-checked.log --methods lmdeq --solve-mode checked --no-cuda-graphs --tag=-checked "${BENCH_DATA[@]}"
 
 step "summary"
 [ -f "$OUT_DIR/time_to_accuracy.log" ] && sed -n '/^Device:/,/^wrote/p' "$OUT_DIR/time_to_accuracy.log" | grep -v '^wrote'
 grep -E "passed|failed|error" "$OUT_DIR/gpu-tests.log" | tail -1
-for log in speedup.log speedup-bf16.log speedup-nchw.log speedup-checked.log; do
+for log in speedup.log speedup-bf16.log speedup-eager.log speedup-nchw.log speedup-checked.log; do
   echo "--- $log"; sed -n '/^| weights/,$p' "$OUT_DIR/$log" | grep -v '^wrote'
 done
 echo "--- speedup-profile.log"; sed -n '/^One profiled/,$p' "$OUT_DIR/speedup-profile.log" | grep -v '^wrote'

@@ -152,12 +152,10 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
         # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
         # products run on: f is evaluated once for both (its graph is kept until the backward pass).
         star = [p.requires_grad_() for p in star]
-        with record_function("lmdeq::tracked_f"):
-            tracked = layout.check_output(f(layout.external(star)))
+    with record_function("lmdeq::tracked_f"):
+        tracked = layout.check_output(f(layout.external(star)))
+    if graph is None:
         adjoint.linearisation = (star, tracked)
-    else:
-        with record_function("lmdeq::tracked_f"):
-            tracked = layout.check_output(f(layout.external(star)))
     out = _ImplicitGrad.apply(adjoint, *tracked)
     return layout.external(list(out)), info
 

@@ -29,14 +29,6 @@ PHASES = {
 }
 
 
-def _device_ms(event, attr: str) -> float:
-    # torch < 2.4 spells device time 'cuda'
-    value = getattr(event, attr, None)
-    if value is None:
-        value = getattr(event, attr.replace("device", "cuda"))
-    return value / 1e3
-
-
 def profile_step(step: Callable[[], object], device: torch.device, top: int = 8) -> Dict:
     """Profile one call of ``step`` on ``device``; returns wall and busy milliseconds, the phases'
     milliseconds (plus ``rest``) and the ``top`` operators by self time."""
@@ -53,8 +45,8 @@ def profile_step(step: Callable[[], object], device: torch.device, top: int = 8)
         wall_ms = 1e3 * (time.perf_counter() - t0)
     events = prof.key_averages()
     if on_device:
-        def total(e): return _device_ms(e, "device_time_total")
-        def self_ms(e): return _device_ms(e, "self_device_time_total")
+        def total(e): return e.device_time_total / 1e3
+        def self_ms(e): return e.self_device_time_total / 1e3
         busy_ms = sum(self_ms(e) for e in events)
     else:
         def total(e): return e.cpu_time_total / 1e3

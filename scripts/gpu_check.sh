@@ -7,9 +7,9 @@
 #
 # Steps, most valuable first (a run cut short still leaves the earlier results in $OUT):
 #   1. build lmdeq._C with the CUDA kernels for sm_90 (editable install, no build isolation); `lmdeq info`;
-#   2. short training = reduced time-to-accuracy: (a) original, (b) authors', (c) lmdeq fast path trained
-#      on the carried subset (same data, seed, schedule), wall-clock to a stated validation accuracy; the
-#      runs' checkpoints are the trained weights of step 3;
+#   2. short training = reduced time-to-accuracy: (c) lmdeq fast path, (b) authors', (a) original (fastest
+#      first) trained on the carried subset (same data, seed, schedule), wall-clock to a stated validation
+#      accuracy; the runs' checkpoints are the trained weights of step 3;
 #   3. the speed-up benchmark (cifar10-large, batch 128), one run on random-init AND trained weights:
 #      (a) vs (b) vs (c) (a-priori counts, no host syncs, CUDA-graphed solves);
 #   4. the GPU tests: every op on the CUDA and Triton backends against the float64 reference, and the

@@ -7,8 +7,15 @@
   gamma_eff = clamp(gamma, -gamma_max, gamma_max). Per sample, x -> x - mean_g x is an orthogonal
   projection (norm 1), and the per-channel scale has norm max |gamma_eff| <= gamma_max, so the layer is
   max|gamma_eff|-Lipschitz in l2 (1 without affine). The clip sits in the forward pass, so no optimiser
-  step can undo it; :meth:`MeanOnlyGroupNorm.project_` also clips the stored parameter so that its
-  gradient stays alive.
+  step can undo it.
+
+  Gradient: d gamma_eff / d gamma is taken as 1 (a straight-through clip). A plain clamp has gradient 0
+  on the boundary, and gamma starts there (gamma = gamma_max = 1), so it would never learn.
+  :meth:`MeanOnlyGroupNorm.project_` (called after every optimiser step by ``constraint_step``) clips
+  the stored parameter into the box, so the forward clip is an identity whenever the model is used as
+  trained and the straight-through gradient is the true gradient: training is projected gradient
+  descent on gamma, as in the authors' code (clamp after the step), while the bound holds at every
+  forward pass, also between a step and its projection.
 """
 from __future__ import annotations
 
@@ -17,6 +24,34 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["MeanOnlyGroupNorm", "StandardGroupNorm", "group_norm"]
+
+
+class _ClipStraightThrough(torch.autograd.Function):
+    """clamp(x, -bound, bound) in the forward pass, the identity's derivative in both autodiff modes
+    (usable under torch.func transforms)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, bound: float) -> torch.Tensor:
+        return x.clamp(-bound, bound)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, bound_tangent):
+        return x_tangent
+
+
+def clip_straight_through(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """clamp(x, -bound, bound) whose gradient w.r.t. x is 1 everywhere (see the module docstring)."""
+    return _ClipStraightThrough.apply(x, bound)
 
 
 class StandardGroupNorm(nn.GroupNorm):
@@ -52,10 +87,10 @@ class MeanOnlyGroupNorm(nn.Module):
             self.register_parameter("bias", None)
 
     def effective_gamma(self):
-        """gamma clipped to [-gamma_max, gamma_max] (None without affine)."""
+        """gamma clipped to [-gamma_max, gamma_max], straight-through gradient (None without affine)."""
         if self.weight is None:
             return None
-        return self.weight.clamp(-self.gamma_max, self.gamma_max)
+        return clip_straight_through(self.weight, self.gamma_max)
 
     def forward(self, x: torch.Tensor, gamma_scale: float = 1.0, beta_scale: float = 1.0) -> torch.Tensor:
         """gamma_scale * gamma_eff * (x - mean_g x) + beta_scale * beta.

@@ -180,3 +180,46 @@ def test_original_converges_worse_than_lipschitz_on_the_same_input(record_proper
               f"Lipschitz {residual[True]:.3e} (fixed point)")
     assert residual[True] <= 1e-3
     assert all(math.isfinite(r) for r in residual.values())
+
+
+def test_gammas_learn_from_init_and_the_bound_still_holds():
+    # Every gamma starts on the boundary gamma_max = 1; a plain clamp would give it zero gradient there.
+    model = _model(TINY2, seed=17)
+    norms = model.cell.gamma_clipped_norms()
+    assert norms and all(bool((n.weight == model.config["gamma_max"]).all()) for n in norms)
+    start = [n.weight.detach().clone() for n in norms]
+    gen = torch.Generator().manual_seed(18)
+    x = torch.randn(4, 3, 32, 32, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,), generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        assert any(float(n.weight.grad.abs().max()) > 0 for n in norms), "gamma gradients are all zero"
+        opt.step()
+        # Between the step and its projection, the forward pass still uses a clipped gamma.
+        assert all(float(n.effective_gamma().abs().max()) <= n.gamma_max for n in norms)
+        model.constraint_step()
+    moved = [float((n.weight.detach() - s).abs().max()) for n, s in zip(norms, start)]
+    assert min(moved) > 1e-4, f"some GroupNorm gammas did not move: {moved}"
+    assert all(float(n.weight.abs().max()) <= n.gamma_max for n in norms)   # projected after the step
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        bound = model.lipschitz_bound()
+        f, z0 = model.fixed_point_problem(x[:1])
+        point = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in z0]
+        assert jacobian_spectral_norm(f, point) <= bound < 1.0
+
+
+def test_gamma_clip_is_straight_through_and_exact():
+    from lmdeq.models.normalization import MeanOnlyGroupNorm
+
+    norm = MeanOnlyGroupNorm(2, 4, gamma_max=0.5).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.7, -0.9, 0.5, 0.1], dtype=torch.float64))
+    gamma = norm.effective_gamma()
+    assert gamma.tolist() == [0.5, -0.5, 0.5, 0.1]   # the forward value is exactly the clip
+    gamma.sum().backward()
+    assert norm.weight.grad.tolist() == [1.0, 1.0, 1.0, 1.0]   # gradient alive on and beyond the boundary

@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from lmdeq import ops
+from lmdeq.allocator import configure_process
 from lmdeq.bench.device import device_slug, environment
 from lmdeq.models import mdeq
 from lmdeq.ops import backends, reference
@@ -297,6 +298,7 @@ def targets(result: dict, device: torch.device) -> List[str]:
 
 
 def main(argv=None) -> int:
+    configure_process()   # lmdeq's own process: pinned allocator unless LMDEQ_TUNE_ALLOCATOR=0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")

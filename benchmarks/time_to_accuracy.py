@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from lmdeq.allocator import configure_process
 from lmdeq.bench.device import device_slug, environment
 from lmdeq.bench.report import markdown_table
 from lmdeq.bench.speedup import LABELS, METHODS, method_config
@@ -61,6 +62,7 @@ def time_to_accuracy(method: str, args) -> dict:
 
 
 def main(argv=None) -> int:
+    configure_process()   # lmdeq's own process: pinned allocator unless LMDEQ_TUNE_ALLOCATOR=0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="CIFAR-10 source (as for lmdeq train --data)")
     p.add_argument("--target", type=float, default=0.80, help="validation accuracy to reach (default %(default)s)")

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .allocator import configure_process
+
+    configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
     args = build_parser().parse_args(argv)
     rc = args.handler(args)
     return int(rc or 0)

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import torch
 
-from . import __version__, cuda_graphs
+from . import __version__, allocator, cuda_graphs
 from .ops import OP_NAMES, backends
 
 
@@ -66,6 +66,7 @@ def report() -> str:
         f"LMDEQ_CUDA_GRAPHS={os.environ.get('LMDEQ_CUDA_GRAPHS', '1')} (CUDA-graphed fixed-count solves and conv power "
         f"iteration: {'on' if cuda_graphs.enabled_by_env() else 'off'}"
         f"{'' if torch.cuda.is_available() else ', used on CUDA devices only'})",
+        allocator.describe(),
         "",
     ]
     for device in _devices():
@@ -86,6 +87,7 @@ def report() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    allocator.configure_process()   # report what lmdeq's own processes run with
     print(report())
     return 0
 

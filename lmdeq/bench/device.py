@@ -10,6 +10,8 @@ from typing import Callable, List
 
 import torch
 
+from ..allocator import allocator_state
+
 __all__ = ["device_name", "device_slug", "environment", "sync", "time_call"]
 
 
@@ -42,7 +44,7 @@ def device_slug(device: torch.device) -> str:
 def environment(device: torch.device) -> dict:
     """Versions and device recorded next to every benchmark result."""
     env = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-           "cuda": torch.version.cuda}
+           "cuda": torch.version.cuda, "threads": torch.get_num_threads(), "allocator": allocator_state()}
     try:
         import triton
 

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..allocator import configure_process
 from .config import TrainConfig
 from .metrics import fmt_number, json_number
 from .sources import DataUnavailableError
@@ -220,6 +221,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)
+    configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)
 

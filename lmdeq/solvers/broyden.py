@@ -13,12 +13,10 @@ its update, so the approximation never becomes undefined.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ..ops.reference import acc_dtype
-from .state import check_positive_int, check_solver_args, warn_unknown_options
+from .state import check_positive_int, check_solver_args, warn_once, warn_unknown_options
 from .tracking import start_solve
 
 __all__ = ["broyden"]
@@ -38,7 +36,8 @@ def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "a
     """
     warn_unknown_options("broyden", kwargs)
     if kwargs.get("ls"):
-        _warn_no_line_search()
+        warn_once("broyden:ls", "broyden: ls=True (TorchDEQ's line search) is not implemented by lmdeq; "
+                  "solving without it")
     max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, check_every=check_every,
                                              iterations=iterations)
     if LBFGS_thres is not None:
@@ -89,16 +88,6 @@ def _record(tracker, layout, z, g, step):
     abs_res = torch.linalg.vector_norm(g, dim=1)
     fz_norm = torch.linalg.vector_norm(g + z, dim=1)
     tracker.record(abs_res, abs_res / (fz_norm + 1e-9), layout.views(z.to(layout.dtype)), step=step, owned=True)
-
-
-_line_search_warned = []
-
-
-def _warn_no_line_search():
-    if not _line_search_warned:
-        _line_search_warned.append(True)
-        warnings.warn("broyden: ls=True (TorchDEQ's line search) is not implemented by lmdeq; solving without it",
-                      UserWarning, stacklevel=3)
 
 
 def _residual(f, layout, z_flat):

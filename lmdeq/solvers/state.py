@@ -18,7 +18,7 @@ import torch
 from ..ops.reference import acc_dtype
 
 __all__ = ["StateLayout", "check_solver_args", "check_positive_int", "step_count", "warn_unknown_options",
-           "UnknownOptionWarning", "KNOWN_OPTIONS"]
+           "UnknownOptionWarning", "KNOWN_OPTIONS", "warn_once"]
 
 
 class StateLayout:
@@ -188,20 +188,27 @@ KNOWN_OPTIONS = frozenset({
     "memory", "LBFGS_thres", "ls",                                             # Broyden
     "check_every", "iterations", "raise_on_failure", "contract",               # lmdeq
 })
-_reported: set = set()
+_reported: set = set()   # keys already warned about (see warn_once)
 
 
 class UnknownOptionWarning(UserWarning):
     """A solver got a keyword argument that no lmdeq or TorchDEQ solver takes (a misspelling?)."""
 
 
+def warn_once(key: str, message: str, category=UserWarning, stacklevel: int = 3) -> None:
+    """``warnings.warn(message)`` the first time ``key`` is seen in this process."""
+    if key in _reported:
+        return
+    _reported.add(key)
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
 def warn_unknown_options(solver: str, options: dict) -> None:
     """Warn once per process and option name about options in ``options`` that no solver knows."""
     for key in options:
-        if key in KNOWN_OPTIONS or key in _reported:
+        if key in KNOWN_OPTIONS:
             continue
-        _reported.add(key)
         close = difflib.get_close_matches(key, sorted(KNOWN_OPTIONS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        warnings.warn(f"{solver} got solver option {key!r}, which neither lmdeq nor TorchDEQ knows: it is "
-                      f"ignored{hint}", UnknownOptionWarning, stacklevel=3)
+        warn_once(f"option:{key}", f"{solver} got solver option {key!r}, which neither lmdeq nor TorchDEQ knows: "
+                  f"it is ignored{hint}", UnknownOptionWarning)

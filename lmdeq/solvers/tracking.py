@@ -9,8 +9,10 @@ only in :meth:`Tracker.should_stop`, every ``check_every`` steps, so a solve cos
 
 Two info layouts (``contract``, see :mod:`lmdeq.solvers.info`):
 
-* ``'lmdeq'``: TorchDEQ's six keys plus ``converged``, ``f_evals``, ``result``; the traces hold one
-  column per recorded step (B, steps), the lowest residuals start at inf.
+* ``'lmdeq'``: TorchDEQ's six keys plus ``converged``, ``f_evals``, ``result``; the traces have one
+  column per step the budget allows (B, ``capacity``; the first ``f_evals`` columns are measured, and
+  after an early stop the rest repeat the lowest residual, TorchDEQ's padding), so the infos of solves
+  with equal budgets always merge; the lowest residuals start at inf.
 * ``'torchdeq'``: exactly TorchDEQ 0.1.0's six keys; the traces are (B, ``trace_width``) with a first
   column of 1e8, then the visible steps, then (after an early stop) the lowest residuals repeated to
   the full width; the lowest residuals start at 1e8 and the solve stops once every sample's *newest*
@@ -159,12 +161,15 @@ class Tracker:
 
     def _trace(self, mode: str) -> torch.Tensor:
         trace = self.trace[mode]
+        B, lowest = trace.shape[0], self.lowest[mode].unsqueeze(1)
         if self.contract == "lmdeq":
-            return trace[:, :self.records]
-        B, width = trace.shape[0], self.trace_width
-        pad = width - 1 - len(self.visible)
+            pad = trace.shape[1] - self.records
+            if pad == 0:
+                return trace
+            return torch.cat([trace[:, :self.records], lowest.expand(B, pad)], dim=1)
+        pad = self.trace_width - 1 - len(self.visible)
         cols = [torch.full((B, 1), TORCHDEQ_INIT, dtype=trace.dtype, device=trace.device),
-                trace[:, self.visible], self.lowest[mode].unsqueeze(1).expand(B, pad)]
+                trace[:, self.visible], lowest.expand(B, pad)]
         return torch.cat(cols, dim=1)
 
 

@@ -34,8 +34,15 @@ def test_reaches_tolerance_tensor_state(name, dtype, tol, shape):
     assert all(torch.is_tensor(v) and v.is_floating_point() for v in info.values())
     B = shape[0]
     assert info["abs_lowest"].shape == (B,) and info["rel_lowest"].shape == (B,)
-    # One trace column per f-evaluation; Broyden's first column is x0's own residual.
-    assert info["abs_trace"].shape == (B, info.f_evals) and info["rel_trace"].shape == (B, info.f_evals)
+    # One trace column per step the budget allows (Broyden: x0's own residual first, then 200 updates);
+    # the first f_evals are measured, the rest repeat the lowest residual (fixed width: infos merge).
+    width = 201 if name == "broyden" else 200
+    n = info.f_evals
+    for mode in ("abs", "rel"):
+        trace = info[f"{mode}_trace"]
+        assert trace.shape == (B, width) and n < width
+        assert torch.equal(trace[:, n:], info[f"{mode}_lowest"].unsqueeze(1).expand(B, width - n))
+        assert torch.equal(trace[:, :n].min(dim=1).values, info[f"{mode}_lowest"])
     assert info["nstep"].shape == (B,) and info["nstep"].dtype == torch.float32
     assert info["converged"].shape == (B,) and info["f_evals"].shape == info["result"].shape == (1,)
     assert info["sradius"].shape == (1,)

@@ -142,7 +142,7 @@ class Tracker:
                           sradius=torch.full((1,), -1.0, dtype=torch.float32, device=dev))
         if self.contract == "torchdeq":
             info.extras = extras
-            if not self.visible:  # TorchDEQ's values are float32 until its first recorded step promotes them
+            if self.trace_width == 1:  # TorchDEQ records no step then: its values keep its float32 start
                 info.update({k: info[k].float() for k in ("abs_lowest", "rel_lowest", "abs_trace", "rel_trace")})
         else:
             info.update(extras)

@@ -13,14 +13,23 @@ lmdeq's (:mod:`lmdeq.solvers.info`). :func:`unregister` puts TorchDEQ's registry
 
     with lmdeq_torchdeq.registered(replace=True):
         deq = torchdeq.get_deq(args)
+
+Without touching a script at all::
+
+    python -m lmdeq.integrations.torchdeq train.py --f_solver anderson --ift ...
+
+runs ``train.py`` (with its arguments) after ``register(replace=True)``.
 """
 from __future__ import annotations
 
+import os
+import runpy
+import sys
 from contextlib import contextmanager
 
 from ..solvers import SOLVERS, TORCHDEQ_SOLVERS
 
-__all__ = ["register", "unregister", "registered", "NAMES", "TORCHDEQ_NAMES"]
+__all__ = ["register", "unregister", "registered", "main", "NAMES", "TORCHDEQ_NAMES"]
 
 NAMES = {f"lmdeq_{name}": fn for name, fn in SOLVERS.items()}
 TORCHDEQ_NAMES = dict(TORCHDEQ_SOLVERS)
@@ -96,3 +105,43 @@ def registered(replace: bool = False):
                 registry[name] = fn
         _saved.clear()
         _saved.update(saved)
+
+
+USAGE = """usage: python -m lmdeq.integrations.torchdeq SCRIPT [ARGS ...]
+
+Runs the TorchDEQ script SCRIPT with ARGS, unchanged, after lmdeq.integrations.torchdeq.register(replace=True):
+TorchDEQ's solver names (anderson, broyden, fixed_point_iter, simple_fixed_point_iter) then mean lmdeq's
+solvers, in configs and on add_deq_args command lines alike."""
+
+
+def main(argv=None) -> int:
+    """``python -m lmdeq.integrations.torchdeq SCRIPT [ARGS ...]``: run SCRIPT as ``__main__`` (its
+    directory first on ``sys.path``, ``sys.argv = [SCRIPT, *ARGS]``) with lmdeq's solvers registered under
+    TorchDEQ's names. Returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    script = argv[0]
+    if not os.path.isfile(script):
+        print(f"lmdeq.integrations.torchdeq: SCRIPT {script!r} is not a file\n\n{USAGE}", file=sys.stderr)
+        return 2
+    register(replace=True)
+    sys.argv = [script, *argv[1:]]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the canonical module's main (not this __main__ copy), so register() and unregister() share state.
+    from lmdeq.integrations.torchdeq import main as _main
+
+    sys.exit(_main())

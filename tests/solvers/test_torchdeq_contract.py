@@ -186,3 +186,11 @@ def test_signatures_match_torchdeq(name):
     assert list(ours) == list(theirs)
     assert all(ours[p].default == theirs[p].default for p in theirs)
 
+
+
+def test_no_host_sync_per_step_by_default_on_an_accelerator():
+    # TorchDEQ reads the residual back after every step; lmdeq's solvers, under its names too, every
+    # check_every steps: 4 by default on an accelerator (1 on the CPU, where a read-back is free).
+    from lmdeq.solvers.tracking import default_check_every
+
+    assert default_check_every(torch.device("cuda")) == 4 and default_check_every(torch.device("cpu")) == 1

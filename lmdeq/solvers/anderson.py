@@ -49,7 +49,7 @@ def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "
     budget = iterations if iterations is not None else max_iter
     layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
                                             check_every, iterations, contract=contract,
-                                            trace_width=max(budget - 1, 1))
+                                            trace_width=max(budget - 1, 1), hidden=2)
     B = layout.batch
     X = layout.new_flat(m).zero_()
     Fh = layout.new_flat(m).zero_()
@@ -69,8 +69,7 @@ def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "
         gram[:, :, slot] = row
         res = row[:, slot].clamp_min(0).sqrt()
         fx_norm = torch.linalg.vector_norm(Fh[:, slot], dim=1).to(torch.float64)
-        tracker.record(res, res / (fx_norm + 1e-9), layout.views(Fh[:, slot]), step=k + 1,
-                       visible=contract == "lmdeq" or k >= 2)
+        tracker.record(res, res / (fx_norm + 1e-9), layout.views(Fh[:, slot]), step=k + 1)
         if iterations is None and tracker.should_stop():
             break
         if k + 1 == steps:

@@ -14,7 +14,8 @@ Two info layouts (``contract``, see :mod:`lmdeq.solvers.info`):
   after an early stop the rest repeat the lowest residual, TorchDEQ's padding), so the infos of solves
   with equal budgets always merge; the lowest residuals start at inf.
 * ``'torchdeq'``: exactly TorchDEQ 0.1.0's six keys; the traces are (B, ``trace_width``) with a first
-  column of 1e8, then the visible steps, then (after an early stop) the lowest residuals repeated to
+  column of 1e8, then the steps after the first ``hidden`` ones (Anderson's two set-up steps, which
+  TorchDEQ never records), then (after an early stop) the lowest residuals repeated to
   the full width; the lowest residuals start at 1e8 and the solve stops once every sample's *newest*
   residual is below tol (TorchDEQ's rule). lmdeq's extra fields are in ``info.extras``.
 """
@@ -52,7 +53,7 @@ class Tracker:
 
     def __init__(self, layout: StateLayout, x0_parts: Sequence[torch.Tensor], capacity: int, tol: float,
                  stop_mode: str, indexing=None, return_final: bool = False, check_every: Optional[int] = None,
-                 contract: str = "lmdeq", trace_width: Optional[int] = None):
+                 contract: str = "lmdeq", trace_width: Optional[int] = None, hidden: int = 0):
         if contract not in CONTRACTS:
             raise ValueError(f"contract must be one of {CONTRACTS}, got {contract!r}")
         self.layout = layout
@@ -62,6 +63,7 @@ class Tracker:
         self.check_every = check_every or default_check_every(layout.device)
         self.contract = contract
         self.trace_width = trace_width
+        self.hidden = hidden
         self.indexing = sorted(set(int(i) for i in indexing)) if indexing else []
         acc = acc_dtype(layout.dtype)
         B, dev = layout.batch, layout.device
@@ -73,16 +75,13 @@ class Tracker:
         self.nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
         self.best: List[torch.Tensor] = list(x0_parts)
         self.records = 0
-        self.visible: List[int] = []
         # Indices <= 0 ask for the estimate before any step: x0 (TorchDEQ's cores pass [0] for f_max_iter=0).
         self.trajectory: List = [layout.external([p.clone() for p in x0_parts]) for i in self.indexing if i <= 0]
 
     def record(self, abs_res: torch.Tensor, rel_res: torch.Tensor, estimate: Sequence[torch.Tensor], step: int,
-               owned: bool = False, visible: bool = True):
+               owned: bool = False):
         """Record the residuals of step ``step``. ``estimate`` (internal parts) is the point they vouch
-        for; ``owned=True`` says the solver will not overwrite it later (no defensive copy needed).
-        ``visible=False`` keeps the step out of the TorchDEQ-layout traces (it still counts for the
-        lowest residuals and the best estimate)."""
+        for; ``owned=True`` says the solver will not overwrite it later (no defensive copy needed)."""
         col = self.records
         self.records += 1
         for mode, res in (("abs", abs_res), ("rel", rel_res)):
@@ -90,8 +89,6 @@ class Tracker:
             self.trace[mode][:, col] = res
             self.latest[mode] = res
         self.nonfinite |= ~torch.isfinite(self.latest["abs"])
-        if visible:
-            self.visible.append(col)
         for mode in ("abs", "rel"):
             res = self.latest[mode]
             better = torch.ones_like(res, dtype=torch.bool) if self.return_final else res < self.lowest[mode]
@@ -167,14 +164,15 @@ class Tracker:
             if pad == 0:
                 return trace
             return torch.cat([trace[:, :self.records], lowest.expand(B, pad)], dim=1)
-        pad = self.trace_width - 1 - len(self.visible)
-        cols = [torch.full((B, 1), TORCHDEQ_INIT, dtype=trace.dtype, device=trace.device),
-                trace[:, self.visible], lowest.expand(B, pad)]
+        shown = trace[:, min(self.hidden, self.records):self.records]   # a slice: no index tensor, no copy
+        pad = self.trace_width - 1 - shown.shape[1]
+        cols = [torch.full((B, 1), TORCHDEQ_INIT, dtype=trace.dtype, device=trace.device), shown,
+                lowest.expand(B, pad)]
         return torch.cat(cols, dim=1)
 
 
 def start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final, check_every, iterations,
-                contract="lmdeq", capacity=None, trace_width=None):
+                contract="lmdeq", capacity=None, trace_width=None, hidden=0):
     """The common start of every solver: (layout, checked func, step budget, tracker). ``iterations``
     fixes the step count and returns the final iterate (no read-back, see :class:`Tracker`);
     ``capacity`` is the number of records the solver may make (default: the step budget)."""
@@ -182,5 +180,5 @@ def start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final, chec
     steps = iterations if iterations is not None else max_iter
     tracker = Tracker(layout, layout.parts(x0), steps if capacity is None else capacity, tol, stop_mode,
                       indexing, return_final=return_final or iterations is not None, check_every=check_every,
-                      contract=contract, trace_width=trace_width)
+                      contract=contract, trace_width=trace_width, hidden=hidden)
     return layout, layout.checked_func(func), steps, tracker

@@ -40,7 +40,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from .cuda_graphs import GraphCache
-from .solvers import get_solver
+from .solvers import SolverInfo, get_solver
 from .solvers.state import StateLayout
 
 __all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem"]
@@ -72,7 +72,8 @@ class GraphedProblem:
 
     def run(self, tag: Hashable, body: Callable, state: Sequence[torch.Tensor], grad: bool):
         """``body(f, static_state) -> (parts, info)`` through the cache: returns (parts, info) where the
-        info dict's tensors come from this replay and its Python values from the capture."""
+        info dict's tensors come from this replay and its Python values from the capture, and
+        ``info.cuda_graph`` says whether this call was a graph replay."""
         inputs = list(self.inputs) + list(state)
         k = len(self.inputs)
         dev = inputs[0].device.type
@@ -91,7 +92,9 @@ class GraphedProblem:
         signature = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in inputs)
         key = (tag, self.key, amp, signature)
         outs, (n, names, fixed) = self.cache(key, fn, inputs)
-        return outs[:n], {**fixed, **dict(zip(names, outs[n:])), "cuda_graph": self.cache.graphed(key)}
+        info = SolverInfo({**fixed, **dict(zip(names, outs[n:]))})
+        info.cuda_graph = self.cache.graphed(key)  # an attribute: info's items stay tensors
+        return outs[:n], info
 
 
 def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: float = 1e-3,
@@ -105,7 +108,7 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
     with the backward solver's info when the implicit backward runs. ``iterations``/``b_iterations`` run
     the forward/backward solves for exactly that many steps with no host sync; with ``graph`` as well
-    (and a CUDA device) each such solve is one CUDA-graph replay, and ``info['cuda_graph']`` says whether it
+    (and a CUDA device) each such solve is one CUDA-graph replay, and ``info.cuda_graph`` says whether it
     was (False when the capture failed and the solve ran eagerly).
     """
     if backward not in BACKWARD_MODES:

@@ -21,7 +21,7 @@ z, _, info = solvers.anderson(f, torch.zeros(2, 5), tol=1e-6, max_iter=50)
 W = torch.nn.Parameter(torch.eye(5) * 0.3)
 z2, _ = lmdeq.deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), tol=1e-8, b_tol=1e-8)
 z2.sum().backward()
-print(json.dumps({"file": lmdeq.__file__, "result": str(info["result"]), "grad": bool(W.grad.abs().sum() > 0),
+print(json.dumps({"file": lmdeq.__file__, "result": str(info.result), "grad": bool(W.grad.abs().sum() > 0),
                   "cpu_backend": backends.choose(torch.device("cpu")),
                   "why": backends.unavailable_reason("cpu", "cpu")}))
 """

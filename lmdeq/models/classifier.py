@@ -172,12 +172,12 @@ class MDEQClassifier(nn.Module):
         return kw
 
     def _record_forward(self, info: dict) -> None:
-        self._info.update(f_nstep=info["f_evals"], f_residual=info["rel_lowest"].mean(),
+        self._info.update(f_nstep=info["f_evals"].long(), f_residual=info["rel_lowest"].mean(),
                           converged=info["converged"].float().mean(), b_nstep=0, b_residual=math.nan,
-                          cuda_graph=info.get("cuda_graph", False))
+                          cuda_graph=getattr(info, "cuda_graph", False))
 
     def _record_backward(self, info: dict) -> None:
-        self._info.update(b_nstep=info["f_evals"], b_residual=info["rel_lowest"].mean())
+        self._info.update(b_nstep=info["f_evals"].long(), b_residual=info["rel_lowest"].mean())
 
     @property
     def last_info(self) -> dict:

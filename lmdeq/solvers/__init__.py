@@ -4,14 +4,19 @@
         -> (z_star, trajectory, info)
 
 ``x0`` is a tensor (batch first) or a list/tuple of tensors; residuals are per sample,
-abs = ||f(z) - z||, rel = abs / ||f(z)||. ``info`` holds TorchDEQ's keys (abs_lowest, rel_lowest,
-abs_trace, rel_trace, nstep, sradius) plus converged (B,) bool, result (:class:`Result`) and f_evals.
+abs = ||f(z) - z||, rel = abs / ||f(z)||. ``info`` (:class:`SolverInfo`) holds tensors only:
+TorchDEQ's keys (abs_lowest, rel_lowest, abs_trace, rel_trace, nstep, sradius) plus converged,
+f_evals and an outcome code ``result`` (see :mod:`lmdeq.solvers.info`). ``max_iter=0`` returns x0
+without evaluating func. :data:`TORCHDEQ_SOLVERS` holds the same solvers under TorchDEQ's four
+names with TorchDEQ's exact info layout (:mod:`lmdeq.solvers.torchdeq_contract`).
 """
 from .anderson import anderson
 from .broyden import broyden
 from .fixed_point import fixed_point
+from .info import Result, SolverError, SolverInfo, result_of
 from .iterations import iterations_for
-from .tracking import Result, SolverError
+from .state import UnknownOptionWarning
+from .torchdeq_contract import TORCHDEQ_SOLVERS
 
 SOLVERS = {
     "fixed_point": fixed_point,
@@ -31,5 +36,5 @@ def get_solver(name):
     return SOLVERS[key]
 
 
-__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "get_solver", "SOLVERS",
-           "Result", "SolverError"]
+__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "get_solver", "SOLVERS", "TORCHDEQ_SOLVERS",
+           "Result", "SolverError", "SolverInfo", "result_of", "UnknownOptionWarning"]

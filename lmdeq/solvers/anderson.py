@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .state import check_positive_int, check_solver_args
+from .state import check_positive_int, check_solver_args, warn_unknown_options
 from .tracking import start_solve
 
 __all__ = ["anderson"]
@@ -29,19 +29,27 @@ __all__ = ["anderson"]
 
 def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "abs", indexing=None,
              m: int = 6, lam: float = 1e-4, tau: float = 1.0, return_final: bool = False, check_every=None,
-             iterations=None, raise_on_failure: bool = False, **kwargs):
+             iterations=None, raise_on_failure: bool = False, contract: str = "lmdeq", **kwargs):
     """Solve z = func(z) with Anderson acceleration (TorchDEQ solver contract).
 
     ``m`` is the history size (>= 1), ``lam`` the Gram regulariser (>= 0); the other arguments are
-    those of :func:`lmdeq.solvers.fixed_point`. Each recorded step costs one f-evaluation; the
-    estimate a step vouches for is f(x_k) (as in TorchDEQ).
+    those of :func:`lmdeq.solvers.fixed_point`. Step k (1-based) is the k-th f-evaluation; the estimate
+    it vouches for is f(x_k) (as in TorchDEQ). Every step counts, from the first: ``max_iter=1`` returns
+    f(x0) and ``max_iter=2`` one plain step further (TorchDEQ returns x0 for ``max_iter <= 2``). Under
+    ``contract='torchdeq'`` the traces have TorchDEQ's width max(max_iter - 1, 1), which leaves out
+    the first two steps (TorchDEQ's set-up steps, which it never records); they still count for the
+    lowest residuals and the returned estimate.
     """
-    check_solver_args(max_iter, tol, stop_mode, tau=tau, check_every=check_every, iterations=iterations)
+    warn_unknown_options("anderson", kwargs)
+    max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, tau=tau, check_every=check_every,
+                                             iterations=iterations)
     check_positive_int("m", m)
     if not lam >= 0:
         raise ValueError(f"lam must be >= 0, got {lam!r}")
+    budget = iterations if iterations is not None else max_iter
     layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
-                                            check_every, iterations)
+                                            check_every, iterations, contract=contract,
+                                            trace_width=max(budget - 1, 1), hidden=2)
     B = layout.batch
     X = layout.new_flat(m).zero_()
     Fh = layout.new_flat(m).zero_()
@@ -61,7 +69,7 @@ def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "
         gram[:, :, slot] = row
         res = row[:, slot].clamp_min(0).sqrt()
         fx_norm = torch.linalg.vector_norm(Fh[:, slot], dim=1).to(torch.float64)
-        tracker.record(res, res / (fx_norm + 1e-9), layout.views(Fh[:, slot]))
+        tracker.record(res, res / (fx_norm + 1e-9), layout.views(Fh[:, slot]), step=k + 1)
         if iterations is None and tracker.should_stop():
             break
         if k + 1 == steps:
@@ -71,8 +79,7 @@ def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "
         full = torch.zeros(B, m, dtype=X.dtype, device=X.device)
         full[:, :n] = alpha.to(X.dtype)
         x_next = ops.anderson_mix(X, Fh, full, tau)
-    return tracker.finish(tracker.steps, checked=iterations is None,
-                          raise_on_failure=raise_on_failure, solver="anderson")
+    return tracker.finish(tracker.records, raise_on_failure=raise_on_failure, solver="anderson")
 
 
 def _mixing_weights(gram: torch.Tensor, eye: torch.Tensor, lam: float, newest: int, n: int) -> torch.Tensor:

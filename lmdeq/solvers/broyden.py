@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.reference import acc_dtype
-from .state import check_positive_int, check_solver_args
+from .state import check_positive_int, check_solver_args, warn_once, warn_unknown_options
 from .tracking import start_solve
 
 __all__ = ["broyden"]
@@ -24,36 +24,51 @@ __all__ = ["broyden"]
 
 def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "abs", indexing=None,
             memory: int = 16, return_final: bool = False, check_every=None, iterations=None,
-            raise_on_failure: bool = False, LBFGS_thres=None, **kwargs):
+            raise_on_failure: bool = False, LBFGS_thres=None, contract: str = "lmdeq", **kwargs):
     """Solve z = func(z) with limited-memory Broyden (TorchDEQ solver contract).
 
-    ``memory`` (alias TorchDEQ's ``LBFGS_thres``) bounds the number of stored rank-one updates. Each
-    recorded step costs one f-evaluation; the estimate a step vouches for is the iterate z_k whose
-    residual ||g(z_k)|| it records. Other arguments as in :func:`lmdeq.solvers.fixed_point`.
+    A step is one Broyden update, as in TorchDEQ: ``max_iter`` (or ``iterations``) bounds the updates,
+    and a solve of k updates costs k + 1 f-evaluations (g(x0), then one per update). Step 0 is x0 itself
+    (its residual is the first trace column; ``contract='torchdeq'`` leaves it out, as TorchDEQ does);
+    step k vouches for the k-th iterate z_k. ``memory`` (alias TorchDEQ's ``LBFGS_thres``) bounds the
+    number of stored rank-one updates. ``ls`` (TorchDEQ's line search) is not implemented: ``ls=True``
+    warns and runs without one. Other arguments as in :func:`lmdeq.solvers.fixed_point`.
     """
-    check_solver_args(max_iter, tol, stop_mode, check_every=check_every, iterations=iterations)
+    warn_unknown_options("broyden", kwargs)
+    if kwargs.get("ls"):
+        warn_once("broyden:ls", "broyden: ls=True (TorchDEQ's line search) is not implemented by lmdeq; "
+                  "solving without it")
+    max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, check_every=check_every,
+                                             iterations=iterations)
     if LBFGS_thres is not None:
         memory = LBFGS_thres
     check_positive_int("memory", memory)
+    budget = iterations if iterations is not None else max_iter
+    own = contract == "lmdeq"
     layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
-                                            check_every, iterations)
+                                            check_every, iterations, contract=contract,
+                                            capacity=budget + 1 if own else budget, trace_width=budget + 1)
+    if steps == 0:
+        return tracker.finish(0, raise_on_failure=raise_on_failure, solver="broyden")
     acc = acc_dtype(layout.dtype)
     U = torch.zeros(layout.batch, memory, layout.numel, dtype=acc, device=layout.device)
     V = torch.zeros_like(U)
 
     z = layout.pack(layout.parts(x0), layout.new_flat()).to(acc)
     g = _residual(f, layout, z)
+    f_evals = 1
+    if own:
+        _record(tracker, layout, z, g, step=0)
+        if iterations is None and tracker.should_stop():
+            return tracker.finish(f_evals, raise_on_failure=raise_on_failure, solver="broyden")
     count = 0
     for k in range(steps):
-        abs_res = torch.linalg.vector_norm(g, dim=1)
-        fz_norm = torch.linalg.vector_norm(g + z, dim=1)
-        tracker.record(abs_res, abs_res / (fz_norm + 1e-9), layout.views(z.to(layout.dtype)), owned=True)
-        if iterations is None and tracker.should_stop():
-            break
-        if k + 1 == steps:
-            break
         z_new = z + _apply_inv(U, V, g, count, memory)
         g_new = _residual(f, layout, z_new)
+        f_evals += 1
+        _record(tracker, layout, z_new, g_new, step=k + 1)
+        if (iterations is None and tracker.should_stop()) or k + 1 == steps:
+            break
         dz, dg = z_new - z, g_new - g
         vt = -dz + _apply_inv_t(U, V, dz, count, memory)         # dz^T J^{-1}
         jdg = -dg + _apply_inv_low(U, V, dg, count, memory)      # J^{-1} dg
@@ -65,8 +80,14 @@ def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "a
         V[:, slot] = torch.where(ok, vt, torch.zeros_like(vt))
         count += 1
         z, g = z_new, g_new
-    # Every recorded step follows exactly one f-evaluation (g_0 = g(x0), then one per update).
-    return tracker.finish(tracker.steps, checked=iterations is None, raise_on_failure=raise_on_failure, solver="broyden")
+    return tracker.finish(f_evals, raise_on_failure=raise_on_failure, solver="broyden")
+
+
+def _record(tracker, layout, z, g, step):
+    """Record iterate z (flat, accumulation dtype) with residual g = f(z) - z."""
+    abs_res = torch.linalg.vector_norm(g, dim=1)
+    fz_norm = torch.linalg.vector_norm(g + z, dim=1)
+    tracker.record(abs_res, abs_res / (fz_norm + 1e-9), layout.views(z.to(layout.dtype)), step=step, owned=True)
 
 
 def _residual(f, layout, z_flat):

@@ -7,12 +7,18 @@ structure. Tensors with fewer than 2 dims follow TorchDEQ: every element is its 
 """
 from __future__ import annotations
 
+import difflib
 import math
+import operator
+import warnings
 from typing import Callable, List, Sequence
 
 import torch
 
-__all__ = ["StateLayout", "check_solver_args", "check_positive_int"]
+from ..ops.reference import acc_dtype
+
+__all__ = ["StateLayout", "check_solver_args", "check_positive_int", "step_count", "warn_unknown_options",
+           "UnknownOptionWarning", "KNOWN_OPTIONS", "warn_once"]
 
 
 class StateLayout:
@@ -78,6 +84,12 @@ class StateLayout:
             view.copy_(p)
         return out
 
+    def norm(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-sample l2 norm (B,) over all internal parts, in the accumulation dtype."""
+        acc = acc_dtype(self.dtype)
+        sq = [p.reshape(self.batch, -1).to(acc).square().sum(dim=1) for p in parts]
+        return torch.stack(sq).sum(dim=0).sqrt()
+
     def new_flat(self, *lead: int) -> torch.Tensor:
         """An uninitialised (B, *lead, n) buffer of the state's dtype and device."""
         return torch.empty(self.batch, *lead, self.numel, dtype=self.dtype, device=self.device)
@@ -132,11 +144,27 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def step_count(name: str, value) -> int:
+    """``value`` as a step count >= 0: an int, an integer tensor or NumPy scalar (anything with
+    ``__index__``, as TorchDEQ's ``range(max_iter)`` accepts), or a float with an integral value (TorchDEQ's
+    cores compute ``f_max_iter // n_states``, a float when ``f_max_iter`` is). Errors name ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got a bool")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int (or an integer tensor), got {type(value).__name__} {value!r}") from None
+    if count < 0:
+        raise ValueError(f"{name} must be >= 0, got {count}")
+    return count
+
+
 def check_solver_args(max_iter, tol, stop_mode, tau=None, check_every=None, iterations=None):
-    """Clear errors for bad solver arguments, each naming the argument."""
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int):
-        raise TypeError(f"max_iter must be an int, got {type(max_iter).__name__}")
-    check_positive_int("max_iter", max_iter)
+    """Clear errors for bad solver arguments, each naming the argument. Returns (max_iter, iterations)
+    as ints (``iterations`` stays None when not given)."""
+    max_iter = step_count("max_iter", max_iter)
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not (tol > 0) or math.isinf(tol):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     if stop_mode not in ("abs", "rel"):
@@ -146,4 +174,41 @@ def check_solver_args(max_iter, tol, stop_mode, tau=None, check_every=None, iter
     if check_every is not None:
         check_positive_int("check_every", check_every)
     if iterations is not None:
-        check_positive_int("iterations", iterations)
+        iterations = step_count("iterations", iterations)
+    return max_iter, iterations
+
+
+# Every option a solver of lmdeq or of TorchDEQ 0.1.0 takes. TorchDEQ's cores pass the same options to
+# every solver (tol, stop_mode and indexing also to simple_fixed_point_iter, which has no use for them),
+# and configs share one ``solver_kwargs`` between solvers (``m`` reaching a Broyden solve), so an option
+# that some solver knows is ignored quietly by the others; only an option nobody knows is reported.
+KNOWN_OPTIONS = frozenset({
+    "max_iter", "tol", "stop_mode", "indexing", "tau", "return_final",        # all solvers
+    "m", "lam",                                                                # Anderson
+    "memory", "LBFGS_thres", "ls",                                             # Broyden
+    "check_every", "iterations", "raise_on_failure", "contract",               # lmdeq
+})
+_reported: set = set()   # keys already warned about (see warn_once)
+
+
+class UnknownOptionWarning(UserWarning):
+    """A solver got a keyword argument that no lmdeq or TorchDEQ solver takes (a misspelling?)."""
+
+
+def warn_once(key: str, message: str, category=UserWarning, stacklevel: int = 3) -> None:
+    """``warnings.warn(message)`` the first time ``key`` is seen in this process."""
+    if key in _reported:
+        return
+    _reported.add(key)
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
+def warn_unknown_options(solver: str, options: dict) -> None:
+    """Warn once per process and option name about options in ``options`` that no solver knows."""
+    for key in options:
+        if key in KNOWN_OPTIONS:
+            continue
+        close = difflib.get_close_matches(key, sorted(KNOWN_OPTIONS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        warn_once(f"option:{key}", f"{solver} got solver option {key!r}, which neither lmdeq nor TorchDEQ knows: "
+                  f"it is ignored{hint}", UnknownOptionWarning)

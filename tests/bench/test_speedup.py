@@ -28,8 +28,9 @@ def test_rows_and_fields(result):
         assert math.isfinite(r["f_residual"]) and math.isfinite(r["b_residual"])
         assert r["cuda_graph"] is False  # CPU: no CUDA graphs
     by = {r["method"]: r for r in rows}
-    # The original MDEQ runs its fixed Broyden budget (22/22 for cifar10-small) unless it converges.
-    assert by["original"]["f_evals"] <= 22 and by["original"]["b_evals"] <= 22
+    # The original MDEQ runs its fixed Broyden budget (22/22 updates for cifar10-small, each solve one
+    # f-evaluation more: g(x0)) unless it converges.
+    assert by["original"]["f_evals"] <= 23 and by["original"]["b_evals"] <= 23
     assert by["authors"]["f_evals"] <= 18 and by["authors"]["b_evals"] <= 20
     assert math.isinf(by["original"]["lipschitz_bound"])
     assert by["lmdeq"]["lipschitz_bound"] < 1.0

@@ -37,7 +37,7 @@ def test_implicit_matches_unrolled_tensor_state(solver, b_solver):
     z0 = torch.zeros_like(x)
     z, info = deq_solve(f, z0, solver=solver, max_iter=300, tol=1e-13, b_solver=b_solver, b_max_iter=400,
                         b_tol=1e-13)
-    assert info["result"] == "converged"
+    assert info.result == "converged"
     loss = (z ** 2).sum() + z.sin().sum()
     gW, gx = torch.autograd.grad(loss, [W, x])
     rW, rx = _unrolled_grads(f, z0, [W, x])
@@ -60,7 +60,7 @@ def test_implicit_matches_unrolled_list_state():
         z = f(z)
     rW, rx = torch.autograd.grad(sum((t ** 2).sum() + t.sin().sum() for t in z), [W, x])
     assert _rel(gW, rW) < 1e-6 and _rel(gx, rx) < 1e-6
-    assert len(seen) == 1 and seen[0]["result"] == "converged"
+    assert len(seen) == 1 and seen[0].result == "converged"
 
 
 def test_gradcheck_small_instance():
@@ -142,6 +142,6 @@ def test_iterations_modes_run_without_checks():
     z, info = deq_solve(f, torch.zeros_like(x), solver="fixed_point", iterations=40, b_iterations=40,
                         on_backward=seen.append)
     z.sum().backward()
-    assert info["f_evals"] == 40 and info["result"] == "unchecked"
-    assert seen[0]["f_evals"] == 40 and W.grad is not None
-    assert lmdeq.solvers.Result.UNCHECKED == seen[0]["result"]
+    # Fixed counts, no read-back during the solves; the outcome is still recorded on the device.
+    assert info.f_evals == 40 and info.result == lmdeq.solvers.Result.CONVERGED
+    assert seen[0].f_evals == 40 and seen[0].result == "converged" and W.grad is not None

@@ -25,16 +25,29 @@ def _residual(f, z):
 def test_reaches_tolerance_tensor_state(name, dtype, tol, shape):
     f, z0 = linear_contraction(shape, 0.7, dtype=dtype, seed=len(shape))
     z, traj, info = solvers.get_solver(name)(f, z0, max_iter=200, tol=tol, stop_mode="abs")
-    assert info["result"] == Result.CONVERGED
-    assert bool(info["converged"].all())
+    assert info.result == Result.CONVERGED
+    assert bool(info.converged.all()) and info.converged.dtype == torch.bool
     assert z.shape == z0.shape and z.dtype == dtype
     # The returned point's own residual, measured independently, is within a small factor of tol.
     assert float(_residual(f, z).max()) <= 2 * tol
-    assert set(info) >= INFO_KEYS
+    assert set(info) == INFO_KEYS
+    assert all(torch.is_tensor(v) and v.is_floating_point() for v in info.values())
     B = shape[0]
     assert info["abs_lowest"].shape == (B,) and info["rel_lowest"].shape == (B,)
-    assert info["abs_trace"].shape == (B, info["f_evals"]) and info["rel_trace"].shape == (B, info["f_evals"])
-    assert info["nstep"].shape == (B,) and info["nstep"].is_floating_point()
+    # One trace column per step the budget allows (Broyden: x0's own residual first, then 200 updates);
+    # the first f_evals are measured, the rest repeat the lowest residual (fixed width: infos merge).
+    width = 201 if name == "broyden" else 200
+    n = info.f_evals
+    for mode in ("abs", "rel"):
+        trace = info[f"{mode}_trace"]
+        assert trace.shape == (B, width) and n < width
+        assert torch.equal(trace[:, n:], info[f"{mode}_lowest"].unsqueeze(1).expand(B, width - n))
+        assert torch.equal(trace[:, :n].min(dim=1).values, info[f"{mode}_lowest"])
+    assert info["nstep"].shape == (B,) and info["nstep"].dtype == torch.float32
+    assert info["converged"].shape == (B,) and info["f_evals"].shape == info["result"].shape == (1,)
+    assert info["sradius"].shape == (1,)
+    steps = info.f_evals - (name == "broyden")
+    assert bool((info["nstep"] <= steps).all()) and bool((info["nstep"] >= 0).all())
     assert traj == []
 
 
@@ -47,7 +60,7 @@ def test_reaches_tolerance_list_state(name, container):
     z0 = container(torch.zeros(s, dtype=torch.float64) for s in shapes)
     z, _, info = solvers.get_solver(name)(f, z0, max_iter=200, tol=1e-10, stop_mode="rel")
     assert isinstance(z, container) and [t.shape for t in z] == [torch.Size(s) for s in shapes]
-    assert info["result"] == "converged"
+    assert info.result == "converged"
     assert float(_residual(f, z).max()) < 1e-9
 
 
@@ -68,15 +81,15 @@ def test_agree_with_torchdeq(ours, theirs):
     rel = (z_ours - z_theirs).norm() / z_theirs.norm()
     assert float(rel) < 1e-9
     # Same solver family, same problem: the iteration counts are comparable.
-    assert info_ours["f_evals"] <= 100 and set(info_theirs) <= set(info_ours)
+    assert info_ours.f_evals <= 101 and set(info_theirs) <= set(info_ours)
 
 
 def test_lmdeq_anderson_beats_fixed_point():
     f, z0, _, _ = tanh_contraction(64, 2, 0.95, seed=4)
     _, _, fp = solvers.fixed_point(f, z0, max_iter=500, tol=1e-8)
     _, _, aa = solvers.anderson(f, z0, max_iter=500, tol=1e-8)
-    assert aa["result"] == fp["result"] == "converged"
-    assert aa["f_evals"] < fp["f_evals"]
+    assert aa.result == fp.result == "converged"
+    assert aa.f_evals < fp.f_evals
 
 
 @pytest.mark.parametrize("name", SOLVERS)
@@ -85,7 +98,7 @@ def test_indexing_trajectory(name):
     solve = solvers.get_solver(name)
     # Run to completion to know the count; then index steps before and after the stop.
     _, _, info = solve(f, z0, max_iter=100, tol=1e-8)
-    n = info["f_evals"]
+    n = info.f_evals - (name == "broyden")   # steps: Broyden's are updates, after g(x0)
     _, traj, _ = solve(f, z0, max_iter=100, tol=1e-8, indexing=[1, 2, n + 5])
     assert len(traj) == 3
     # Step k's entry is the best estimate after k steps: compare with a fresh solve capped at k steps.
@@ -103,21 +116,21 @@ def test_non_convergence_is_reported(name):
     z0 = torch.zeros(3, 4, dtype=torch.float64)
     if name == "fixed_point":
         _, _, info = solvers.fixed_point(f, z0, max_iter=30, tol=1e-6)
-        assert info["result"] == "diverged"
+        assert info.result == "diverged" and float(info["result"]) == Result.DIVERGED.code
     else:
         # Quasi-Newton methods solve a linear map exactly; give them a map with no fixed point instead.
         g = lambda z: z + 1.0 + 0.1 * torch.sin(z)  # noqa: E731
         _, _, info = solvers.get_solver(name)(g, z0, max_iter=10, tol=1e-6)
-        assert info["result"] in ("max_iter", "diverged")
-    assert not bool(info["converged"].any())
+        assert info.result in ("max_iter", "diverged")
+    assert not bool(info.converged.any())
 
 
 @pytest.mark.parametrize("name", SOLVERS)
 def test_low_max_iter_reported_and_never_returns_initial_guess(name):
     f, z0, _, _ = tanh_contraction(16, 2, 0.9, seed=6)
     z, _, info = solvers.get_solver(name)(f, z0, max_iter=2, tol=1e-12)
-    assert info["result"] == "max_iter" and not bool(info["converged"].any())
-    assert info["f_evals"] == 2
+    assert info.result == "max_iter" and not bool(info.converged.any())
+    assert info.f_evals == (3 if name == "broyden" else 2)   # Broyden: g(x0), then 2 updates
     assert not torch.equal(z, z0)
 
 
@@ -129,13 +142,16 @@ def test_raise_on_failure(name):
 
 
 @pytest.mark.parametrize("name", SOLVERS)
-def test_unknown_kwargs_ignored_and_func_with_tau(name):
+def test_torchdeq_options_ignored_and_func_with_tau(name, recwarn):
     calls = []
 
     def f(z, tau=1.0):  # TorchDEQ-style func: the solver must not double-damp by passing tau
         calls.append(tau)
         return 0.5 * z + 1.0
 
-    z, _, info = solvers.get_solver(name)(f, torch.zeros(2, 3), max_iter=60, tol=1e-5, some_torchdeq_option=3)
-    assert info["result"] == "converged" and set(calls) == {1.0}
+    # Options of other TorchDEQ/lmdeq solvers (TorchDEQ passes them to every solver) are ignored quietly.
+    z, _, info = solvers.get_solver(name)(f, torch.zeros(2, 3), max_iter=60, tol=1e-5, m=3, lam=1e-3,
+                                          LBFGS_thres=4, memory=4, tau=1.0, return_final=False)
+    assert info.result == "converged" and set(calls) == {1.0}
     assert torch.allclose(z, torch.full((2, 3), 2.0), atol=1e-4)
+    assert not [w for w in recwarn if issubclass(w.category, solvers.UnknownOptionWarning)]

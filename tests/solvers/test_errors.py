@@ -15,11 +15,16 @@ def ok(z):
 @pytest.mark.parametrize("kwargs,exc,pattern", [
     (dict(tol=0.0), ValueError, "tol"),
     (dict(tol=-1e-3), ValueError, "tol"),
-    (dict(max_iter=0), ValueError, "max_iter"),
+    (dict(max_iter=-1), ValueError, "max_iter must be >= 0"),
+    (dict(max_iter=torch.tensor(-2)), ValueError, "max_iter must be >= 0"),
     (dict(max_iter=2.5), TypeError, "max_iter"),
+    (dict(max_iter=torch.tensor(3.0)), TypeError, "max_iter"),
+    (dict(max_iter="3"), TypeError, "max_iter"),
+    (dict(max_iter=True), TypeError, "max_iter"),
     (dict(stop_mode="relative"), ValueError, "stop_mode"),
     (dict(check_every=0), ValueError, "check_every"),
-    (dict(iterations=0), ValueError, "iterations"),
+    (dict(iterations=-1), ValueError, "iterations"),
+    (dict(contract="TorchDEQ"), ValueError, "contract"),
 ])
 def test_bad_arguments(name, kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):

@@ -25,7 +25,7 @@ def test_iterations_for_is_exact_on_linear_contractions(L, tau, shape):
     z, _, info = solvers.fixed_point(f, z0, iterations=n, tau=tau, tol=tol)
     res = float((f(z) - z).reshape(shape[0], -1).norm(dim=1).max())
     assert res <= tol * (1 + 1e-9)
-    assert info["f_evals"] == n and info["result"] == "unchecked"
+    assert info.f_evals == n
     if tau == 1.0 and n > 1:
         z_short, _, _ = solvers.fixed_point(f, z0, iterations=n - 1, tol=tol)
         res_short = float((f(z_short) - z_short).reshape(shape[0], -1).norm(dim=1).max())
@@ -60,8 +60,9 @@ def test_iterations_mode_reads_nothing_back(name, monkeypatch):
     monkeypatch.setattr(Tracker, "should_stop", lambda self: reads.append(1) or False)
     f, z0, _, _ = tanh_contraction(12, 2, 0.5, seed=9)
     z, _, info = solvers.get_solver(name)(f, z0, iterations=7, tol=1e-3)
-    assert reads == [] and info["f_evals"] == 7 and info["result"] == "unchecked"
-    assert info["converged"].dtype == torch.bool
+    assert reads == [] and info.f_evals == (8 if name == "broyden" else 7)   # Broyden: g(x0) + 7 updates
+    # The outcome is computed on the device all the same (read here, after the solve).
+    assert info.converged.dtype == torch.bool and info.result == "converged"
 
 
 @pytest.mark.parametrize("check_every", [1, 3, 5])
@@ -71,8 +72,8 @@ def test_check_every_bounds_host_reads(check_every, monkeypatch):
 
     def counting(self):
         out = original(self)
-        if self.steps % self.check_every == 0:
-            reads.append(self.steps)
+        if self.records % self.check_every == 0:
+            reads.append(self.records)
         return out
 
     monkeypatch.setattr(Tracker, "should_stop", counting)
@@ -85,8 +86,8 @@ def test_check_every_bounds_host_reads(check_every, monkeypatch):
 def test_iterations_mode_matches_checked_mode():
     f, z0, _, _ = tanh_contraction(20, 3, 0.7, seed=10)
     _, _, info = solvers.fixed_point(f, z0, max_iter=200, tol=1e-9, return_final=True)
-    z_checked, _, _ = solvers.fixed_point(f, z0, max_iter=info["f_evals"], tol=1e-30, return_final=True)
-    z_free, _, _ = solvers.fixed_point(f, z0, iterations=info["f_evals"], tol=1e-9)
+    z_checked, _, _ = solvers.fixed_point(f, z0, max_iter=info.f_evals, tol=1e-30, return_final=True)
+    z_free, _, _ = solvers.fixed_point(f, z0, iterations=info.f_evals, tol=1e-9)
     assert torch.equal(z_checked, z_free)
 
 
@@ -96,7 +97,7 @@ def test_damping_converges_where_plain_iteration_oscillates():
     z0 = torch.zeros(2, 3, dtype=torch.float64)
     _, _, plain = solvers.fixed_point(f, z0, max_iter=20, tol=1e-8)
     z, _, damped = solvers.fixed_point(f, z0, max_iter=20, tol=1e-8, tau=0.5)
-    assert plain["result"] == "max_iter" and damped["result"] == "converged"
+    assert plain.result == "max_iter" and damped.result == "converged"
     assert torch.allclose(z, torch.ones_like(z))
 
 
@@ -109,8 +110,8 @@ def test_nonfinite_f_is_flagged(name):
 
     z0 = torch.zeros(3, 4, dtype=torch.float64)
     _, _, info = solvers.get_solver(name)(f, z0, max_iter=60, tol=1e-6)
-    assert info["result"] == "nonfinite"
-    assert info["converged"].tolist() == [True, False, True]
+    assert info.result == "nonfinite"
+    assert info.converged.tolist() == [True, False, True]
     with pytest.raises(solvers.SolverError, match="nonfinite"):
         solvers.get_solver(name)(f, z0, max_iter=20, tol=1e-6, raise_on_failure=True)
 
@@ -120,7 +121,7 @@ def test_nonfinite_x0_is_flagged(name):
     z0 = torch.zeros(2, 4)
     z0[0, 1] = float("inf")
     _, _, info = solvers.get_solver(name)(lambda z: 0.5 * z, z0, max_iter=10, tol=1e-6)
-    assert info["result"] == "nonfinite"
+    assert info.result == "nonfinite"
 
 
 def test_anderson_survives_singular_gram():
@@ -129,7 +130,7 @@ def test_anderson_survives_singular_gram():
     z, _, info = solvers.anderson(lambda z: c.clone(), torch.zeros(2, 5, dtype=torch.float64), max_iter=10,
                                   tol=1e-30, m=4, lam=0.0)
     assert torch.isfinite(z).all() and torch.equal(z, c)
-    assert info["result"] in ("converged", "max_iter")
+    assert info.result in ("converged", "max_iter")
 
 
 def test_anderson_ill_conditioned_history_stays_finite():
@@ -137,7 +138,7 @@ def test_anderson_ill_conditioned_history_stays_finite():
     d = torch.randn(1, 30, dtype=torch.float64)
     f = lambda z: 0.999999 * z + 1e-3 * d  # noqa: E731
     z, _, info = solvers.anderson(f, torch.zeros(1, 30, dtype=torch.float64), max_iter=50, tol=1e-9, m=6)
-    assert torch.isfinite(z).all() and info["result"] != "nonfinite"
+    assert torch.isfinite(z).all() and info.result != "nonfinite"
 
 
 def test_broyden_workspace_does_not_grow_with_max_iter(monkeypatch):
@@ -146,7 +147,8 @@ def test_broyden_workspace_does_not_grow_with_max_iter(monkeypatch):
 
     def spy(*shape, **kw):
         out = real_zeros(*shape, **kw)
-        sizes.append(out.numel())
+        if out.dim() == 3:  # the (B, memory, n) workspace; the (B, steps) traces grow with max_iter by design
+            sizes.append(out.numel())
         return out
 
     f, z0, _, _ = tanh_contraction(50, 2, 0.99, seed=11)
@@ -171,4 +173,4 @@ def test_non_contiguous_x0():
     f, _, _, _ = tanh_contraction(6, 4, 0.5, seed=12)
     base = torch.zeros(6, 4, dtype=torch.float64)
     z, _, info = solvers.fixed_point(f, base.t(), max_iter=100, tol=1e-10)
-    assert info["result"] == "converged" and z.shape == (4, 6)
+    assert info.result == "converged" and z.shape == (4, 6)

@@ -5,11 +5,12 @@ A *graphed call* is ``fn(static_inputs) -> (outputs, meta)``: ``outputs`` a list
 ``meta`` any Python value fixed at capture (e.g. a solver's step count). :class:`GraphCache` keeps one
 capture per key:
 
-* first call with a key: ``fn`` runs twice on a side stream of the inputs' device with synchronising
-  CUDA calls turned into errors (``torch.cuda.set_sync_debug_mode("error")``), so work that cannot be
-  captured fails here, before any capture begins; algorithm selection, compilation and allocator
-  warm-up also stay outside the capture. Then ``fn`` runs once more under stream capture, over static
-  copies of the inputs, into a memory pool of the graph's own;
+* first call with a key: ``fn`` runs twice on a side stream of the inputs' device: once as it is
+  (first-call work such as algorithm selection, compilation, table uploads and allocator warm-up stays
+  outside the capture), then with synchronising CUDA calls turned into errors
+  (``torch.cuda.set_sync_debug_mode("error")``), so steady-state work that cannot be captured fails
+  here, before any capture begins. Then ``fn`` runs once more under stream capture, over static copies
+  of the inputs, into a memory pool of the graph's own;
 * every call: the inputs are copied into the static buffers (one multi-tensor copy), the graph is
   replayed (one launch for all kernels of all iterations, no Python, no host sync) and the outputs are
   copied out into fresh tensors, so a caller may keep them while the graph runs again.
@@ -106,11 +107,12 @@ class GraphedCall:
         self.static_out = list(outputs)
 
     def _warm_up(self, fn: Fn) -> None:
+        for _ in range(self.WARMUP_RUNS - 1):
+            fn(self.static_in)
         mode = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("error")  # a host sync is not capturable: fail now, not mid-capture
         try:
-            for _ in range(self.WARMUP_RUNS):
-                fn(self.static_in)
+            fn(self.static_in)
         finally:
             torch.cuda.set_sync_debug_mode(mode)
 

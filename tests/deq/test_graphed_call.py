@@ -82,6 +82,24 @@ def test_sync_in_warm_up_fails_before_capture_and_turns_graphs_off(cuda):
     assert not other.enabled(CUDA1)
 
 
+def test_first_call_work_may_sync(cuda):
+    """A sync on the first run only (a table upload, an algorithm search) is first-call work, outside
+    the checked warm-up run: the capture goes ahead."""
+    runs = []
+
+    def syncs_once(static):
+        if not runs:
+            cuda.sync()
+        runs.append(1)
+        return _double(static)
+
+    cache = GraphCache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache("a", syncs_once, [torch.ones(2)])
+    assert cache.captures == 1 and len(runs) == GraphedCall.WARMUP_RUNS + 1 and not cache.failures
+
+
 def test_invalidated_capture_leaves_no_allocator_state_behind(cuda):
     state = {"warm": 0}
 

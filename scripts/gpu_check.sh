@@ -52,15 +52,15 @@ KILL_S=2       # `timeout -k`: a step that ignores TERM is killed this long afte
 PACK_S=15      # kept for packing after each step and for the last summary and archive
 # step | cap (s) | what; then the optional steps, each run only if its whole cap is left.
 PLAN=(
-  "build|150|lmdeq._C for this GPU (in place); on a compile error once more with LMDEQ_BUILD_CUDA=0"
+  "build|190|lmdeq._C for this GPU (in place); on a compile error once more with LMDEQ_BUILD_CUDA=0"
   "info|10|lmdeq info: versions, build, the backend each op runs on"
   "tests-fixed-point|35|pytest -m gpu: fused fixed-point update, CUDA and Triton, vs float64 (cold Triton JIT)"
   "tests-anderson|40|pytest -m gpu: Anderson Gram row and mixing (+ rows past int32 offsets)"
   "tests-power-iteration|30|pytest -m gpu: matrix and conv power iteration, with and without CUDA graphs"
   "tests-graphs|40|pytest -m gpu: CUDA-graphed solves (deq_solve, MDEQ) vs eager, failed-capture clean-up"
-  "train|75|short training of (c) and (a) on the carried subset: the trained weights (reduced time to accuracy)"
-  "speedup|100|lmdeq bench, cifar10-large batch 128: (a) vs (b) vs (c) on init and trained weights"
-  "kernels|50|benchmarks/kernels.py --quick: fused kernels vs eager / torch.compile"
+  "train|60|short training of (c) and (a) on the carried subset: the trained weights (reduced time to accuracy)"
+  "speedup|90|lmdeq bench, cifar10-large batch 128: (a) vs (b) vs (c) on init and trained weights"
+  "kernels|40|benchmarks/kernels.py --quick: fused kernels vs eager / torch.compile"
 )
 OPTIONAL=(
   "profile|60|lmdeq bench --profile: where each method's training step spends its time"
@@ -69,8 +69,8 @@ OPTIONAL=(
   "nchw|40|fast path in NCHW instead of channels_last"
   "checked|40|fast path with checked solves (convergence read-backs), no graphs"
 )
-# Triton JIT: a cold cache compiles every kernel variant the GPU tests launch (about 200, the count CI's sm_90
-# compile check compiles: tests/ops/test_triton_hopper_compile.py; ~0.2 s each), inside the test groups' caps.
+# Triton JIT: a cold cache compiles every kernel variant the GPU tests launch (of the order of the ~210 that CI's
+# sm_90 compile check compiles, tests/ops/test_triton_hopper_compile.py; ~0.2 s each), inside the test groups' caps.
 
 cap_of() {  # cap_of NAME DEFAULT: CAP_<name> (dashes as underscores) overrides the plan's cap
   local var="CAP_${1//-/_}"
@@ -100,6 +100,8 @@ print_plan() {
     fi
     printf '%3d  %-22s %6d  %s\n' "$((i + 1))" "${STEPS[$i]}" "${CAPS[$i]}" "${WHATS[$i]}"
   done
+  echo "(the test groups' caps include the cold Triton JIT: of the order of the ~210 kernel variants that CI's sm_90"
+  echo " compile check compiles, ~0.2 s each, ~45 s in all; the build's cap keeps 45 s for the LMDEQ_BUILD_CUDA=0 retry)"
 }
 
 if [ "$MODE" = plan ]; then

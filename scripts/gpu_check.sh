@@ -159,7 +159,7 @@ pycmd() {  # pycmd ARGS...: run python ARGS under the step's cap (smoke, with AR
   if [ "$SMOKE" = 1 ] && [ "${ARGCHECK:-0}" = 1 ]; then
     { printf '%s\t' "$CURRENT_STEP"; printf '%q ' "$@"; echo; } >>"$QUEUE"
     echo "queued for the argument check: python $*"
-    return 5
+    return 75  # (a status no command here returns: "queued")
   fi
   capped $PY "$@"
 }
@@ -197,7 +197,7 @@ step_build() {
   LMDEQ_BUILD_CUDA=0 capped $PY setup.py build_ext --inplace >"$LOGS/build-cpu.log" 2>&1 \
     || { tail -15 "$LOGS/build-cpu.log"; return 1; }
   cp lmdeq/_build_info.json "$RESULTS/build_info.json" 2>/dev/null
-  return 3  # built, but not as planned
+  return 73  # built, but not as planned
 }
 step_info() { pycmd -m lmdeq.info; }
 gpu_tests() {  # gpu_tests NAME PYTEST-ARGS...: one group of the `gpu` tests in its own process
@@ -223,7 +223,7 @@ step_tests_graphs() {
 step_train() {
   if [ ! -e "$DATA" ]; then
     echo "no $DATA (run scripts/prepare_gpu_carry.py and carry gpu_carry): no trained weights"
-    return 4
+    return 74
   fi
   pycmd benchmarks/time_to_accuracy.py --data "$DATA" --target 0.40 --epochs 1 --methods lmdeq,original \
     --val-fraction 0.1 --no-progress --out "$RESULTS" --save-runs "$RUNS" --tag=-subset "${TTA_EXTRA[@]}"
@@ -249,8 +249,9 @@ step_checked() { ARGCHECK=1 bench --methods lmdeq --solve-mode checked --no-cuda
 # ---- bookkeeping -------------------------------------------------------------------------------------------
 describe() {  # describe RC: a step's status word
   case $1 in
-    0) echo ok ;; 5) echo "queued (smoke)" ;; 124 | 137) echo "FAILED (timeout)" ;; 3) echo "FAILED (CUDA build; built with LMDEQ_BUILD_CUDA=0)" ;;
-    4) echo "skipped (no data)" ;;
+    0) echo ok ;; 124 | 137) echo "FAILED (timeout)" ;;
+    73) echo "FAILED (CUDA build; built with LMDEQ_BUILD_CUDA=0)" ;; 74) echo "skipped (no data)" ;;
+    75) echo "queued (smoke)" ;;
     *) echo "FAILED (exit $1)" ;;
   esac
 }

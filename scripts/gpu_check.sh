@@ -210,8 +210,13 @@ gpu_tests() {  # gpu_tests NAME PYTEST-ARGS...: one group of the `gpu` tests in 
   $PY -c "import pytest_timeout" 2>/dev/null && timeout_args=(--timeout="${TEST_TIMEOUT:-25}")
   pycmd -m pytest -m gpu "$@" -v -rA -p no:cacheprovider "${timeout_args[@]}" --junitxml="$RESULTS/$name.xml" \
     >"$LOGS/$name-pytest.log" 2>&1
-  local rc=$?
-  grep -E "(passed|failed|error)" "$LOGS/$name-pytest.log" | tail -1
+  local rc=$? closing
+  closing=$(grep -E "^=+ .+ in [0-9.]+s" "$LOGS/$name-pytest.log" | tail -1)  # pytest's closing line
+  echo "$closing"
+  if [ "$rc" = 0 ] && ! grep -qE "[0-9]+ passed" <<<"$closing"; then
+    echo "no test passed: is the GPU visible to torch? (see logs/info.log)"
+    return 1
+  fi
   return $rc
 }
 step_tests_fixed_point() { gpu_tests tests-fixed-point tests/ops/test_gpu.py -k fixed_point; }
@@ -266,7 +271,7 @@ write_summary() {
     echo
     [ -f "$LOGS/info.log" ] && grep -E "^(torch|triton|extension|  compiled|backends for cuda|  unavailable)" "$LOGS/info.log"
     for log in "$LOGS"/tests-*-pytest.log; do
-      [ -f "$log" ] && echo "$(basename "$log" -pytest.log): $(grep -E "(passed|failed|error)" "$log" | tail -1)"
+      [ -f "$log" ] && echo "$(basename "$log" -pytest.log): $(grep -E "^=+ .+ in [0-9.]+s" "$log" | tail -1)"
     done
     [ -f "$LOGS/argcheck.log" ] && grep -E "^selected [0-9]+ tests" "$LOGS/argcheck.log"
     [ -f "$LOGS/train.log" ] && sed -n '/^Device:/,/^wrote/p' "$LOGS/train.log" | grep -v '^wrote'

@@ -263,7 +263,7 @@ describe() {  # describe RC: a step's status word
 write_summary() {
   local f=$WORK/summary.txt i
   {
-    echo "gpu_check ($MODE) on $(hostname), $(date -u +%FT%TZ); budget ${TOTAL_S} s, used $(($(now) - START)) s"
+    echo "gpu_check ($MODE) on $(uname -n), $(date -u +%FT%TZ); budget ${TOTAL_S} s, used $(($(now) - START)) s"
     printf '%-22s %6s %6s  %s\n' step cap used status
     for i in "${!STEPS[@]}"; do
       printf '%-22s %6s %6s  %s\n' "${STEPS[$i]}" "${CAPS[$i]}" "${USED[$i]:--}" "${STATUS[$i]:-not run}"

@@ -7,7 +7,8 @@ The convolutions are PyTorch's (cuDNN on GPU). Each iteration gathers every laye
 flat buffer (one concatenation) and normalises all segments in one Triton launch, one program per
 segment: sum of squares, then scaling, in a fixed order. Segment offset tables are cached per
 (device, sizes), so that a CUDA-graph capture of the whole op (lmdeq.cuda_graphs) sees no host
-to device copy after the first call.
+to device copy after the first call; that copy is from pinned memory and does not block (the graph's
+warm-up runs with host syncs as errors).
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def _segment_offsets(device: torch.device, sizes: Tuple[int, ...]) -> torch.Tens
         bounds = [0]
         for n in sizes:
             bounds.append(bounds[-1] + n)
-        _offsets[key] = torch.tensor(bounds, dtype=torch.int64).to(device)
+        host = torch.tensor(bounds, dtype=torch.int64)
+        _offsets[key] = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
     return _offsets[key]
 
 

@@ -7,7 +7,8 @@ and fz once, writes z_next once and stores two partial sums (fp32; fp64 for fp64
 tensors share one launch (their pointers are kernel arguments; a longer list takes more launches).
 Pass 2, grid (B,): each program adds its sample's partials in a fixed order and takes square roots.
 Deterministic, no atomics. Storage may be bf16/fp16: values are cast to the accumulation dtype right
-after loading (the interpreter has no bf16 arithmetic).
+after loading (the interpreter has no bf16 arithmetic). A launch's chunks are the grid's second axis,
+at most 65,535 (``MAX_GRID_Y``): a sample of up to 4 tensors of about 268 million elements in all.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ BLOCK = 1024
 ITERS = 4
 CHUNK = BLOCK * ITERS
 BLOCK_P = 128
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's second axis
 
 
 @triton.jit
@@ -96,6 +98,11 @@ def fixed_point_update_multi(zs: List[torch.Tensor], fzs: List[torch.Tensor], ta
     ns = [z.numel() // B if B else 0 for z in zs]
     chunks = [triton.cdiv(n, CHUNK) for n in ns]
     cols = sum(chunks)
+    for s0 in range(0, len(zs), SLOTS):  # each launch's chunks are its grid's second axis
+        if sum(chunks[s0:s0 + SLOTS]) > MAX_GRID_Y:
+            raise ValueError(f"lmdeq.ops.fixed_point_update_multi: {sum(ns[s0:s0 + SLOTS])} elements per sample in "
+                             f"one launch ({sum(chunks[s0:s0 + SLOTS])} chunks) exceed the Triton kernel's grid limit "
+                             f"of {MAX_GRID_Y} chunks")
     res = torch.empty(B, dtype=acc, device=device)
     fzn = torch.empty(B, dtype=acc, device=device)
     if B == 0:

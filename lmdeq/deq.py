@@ -16,11 +16,13 @@ Backward modes (``backward=``):
 * ``'phantom'`` — ``phantom_steps`` damped tracked steps z <- (1 - phantom_tau) z + phantom_tau f(z) from z*.
 * ``'none'`` — return z* detached.
 
-CUDA graphs (``graph=GraphedProblem(...)``): when both solves run a fixed number of steps
-(``iterations``/``b_iterations``, so no host sync) on a CUDA device, the whole forward solve and the
-whole adjoint solve (re-evaluation of f at z* plus every vector-Jacobian product) are each captured
-once per key and replayed as one CUDA graph (see :mod:`lmdeq.cuda_graphs`); the tracked evaluation
-f(z*) and the gradient into parameters stay eager. Results equal the eager solves.
+CUDA graphs (``graph=GraphedProblem(...)``): when a solve is a fixed-point solve (``'fixed_point'``,
+the only solver graphed: Anderson's and Broyden's dense solves are not proven capturable on every
+linear-algebra backend) that runs a fixed number of steps (``iterations``/``b_iterations``, so no host
+sync) on a CUDA device, the whole forward solve and the whole adjoint solve (re-evaluation of f at z*
+plus every vector-Jacobian product) are each captured once per key and replayed as one CUDA graph (see
+:mod:`lmdeq.cuda_graphs`); the tracked evaluation f(z*) and the gradient into parameters stay eager.
+Results equal the eager solves.
 
 Profiler ranges (``torch.profiler.record_function``): ``lmdeq::forward_solve``, ``lmdeq::tracked_f``
 and ``lmdeq::adjoint_solve`` mark the three parts of a solve (see :mod:`lmdeq.bench.profile`).
@@ -40,12 +42,15 @@ from torch import nn
 from torch.profiler import record_function
 
 from .cuda_graphs import GraphCache
+from .ops import backends
 from .solvers import SolverInfo, get_solver
 from .solvers.state import StateLayout
 
-__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem"]
+__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem", "GRAPHED_SOLVERS"]
 
 BACKWARD_MODES = ("implicit", "jfb", "phantom", "none")
+GRAPHED_SOLVERS = ("fixed_point",)
+_GRAPHED = tuple(get_solver(name) for name in GRAPHED_SOLVERS)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class GraphedProblem:
     * ``cache``: the :class:`~lmdeq.cuda_graphs.GraphCache` holding the captures (owned by the caller,
       e.g. a model, so they live as long as its parameters);
     * ``key``: everything besides ``inputs`` that f's work depends on (mode, the storage of the tensors
-      it reads in place such as parameters; shapes, solver settings and the autocast state are added);
+      it reads in place such as parameters; shapes, solver settings, the autocast state and the op
+      backend are added);
     * ``inputs``: the tensors f reads that change from call to call (copied into static buffers);
     * ``bind(static_inputs)``: a context manager yielding a state -> state function that computes
       exactly f, but reads ``static_inputs`` in place of ``inputs``.
@@ -66,9 +72,11 @@ class GraphedProblem:
     inputs: Sequence[torch.Tensor]
     bind: Callable[[List[torch.Tensor]], AbstractContextManager]
 
-    def usable(self, device, steps: Optional[int], solver_kwargs: Optional[dict]) -> bool:
-        """Fixed step count, no trajectory, CUDA (or the cache's device), graphs enabled."""
-        return steps is not None and not (solver_kwargs or {}).get("indexing") and self.cache.enabled(device)
+    def usable(self, device, solver, steps: Optional[int], solver_kwargs: Optional[dict]) -> bool:
+        """A fixed-point solver (:data:`GRAPHED_SOLVERS`), a fixed step count, no trajectory, CUDA (or the
+        cache's device), graphs enabled."""
+        return (get_solver(solver) in _GRAPHED and steps is not None and not (solver_kwargs or {}).get("indexing")
+                and self.cache.enabled(device))
 
     def run(self, tag: Hashable, body: Callable, state: Sequence[torch.Tensor], grad: bool):
         """``body(f, static_state) -> (parts, info)`` through the cache: returns (parts, info) where the
@@ -90,7 +98,7 @@ class GraphedProblem:
             return list(parts) + [info[n] for n in names], (len(parts), names, fixed)
 
         signature = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in inputs)
-        key = (tag, self.key, amp, signature)
+        key = (tag, self.key, amp, backends.choose(inputs[0].device), signature)
         outs, (n, names, fixed) = self.cache(key, fn, inputs)
         info = SolverInfo({**fixed, **dict(zip(names, outs[n:]))})
         info.cuda_graph = self.cache.graphed(key)  # an attribute: info's items stay tensors
@@ -108,8 +116,8 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
     with the backward solver's info when the implicit backward runs. ``iterations``/``b_iterations`` run
     the forward/backward solves for exactly that many steps with no host sync; with ``graph`` as well
-    (and a CUDA device) each such solve is one CUDA-graph replay, and ``info.cuda_graph`` says whether it
-    was (False when the capture failed and the solve ran eagerly).
+    (a fixed-point solver and a CUDA device) each such solve is one CUDA-graph replay, and
+    ``info.cuda_graph`` says whether it was (False when the capture failed and the solve ran eagerly).
     """
     if backward not in BACKWARD_MODES:
         raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {backward!r}")
@@ -122,7 +130,7 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     layout = StateLayout(z0, "z0")
     kwargs = dict(max_iter=max_iter, tol=tol, stop_mode=stop_mode, iterations=iterations, **(solver_kwargs or {}))
     start = [p.detach() for p in layout.parts(z0)]
-    if graph is not None and graph.usable(layout.device, iterations, solver_kwargs):
+    if graph is not None and graph.usable(layout.device, solver, iterations, solver_kwargs):
         def body(g_f, static_z0):
             z, _, inf = solve(g_f, layout.external(list(static_z0)), **kwargs)
             return layout.parts(z), inf
@@ -147,7 +155,7 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
 
     b_kwargs = dict(max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, iterations=b_iterations,
                     **(b_solver_kwargs or {}))
-    if graph is not None and not graph.usable(layout.device, b_iterations, b_solver_kwargs):
+    if graph is not None and not graph.usable(layout.device, b_solver, b_iterations, b_solver_kwargs):
         graph = None
     adjoint = _Adjoint(layout, star, b_solve, b_kwargs, on_backward, graph,
                        (b_solver, repr(sorted(b_kwargs.items()))), _autocast_state(layout.device))

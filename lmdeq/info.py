@@ -41,6 +41,11 @@ def _extension_lines() -> List[str]:
             f"  compiled against torch {ext.torch_version} with {ext.compiler}; {cuda}"]
 
 
+def _graphs_state() -> str:
+    why = cuda_graphs.disabled_reason()
+    return "on" if why is None else ("off" if why == "LMDEQ_CUDA_GRAPHS=0" else f"off in this process: {why}")
+
+
 def _devices() -> List[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
@@ -64,8 +69,7 @@ def report() -> str:
         *_extension_lines(),
         f"{backends.ENV_VAR}={os.environ.get(backends.ENV_VAR, 'auto')}",
         f"LMDEQ_CUDA_GRAPHS={os.environ.get('LMDEQ_CUDA_GRAPHS', '1')} (CUDA-graphed fixed-count solves and conv power "
-        f"iteration: {'on' if cuda_graphs.enabled_by_env() else 'off'}"
-        f"{'' if torch.cuda.is_available() else ', used on CUDA devices only'})",
+        f"iteration: {_graphs_state()}{'' if torch.cuda.is_available() else ', used on CUDA devices only'})",
         allocator.describe(),
         "",
     ]

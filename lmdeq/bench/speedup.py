@@ -123,6 +123,7 @@ def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e
         "f_residual": train_info.get("f_residual"), "b_residual": train_info.get("b_residual"),
         "infer_f_evals": eval_info.get("f_nstep"), "infer_f_residual": eval_info.get("f_residual"),
         "cuda_graph": bool(train_info.get("cuda_graph")) and bool(eval_info.get("cuda_graph")),
+        "graph_captures": eval_info.get("graph_captures"),  # all of them, warm-up included (model.graph_stats())
         "peak_train_mib": peak_train, "peak_infer_mib": peak_eval,
         "lipschitz_bound": model.lipschitz_bound() if hasattr(model, "lipschitz_bound") else None,
         "profile": step_profile,

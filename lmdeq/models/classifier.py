@@ -174,7 +174,7 @@ class MDEQClassifier(nn.Module):
     def _record_forward(self, info: dict) -> None:
         self._info.update(f_nstep=info["f_evals"].long(), f_residual=info["rel_lowest"].mean(),
                           converged=info["converged"].float().mean(), b_nstep=0, b_residual=math.nan,
-                          cuda_graph=getattr(info, "cuda_graph", False))
+                          cuda_graph=getattr(info, "cuda_graph", False), graph_captures=self.graphs.captures)
 
     def _record_backward(self, info: dict) -> None:
         self._info.update(b_nstep=info["f_evals"].long(), b_residual=info["rel_lowest"].mean())
@@ -184,9 +184,16 @@ class MDEQClassifier(nn.Module):
         """Latest solve statistics as python numbers: f_nstep (forward f-evaluations), f_residual (final
         relative residual, batch mean), converged (fraction of the batch below f_tol), b_nstep and
         b_residual (after a backward pass; 0 and nan before), cuda_graph (whether the forward solve was a
-        CUDA-graph replay), and lipschitz_bound when the solve used it.
+        CUDA-graph replay), graph_captures (CUDA-graph captures so far, see :meth:`graph_stats`), and
+        lipschitz_bound when the solve used it.
         Reading it syncs with the device."""
         return {k: (v.item() if torch.is_tensor(v) else v) for k, v in self._info.items()}
+
+    def graph_stats(self) -> dict:
+        """The CUDA-graph counters of this model's solves (:meth:`lmdeq.cuda_graphs.GraphCache.stats`). A
+        capture happens on the first solve of each (mode, batch shape, a-priori counts, autocast, backend);
+        a benchmark reads this before and after its timed steps to see whether any capture fell inside."""
+        return self.graphs.stats()
 
     # -- constraints and the certified bound ---------------------------------------------------------------
     @torch.no_grad()

@@ -55,7 +55,7 @@ def _gram_row(X: Tensor, F: Tensor, k: int) -> Tensor:
         return torch.ops.lmdeq_C.anderson_gram_row(X, F, k)
     X, F = unit_inner_stride(X), unit_inner_stride(F)
     if backend == "triton":
-        return backends.triton_kernels().anderson_gram_row(X, F, k)
+        return backends.run_triton("anderson_gram_row", X.device, X, F, k)
     return reference.anderson_gram_row(X, F, k).contiguous()
 
 
@@ -67,7 +67,7 @@ def _mix(X: Tensor, F: Tensor, alpha: Tensor, tau: float) -> Tensor:
         return torch.ops.lmdeq_C.anderson_mix(X, F, alpha, tau)
     X, F = unit_inner_stride(X), unit_inner_stride(F)
     if backend == "triton":
-        return backends.triton_kernels().anderson_mix(X, F, alpha, tau)
+        return backends.run_triton("anderson_mix", X.device, X, F, alpha, tau)
     return reference.anderson_mix(X, F, alpha, tau).contiguous()
 
 

@@ -10,11 +10,22 @@ Backends, best first:
 
 ``LMDEQ_BACKEND=auto`` (default) picks cuda > triton for CUDA tensors and cpu > torch for CPU
 tensors; ``LMDEQ_BACKEND=cuda|triton|cpu|torch`` forces one, and a forced backend that cannot run
-raises RuntimeError saying why. On load, the extension is checked against the running torch (the
-version it was compiled for is baked into the binary); a mismatch disables it with a warning.
+raises RuntimeError saying why. When ``auto`` passes over a backend it says why, in one warning per
+device type (and ``lmdeq info`` lists every reason). The reasons checked:
+
+* the extension is checked against the running torch on load (the version it was compiled for is
+  baked into the binary); a build that fails to import says so, with the import error;
+* the CUDA kernels must have been built for the running GPU: the arch list of the build
+  (``TORCH_CUDA_ARCH_LIST``, recorded in lmdeq/_build_info.json) is checked against the device's
+  compute capability (:func:`arch_runs_on`), so an sm_90 build on an A100 falls back to Triton
+  instead of failing with "no kernel image is available".
+
+Triton launches go to the current device's stream, so :func:`run_triton` launches under
+``torch.cuda.device`` of the tensors' device.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -24,12 +35,12 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 
 __all__ = ["BACKENDS", "ENV_VAR", "choose", "extension", "build_info", "requested", "unavailable_reason",
-           "triton_kernels"]
+           "triton_kernels", "run_triton", "device_guard", "arch_runs_on"]
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 ENV_VAR = "LMDEQ_BACKEND"
@@ -56,20 +67,19 @@ def _load_extension() -> Tuple[Optional[ModuleType], Optional[str]]:
     info = build_info()
     built_for = info.get("torch")
     if built_for and _release(built_for) != _release(torch.__version__):
-        reason = (f"extension lmdeq._C was built for torch {built_for} but torch {torch.__version__} is "
-                  f"running; {_REBUILD}")
-        warnings.warn(reason, RuntimeWarning, stacklevel=3)
-        return None, reason
+        return None, (f"extension lmdeq._C was built for torch {built_for} but torch {torch.__version__} is "
+                      f"running; {_REBUILD}")
     try:
         ext = importlib.import_module("lmdeq._C")
     except ImportError as exc:
-        why = info.get("reason") if info.get("extension") is False else str(exc)
-        return None, f"extension lmdeq._C not built ({why})"
+        if info.get("extension") is False:
+            return None, f"extension lmdeq._C not built ({info.get('reason')})"
+        if info.get("extension"):
+            return None, f"extension lmdeq._C was built but fails to import ({exc}); {_REBUILD}"
+        return None, f"extension lmdeq._C not built ({exc})"
     if _release(ext.torch_version) != _release(torch.__version__):
-        reason = (f"extension lmdeq._C was compiled against torch {ext.torch_version} but torch "
-                  f"{torch.__version__} is running; {_REBUILD}")
-        warnings.warn(reason, RuntimeWarning, stacklevel=3)
-        return None, reason
+        return None, (f"extension lmdeq._C was compiled against torch {ext.torch_version} but torch "
+                      f"{torch.__version__} is running; {_REBUILD}")
     return ext, None
 
 
@@ -135,8 +145,84 @@ def triton_kernels() -> ModuleType:
     return importlib.import_module("lmdeq.kernels")
 
 
-def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
-    """Why ``backend`` cannot run ops on tensors of ``device_type`` ('cpu', 'cuda'); None if it can."""
+def device_guard(device: torch.device):
+    """``torch.cuda.device(device)`` for a CUDA device (a launch that reads the current device, as
+    Triton's does, then targets the tensors' device and its current stream); a no-op otherwise."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def run_triton(name: str, device: torch.device, *args):
+    """``lmdeq.kernels.<name>(*args)`` launched on ``device`` (the tensors' device)."""
+    with device_guard(device):
+        return getattr(triton_kernels(), name)(*args)
+
+
+# Named entries of TORCH_CUDA_ARCH_LIST, as torch.utils.cpp_extension expands them.
+_NAMED_ARCHES = {"Kepler+Tesla": "3.7", "Kepler": "3.5+PTX", "Maxwell+Tegra": "5.3", "Maxwell": "5.0;5.2+PTX",
+                 "Pascal": "6.0;6.1+PTX", "Volta+Tegra": "7.2", "Volta": "7.0+PTX", "Turing": "7.5+PTX",
+                 "Ampere+Tegra": "8.7", "Ampere": "8.0;8.6+PTX", "Ada": "8.9+PTX", "Hopper": "9.0+PTX",
+                 "Blackwell+Tegra": "11.0", "Blackwell": "10.0;10.3;12.0;12.1+PTX"}
+
+
+def _arch_entries(arch_list: str) -> List[Tuple[int, int, str, bool]]:
+    """'8.0;8.6+PTX 9.0a' -> [(8, 0, '', False), (8, 6, '', True), (9, 0, 'a', False)]: (major, minor,
+    suffix, with PTX). Raises ValueError for an entry it cannot read."""
+    entries = []
+    for item in re.split(r"[;\s]+", arch_list.strip()):
+        if not item:
+            continue
+        if item in _NAMED_ARCHES:
+            entries += _arch_entries(_NAMED_ARCHES[item])
+            continue
+        match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", item)
+        if match is None:
+            raise ValueError(f"cannot read {item!r} in the arch list {arch_list!r}")
+        entries.append((int(match[1]), int(match[2]), match[3], match[4] is not None))
+    return entries
+
+
+def arch_runs_on(arch_list: str, capability: Tuple[int, int]) -> bool:
+    """Whether CUDA code built for ``arch_list`` (TORCH_CUDA_ARCH_LIST syntax) runs on a device of compute
+    capability ``capability``. Machine code for X.Y runs on X.Y' with Y' >= Y (same major; an arch-specific
+    'a' build only on X.Y itself); PTX (``+PTX``) is compiled by the driver for any capability >= X.Y
+    ('a' PTX again only for X.Y; family 'f' code within major X)."""
+    major, minor = capability
+    for a_major, a_minor, suffix, ptx in _arch_entries(arch_list):
+        if suffix == "a":
+            if (a_major, a_minor) == (major, minor):
+                return True
+        elif a_major == major and a_minor <= minor:
+            return True
+        elif ptx and not suffix and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_reason(index: int) -> Optional[str]:
+    """Why lmdeq._C's CUDA kernels cannot run on CUDA device ``index``, or None (also when the build did not
+    record its arch list, or recorded one that cannot be read: then the kernels are tried)."""
+    arch = build_info().get("arch_list")
+    if not arch:
+        return None
+    capability = tuple(torch.cuda.get_device_capability(index))
+    try:
+        if arch_runs_on(arch, capability):
+            return None
+    except ValueError:
+        return None
+    cc = f"{capability[0]}.{capability[1]}"
+    return (f"cuda: lmdeq._C's CUDA kernels were built for TORCH_CUDA_ARCH_LIST={arch}, which does not run on "
+            f"{torch.cuda.get_device_name(index)} (compute capability {cc}); rebuild with "
+            f"TORCH_CUDA_ARCH_LIST={cc}: {_REBUILD}")
+
+
+def unavailable_reason(backend: str, device: Union[str, torch.device]) -> Optional[str]:
+    """Why ``backend`` cannot run ops on tensors of ``device`` (a device or a device type: 'cpu', 'cuda',
+    'cuda:1'); None if it can. For 'cuda' without an index, the current CUDA device is checked."""
+    device = torch.device(device)
+    device_type = device.type
     if backend == "torch":
         return None
     if backend == "triton":
@@ -155,7 +241,9 @@ def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
     if device_type != "cuda":
         return "cuda: no CUDA device" if not torch.cuda.is_available() else (
             f"cuda: runs CUDA tensors only, got {device_type} tensors")
-    return None
+    if not torch.cuda.is_available():
+        return "cuda: no CUDA device"
+    return _arch_reason(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def requested() -> str:
@@ -166,17 +254,36 @@ def requested() -> str:
     return value
 
 
+_passed_over: set = set()  # (device type, backend, reason) already warned about
+
+
+def _say_why_not(device_type: str, skipped: List[Tuple[str, str]], chosen: str) -> None:
+    new = [(b, why) for b, why in skipped if (device_type, b, why) not in _passed_over]
+    if not new:
+        return
+    _passed_over.update((device_type, b, why) for b, why in new)
+    reasons = "; ".join(why for _, why in new)
+    warnings.warn(f"lmdeq: ops on {device_type} tensors run on the {chosen} backend, not "
+                  f"{' or '.join(b for b, _ in new)} ({reasons}); `lmdeq info` lists the backends",
+                  RuntimeWarning, stacklevel=4)
+
+
 def choose(device: torch.device) -> str:
     """The backend that runs an op on tensors of ``device`` now (honours LMDEQ_BACKEND)."""
-    device_type = torch.device(device).type
+    device = torch.device(device)
     want = requested()
     if want != "auto":
-        why = unavailable_reason(want, device_type)
+        why = unavailable_reason(want, device)
         if why is not None:
-            raise RuntimeError(f"{ENV_VAR}={want} cannot run on {device_type} tensors: {why}")
+            raise RuntimeError(f"{ENV_VAR}={want} cannot run on {device.type} tensors: {why}")
         return want
-    order = ("cuda", "triton", "torch") if device_type == "cuda" else ("cpu", "torch")
+    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
+    skipped = []
     for backend in order:
-        if unavailable_reason(backend, device_type) is None:
+        why = unavailable_reason(backend, device)
+        if why is None:
+            if skipped:
+                _say_why_not(device.type, skipped, backend)
             return backend
-    return "torch"
+        skipped.append((backend, why))
+    raise AssertionError("the torch backend is always available")

@@ -63,7 +63,7 @@ def _run(zs: List[Tensor], fzs: List[Tensor], tau: float) -> Tuple[List[Tensor],
     pairs = [sample_rows(z, fz) for z, fz in zip(zs, fzs)]
     zs, fzs = [p[0] for p in pairs], [p[1] for p in pairs]
     if backend == "triton":
-        return backends.triton_kernels().fixed_point_update_multi(zs, fzs, tau)
+        return backends.run_triton("fixed_point_update_multi", zs[0].device, zs, fzs, tau)
     outs, res, fzn = reference.fixed_point_update_multi(zs, fzs, tau)
     return [with_layout_of(o, z) for o, z in zip(outs, zs)], res, fzn
 

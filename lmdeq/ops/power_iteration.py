@@ -11,7 +11,9 @@
     one CUDA graph (see lmdeq/cuda_graphs.py).
 
 Both return (sigmas (L,) in the weights' dtype, new vectors) and run under no_grad (no autograd).
-Vectors are computed in fp32 (fp64 for fp64 weights).
+Vectors are computed in fp32 (fp64 for fp64 weights), with autocast off: a custom op has no autocast
+kernel, so an enclosing ``torch.autocast`` would otherwise reach the convolutions inside (and a CUDA
+graph captured under it would replay in bf16).
 """
 from __future__ import annotations
 
@@ -73,16 +75,26 @@ def _check_convs(weights, vs, strides, paddings, n_iter: int) -> None:
                                  f"the kernel of 'weights[{i}]' (shape {tuple(W.shape)}) with padding {p}")
 
 
+def _no_autocast(device: torch.device):
+    return torch.autocast(device.type, enabled=False)
+
+
 def _matrices(weights: List[Tensor], us: List[Tensor], n_iter: int) -> Tuple[Tensor, List[Tensor]]:
     _check_matrices(weights, us, n_iter)
     if not weights:
         return torch.empty(0), []
-    backend = backends.choose(weights[0].device)
+    with _no_autocast(weights[0].device):
+        return _matrices_on(backends.choose(weights[0].device), weights, us, n_iter)
+
+
+def _matrices_on(backend: str, weights: List[Tensor], us: List[Tensor], n_iter: int
+                 ) -> Tuple[Tensor, List[Tensor]]:
     if backend == "torch":
         return reference.power_iteration_matrices(weights, us, n_iter)
     if backend == "triton":
         mats = [W.reshape(W.shape[0], -1).contiguous() for W in weights]
-        return backends.triton_kernels().power_iteration_matrices(mats, [u.contiguous() for u in us], n_iter)
+        return backends.run_triton("power_iteration_matrices", mats[0].device, mats, [u.contiguous() for u in us],
+                                   n_iter)
     sigmas, new_us = torch.ops.lmdeq_C.power_iteration_matrices(weights, us, n_iter)
     return sigmas, list(new_us)
 
@@ -108,7 +120,8 @@ def _conv_eager(backend: str, strides: List[int], paddings: List[int], n_iter: i
         if backend == "torch":
             sigmas, new_vs = reference.conv_power_iteration(weights, vs, strides, paddings, n_iter)
         elif backend == "triton":
-            sigmas, new_vs = backends.triton_kernels().conv_power_iteration(weights, vs, strides, paddings, n_iter)
+            sigmas, new_vs = backends.run_triton("conv_power_iteration", weights[0].device, weights, vs, strides,
+                                                 paddings, n_iter)
         else:
             sigmas, new_vs = torch.ops.lmdeq_C.conv_power_iteration(weights, vs, strides, paddings, n_iter)
         return sigmas, list(new_vs)
@@ -124,13 +137,14 @@ def _conv(weights: List[Tensor], vs: List[Tensor], strides: List[int], paddings:
     backend = backends.choose(device)
     run = _conv_eager(backend, list(strides), list(paddings), n_iter)
     tensors = list(weights) + list(vs)
-    if backend in ("cuda", "triton") and _GRAPHS.enabled(device):
-        key = ("conv_power_iteration", backend, device, weights[0].dtype,
-               tuple(tuple(t.shape) for t in tensors), tuple(strides), tuple(paddings), n_iter)
-        outs, _ = _GRAPHS(key, lambda static: (_flat(*run(static)), None), tensors)
-        sigmas, new_vs = outs[0], outs[1:]
-    else:
-        sigmas, new_vs = run(tensors)
+    with _no_autocast(device):
+        if backend in ("cuda", "triton") and _GRAPHS.enabled(device):
+            key = ("conv_power_iteration", backend, device, weights[0].dtype,
+                   tuple(tuple(t.shape) for t in tensors), tuple(strides), tuple(paddings), n_iter)
+            outs, _ = _GRAPHS(key, lambda static: (_flat(*run(static)), None), tensors)
+            sigmas, new_vs = outs[0], outs[1:]
+        else:
+            sigmas, new_vs = run(tensors)
     return sigmas, [v.contiguous() for v in new_vs]
 
 

@@ -13,8 +13,9 @@ class RerunCall:
     def supports(device) -> bool:
         return True
 
-    def __init__(self, fn, inputs):
+    def __init__(self, fn, inputs, device):
         self.fn = fn
+        self.device = device
         self.static_in = [t.detach().clone() for t in inputs]
         _, self.meta = fn(self.static_in)   # the warm-up / capture run
 

@@ -9,9 +9,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from lmdeq import deq_solve
+from lmdeq import cuda_graphs, deq_solve
 from lmdeq.cuda_graphs import GraphCache
 from lmdeq.deq import GraphedProblem
+from lmdeq.ops import backends
 
 from .graph_double import RerunCall
 
@@ -40,7 +41,7 @@ def _graphed(cache, W, x, state="tensor"):
     return GraphedProblem(cache, ("tanh", W.data_ptr()), [x], bind)
 
 
-def _solve_and_grads(W, x, graph, state="tensor"):
+def _solve_and_grads(W, x, graph, state="tensor", solver="fixed_point"):
     f = lambda z: torch.tanh(z @ W.T + x)  # noqa: E731
     z0 = torch.zeros_like(x).detach()
     if state == "list":
@@ -50,11 +51,17 @@ def _solve_and_grads(W, x, graph, state="tensor"):
                             b_solver="fixed_point", b_iterations=30, b_max_iter=30, graph=graph)
         z = torch.cat(z, 1)
     else:
-        z, info = deq_solve(f, z0, solver="fixed_point", iterations=30, max_iter=30, b_solver="fixed_point",
+        z, info = deq_solve(f, z0, solver=solver, iterations=30, max_iter=30, b_solver=solver,
                             b_iterations=30, b_max_iter=30, graph=graph)
     loss = (z ** 2).sum() + z.sin().sum()
     gW, gx = torch.autograd.grad(loss, (W, x))
     return z.detach(), info, gW, gx
+
+
+def _graphed_flag(info):
+    """Whether the solve was a graph replay (True/False), or None for a solve that was not graph-eligible
+    (the SolverInfo's cuda_graph attribute)."""
+    return getattr(info, "cuda_graph", None)
 
 
 def _rel(a, b):
@@ -101,6 +108,34 @@ def test_cuda_graphed_solves_equal_eager_on_gpu():
     assert cache.captures == 2 and cache.replays == 4 and not cache.failures
 
 
+@pytest.mark.skipif(backends.unavailable_reason("cpu", "cpu") is not None, reason="lmdeq._C not built")
+def test_changing_the_op_backend_captures_again(monkeypatch):
+    """A replay runs the kernels captured with it: a new backend (LMDEQ_BACKEND) needs new captures."""
+    cache = GraphCache(call_type=RerunCall)
+    W = _problem("cpu", torch.float64)
+    x = _x("cpu", torch.float64, 1)
+    monkeypatch.setenv("LMDEQ_BACKEND", "torch")
+    _solve_and_grads(W, x, _graphed(cache, W, x))
+    _solve_and_grads(W, x, _graphed(cache, W, x))
+    assert cache.captures == 2 and cache.replays == 4  # forward + adjoint, replayed
+    monkeypatch.setenv("LMDEQ_BACKEND", "cpu")
+    z_g, info, _, _ = _solve_and_grads(W, x, _graphed(cache, W, x))
+    assert cache.captures == 4 and _graphed_flag(info) is True
+    assert _rel(z_g, _solve_and_grads(W, x, None)[0]) < 1e-12
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_only_fixed_point_solves_are_graphed(solver):
+    """Anderson and Broyden (dense solves inside) stay eager even with a fixed count and a graph."""
+    cache = GraphCache(call_type=RerunCall)
+    W = _problem("cpu", torch.float64)
+    x = _x("cpu", torch.float64, 1)
+    z_g, info_g, gW_g, _ = _solve_and_grads(W, x, _graphed(cache, W, x), solver=solver)
+    z_e, _, gW_e, _ = _solve_and_grads(W, x, None, solver=solver)
+    assert _graphed_flag(info_g) is None and len(cache) == 0 and cache.captures == 0
+    assert _rel(z_g, z_e) < 1e-12 and _rel(gW_g, gW_e) < 1e-12
+
+
 class _FailingCall:
     """A capture that fails like a non-capturable computation (e.g. a host sync inside)."""
 
@@ -108,16 +143,22 @@ class _FailingCall:
     def supports(device) -> bool:
         return True
 
-    def __init__(self, fn, inputs):
+    def __init__(self, fn, inputs, device):
         raise RuntimeError("operation not permitted when stream is capturing")
 
 
-def test_failed_capture_runs_eagerly_and_says_so():
+def test_failed_capture_runs_eagerly_and_turns_graphs_off(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "_disabled", None)  # restored after the test
     cache = GraphCache(call_type=_FailingCall)
     W = _problem("cpu", torch.float64)
     x = _x("cpu", torch.float64, 1)
     with pytest.warns(RuntimeWarning, match="capture failed"):
         z_g, info_g, gW_g, _ = _solve_and_grads(W, x, _graphed(cache, W, x))
     z_e, _, gW_e, _ = _solve_and_grads(W, x, None)
-    assert info_g.cuda_graph is False and cache.failures and cache.replays == 0
+    assert _graphed_flag(info_g) is False and cache.failures and cache.replays == 0
     assert _rel(z_g, z_e) < 1e-12 and _rel(gW_g, gW_e) < 1e-12
+    # the adjoint did not try again (graphs are off for the process), nor does another cache
+    assert len(cache.failures) == 1 and "not permitted" in cuda_graphs.disabled_reason()
+    other = GraphCache(call_type=RerunCall)
+    _, info, _, _ = _solve_and_grads(W, x, _graphed(other, W, x))
+    assert _graphed_flag(info) is None and other.captures == 0

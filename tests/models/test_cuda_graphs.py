@@ -65,6 +65,22 @@ def test_model_graphed_solves_equal_eager_cpu_double(amp):
     # training: forward + adjoint captured once (the bound, hence the counts, may change once with the
     # weights); eval: one more forward capture
     assert 3 <= graphs.captures <= 5 and graphs.replays >= 7
+    stats = graphs.stats()
+    assert stats["captures"] == graphs.captures and stats["replays"] == graphs.replays and stats["failures"] == 0
+    assert stats["capture_s"] > 0 and stats["graphs"] == len(graphs) and stats["evictions"] == 0
+
+
+def test_capture_counts_are_visible():
+    """last_info['graph_captures'] and model.graph_stats(): what a benchmark reads around its timed steps."""
+    torch.manual_seed(0)
+    model = mdeq("cifar10-small", **TINY3, solve_mode="apriori")
+    model.graphs = GraphCache(call_type=RerunCall)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    first = model.graph_stats()["captures"]
+    assert first == 2 and model.last_info["graph_captures"] == 1  # forward (at its end), then the adjoint
+    model(x).sum().backward()  # same counts (weights unchanged): replays only
+    assert model.graph_stats()["captures"] == first and model.last_info["graph_captures"] == first
 
 
 def test_no_graphs_for_checked_solves_or_when_disabled(monkeypatch):

@@ -104,3 +104,29 @@ def test_cpp_checks_name_op_and_argument(call, fragments):
     for fragment in fragments:
         assert fragment in str(info.value), f"{fragment!r} not in {str(info.value)!r}"
 
+
+
+needs_triton = pytest.mark.skipif(backends.unavailable_reason("triton", "cpu") is not None,
+                                  reason=str(backends.unavailable_reason("triton", "cpu")))
+
+
+@needs_triton
+def test_triton_grid_limit_is_a_clear_error(monkeypatch):
+    """The Triton kernels put chunks of a sample on the grid's second axis (at most 65,535 on CUDA): beyond
+    it they refuse with the op's name, as the CUDA kernels do, instead of failing to launch. The limit is
+    lowered here so that small tensors reach it; one chunk below it still runs."""
+    kernels = backends.triton_kernels()
+    monkeypatch.setenv(backends.ENV_VAR, "triton")
+    monkeypatch.setattr(kernels.anderson, "MAX_GRID_Y", 1)
+    monkeypatch.setattr(kernels.fixed_point_update, "MAX_GRID_Y", 1)
+    _, block_n = kernels.anderson._blocks(4)
+    Xs = torch.randn(1, 4, block_n + 1)
+    with pytest.raises(ValueError, match=r"anderson_gram_row: .* n = %d elements .*2 chunks > 1" % (block_n + 1)):
+        ops.anderson_gram_row(Xs, Xs, 0)
+    with pytest.raises(ValueError, match="anderson_mix: .* grid limit"):
+        ops.anderson_mix(Xs, Xs, torch.ones(1, 4), 0.5)
+    ops.anderson_gram_row(Xs[..., :block_n].contiguous(), Xs[..., :block_n].contiguous(), 0)  # one chunk: fine
+    z = torch.randn(1, kernels.fixed_point_update.CHUNK + 1)
+    with pytest.raises(ValueError, match="fixed_point_update_multi: .* grid limit of 1 chunks"):
+        ops.fixed_point_update(z, z, 0.5)
+    ops.fixed_point_update(z[:, :-1].contiguous(), z[:, :-1].contiguous(), 0.5)

@@ -75,6 +75,30 @@ def test_anderson(gpu_backend, shape, dtype):
                  dtype, "mix")
 
 
+def test_anderson_rows_beyond_int32_offsets(gpu_backend):
+    """History rows 2^30 + 64 elements apart (a strided view, m = 3): row j = 2 starts past 2^31, where int32
+    offsets j * sxm would wrap. Two 4.3 GB bf16 buffers; only the three rows used are filled."""
+    n, sxm, m = 1000, 2 ** 30 + 64, 3
+    hist = []
+    for seed in (20, 21):
+        base = torch.empty((m - 1) * sxm + n, dtype=torch.bfloat16, device="cuda")
+        for j in range(m):
+            base[j * sxm:j * sxm + n] = _dev((n,), torch.bfloat16, seed + 10 * j)
+        hist.append(base.as_strided((1, m, n), ((m - 1) * sxm + n, sxm, 1)))
+    X, Fh = hist
+    Xc, Fc = X.contiguous(), Fh.contiguous()  # the same rows, packed
+    alpha = _dev((1, m), torch.float32, 22)
+    with poisoned_outputs():
+        H = ops.anderson_gram_row(X, Fh, m - 1)
+        x = ops.anderson_mix(X, Fh, alpha, 0.8)
+    assert_close(H, reference.anderson_gram_row(up(Xc), up(Fc), m - 1), reference.anderson_gram_row(Xc, Fc, m - 1),
+                 torch.bfloat16, "H")
+    assert_close(x, reference.anderson_mix(up(Xc), up(Fc), up(alpha), 0.8), reference.anderson_mix(Xc, Fc, alpha, 0.8),
+                 torch.bfloat16, "mix")
+    del hist, X, Fh
+    torch.cuda.empty_cache()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_power_iteration_matrices(gpu_backend, dtype):
     shapes = [(5, 3), (1280, 256), (33, 70), (1, 4)] + [(16, 8)] * 40  # > 32 layers: several argument groups

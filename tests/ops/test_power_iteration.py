@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lmdeq import ops
-from lmdeq.ops import reference
+from lmdeq.ops import backends, reference
 
 from .helpers import DTYPES, assert_all_close, assert_close, poisoned_outputs, randn, up
 
@@ -104,3 +104,65 @@ def test_outputs_are_fresh_tensors(backend):
     _, new_vs = ops.conv_power_iteration(weights, vs, strides, paddings, 0)
     ptrs = {v.data_ptr() for v in new_vs} | {v.data_ptr() for v in vs}
     assert len(ptrs) == 2 * len(vs)
+
+
+@pytest.mark.parametrize("op", ["conv", "matrices"])
+def test_autocast_does_not_reach_the_iteration(backend, op):
+    """The ops compute in the weights' dtype under an enclosing autocast: a custom op has no autocast
+    kernel, so without the guard the convolutions inside would run in bf16."""
+    if op == "conv":
+        weights, vs, strides, paddings = _convs(torch.float32, 7)
+        call = lambda: ops.conv_power_iteration(weights, vs, strides, paddings, 2)  # noqa: E731
+    else:
+        weights, us = _matrices(torch.float32, 7)
+        call = lambda: ops.power_iteration_matrices(weights, us, 2)  # noqa: E731
+    plain = call()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = call()
+    assert cast[0].dtype == torch.float32 and torch.equal(cast[0], plain[0])
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(cast[1], plain[1]))
+
+
+def test_norm_estimates_under_autocast_equal_fp32():
+    """update_norm_estimates (the model's constraint upkeep) inside a bf16 autocast region stores the
+    fp32 estimates it stores outside one, bit for bit."""
+    import copy
+
+    from lmdeq.models.deq_conv import DEQConv2d
+    from lmdeq.models.norm_estimates import update_norm_estimates
+
+    torch.manual_seed(0)
+    convs = [DEQConv2d(4, 6, 3, input_size=(8, 8), cap=2.0), DEQConv2d(6, 4, 3, stride=2, input_size=(9, 9), cap=2.0),
+             DEQConv2d(6, 5, 1, cap=2.0)]
+    twins = copy.deepcopy(convs)
+    update_norm_estimates(convs, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        update_norm_estimates(twins, 3)
+    for a, b in zip(convs, twins):
+        assert b.sigma.dtype == torch.float32 and torch.equal(a.sigma, b.sigma)
+        assert torch.equal(a.power_vector, b.power_vector)
+
+
+@pytest.mark.skipif(backends.unavailable_reason("triton", "cpu") is not None,
+                    reason=str(backends.unavailable_reason("triton", "cpu")))
+def test_triton_layer_table_is_built_once_per_weights(monkeypatch):
+    """The Triton matrix power iteration keeps its per-layer table on the device: the same weights in the
+    next step (new vectors) reuse it, other weights get their own, and the cache stays bounded."""
+    tables = backends.triton_kernels().power_iteration._TABLES
+    monkeypatch.setenv(backends.ENV_VAR, "triton")
+    monkeypatch.setattr(backends.triton_kernels().power_iteration, "MAX_TABLES", 2)
+    tables.clear()
+    weights, _ = _matrices(torch.float32, 3)
+    for seed in (0, 1):  # a "training step" later: same weights, the vectors moved on
+        us = [randn((w.shape[0],), torch.float32, 200 + 10 * seed + i) for i, w in enumerate(weights)]
+        sigmas, new_us = ops.power_iteration_matrices(weights, us, 2)
+        ref64 = reference.power_iteration_matrices([up(w) for w in weights], [up(u) for u in us], 2)
+        lowp = reference.power_iteration_matrices(weights, us, 2)
+        assert_close(sigmas, ref64[0], lowp[0], torch.float32, "sigmas")
+        assert_all_close(new_us, ref64[1], lowp[1], torch.float32, "us")
+        assert len(tables) == 1
+    first = next(iter(tables))
+    for seed in (5, 6):
+        other, us = _matrices(torch.float32, seed)
+        ops.power_iteration_matrices(other, us, 1)
+    assert len(tables) == 2 and first not in tables  # least recently used out

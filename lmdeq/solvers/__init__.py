@@ -8,6 +8,7 @@ abs = ||f(z) - z||, rel = abs / ||f(z)||. ``info`` holds TorchDEQ's keys (abs_lo
 abs_trace, rel_trace, nstep, sradius) plus converged (B,) bool, result (:class:`Result`) and f_evals.
 """
 from .anderson import anderson
+from .authors_anderson import authors_anderson
 from .broyden import broyden
 from .fixed_point import fixed_point
 from .iterations import iterations_for
@@ -17,6 +18,7 @@ SOLVERS = {
     "fixed_point": fixed_point,
     "anderson": anderson,
     "broyden": broyden,
+    "authors_anderson": authors_anderson,  # the Lipschitz-MDEQ authors' released Anderson (baseline (b))
 }
 _ALIASES = {"fixed_point_iter": "fixed_point", "picard": "fixed_point"}
 

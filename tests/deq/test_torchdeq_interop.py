@@ -29,7 +29,7 @@ def _reference_grads(f, z0, params):
 
 
 def test_names_registered(registered):
-    assert registered == ["lmdeq_anderson", "lmdeq_broyden", "lmdeq_fixed_point"]
+    assert registered == ["lmdeq_anderson", "lmdeq_authors_anderson", "lmdeq_broyden", "lmdeq_fixed_point"]
     from torchdeq.solver import get_solver
 
     assert get_solver("lmdeq_anderson").__module__ == "lmdeq.solvers.anderson"

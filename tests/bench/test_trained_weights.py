@@ -76,3 +76,14 @@ def test_lmdeq_bench_accepts_it_as_trained_weights(trained):
                          out_dir=None, log=lambda m: None)
     trained_rows = [r for r in result["rows"] if r["weights"] == "trained"]
     assert len(trained_rows) == 1 and trained_rows[0]["weights_source"] == str(dst)
+
+
+def test_training_curve_for_the_readme(trained, capsys):
+    from .scripts import load_script
+
+    tmp, _ = trained
+    plot = load_script("benchmarks/plot_training_curve.py")
+    assert plot.main([str(tmp / "run" / "metrics.jsonl"), "--label", "(c)", "--out", str(tmp / "curve")]) == 0
+    assert (tmp / "curve.png").stat().st_size > 0
+    table = (tmp / "curve.md").read_text()
+    assert table.startswith("| epoch |") and len(table.strip().splitlines()) == 3   # header, rule, epoch 1

@@ -249,7 +249,12 @@ def run(args) -> int:
         _write(stem + ".json", result)      # a run cut short keeps every round so far
 
     budget = s["budget_minutes"] * 60 if s["budget_minutes"] else None
-    run_interleaved(runs, s["evals_per_epoch"], budget, on_point=on_point, on_round=on_round)
+    saved_cudnn = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True   # for every method alike, as the original MDEQ's configs (GPU only)
+    try:
+        run_interleaved(runs, s["evals_per_epoch"], budget, on_point=on_point, on_round=on_round)
+    finally:
+        torch.backends.cudnn.benchmark = saved_cudnn
     result["methods"] = methods_json()
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - started

@@ -4,7 +4,8 @@ Trains (a) the original MDEQ (its recipe's unrolled warm-up scaled to the schedu
 (b) the authors' Lipschitz MDEQ as released and (c) lmdeq's fast path, plus the certificate-cost variants
 ((c)'s architecture with no conv cap, and with (b)'s released cap), on the same data, seed, schedule
 (Adam, per-step cosine, the authors' settings) and batch size, interleaved round by round in one process
-(:mod:`lmdeq.bench.tta_run`), and records validation accuracy against training seconds and steps.
+(:mod:`lmdeq.bench.tta_run`), every method from the same initial weights, and records validation
+accuracy against training seconds and steps.
 
 Protocols (every flag overrides its protocol's value):
 
@@ -194,7 +195,7 @@ def run(args) -> int:
     from ..train.data import prepare_splits
     from .device import device_slug, environment
     from .tta_report import plot_curves, summarise, tables, targets
-    from .tta_run import MethodRun, interval_bounds, run_interleaved
+    from .tta_run import MethodRun, interval_bounds, run_interleaved, shared_init
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -219,7 +220,8 @@ def run(args) -> int:
     log(f"data: {splits.describe()}; {s['protocol']} protocol, {s['preset']}, batch {cfg.batch_size}, "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps, {len(interval_bounds(steps_per_epoch, s['evals_per_epoch']))} "
         f"points per epoch; load average {load_start[0]:.2f}")
-    runs = [MethodRun(spec, cfg, splits.train, splits.val, device) for spec in specs]
+    init = shared_init(s["preset"], cfg.seed, dict(args.model_set))
+    runs = [MethodRun(spec, cfg, splits.train, splits.val, device, init=init) for spec in specs]
     for r in runs:
         warm = r.model.config.get("unrolled_warmup_steps", 0)
         log(f"  {r.spec.label}: {sum(p.numel() for p in r.model.parameters()):,} parameters"

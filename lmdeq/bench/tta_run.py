@@ -7,8 +7,10 @@ machine hits every method alike instead of turning into ratios between sequentia
 Each method owns everything that decides its numbers, so its results do not depend on the interleaving
 (``tests/bench/test_time_to_accuracy.py`` checks that interleaved == alone, bitwise on CPU):
 
-* its model, built from the same seed as every other method's (``mdeq(**config)`` after
-  ``seed_everything(seed)``, as ``lmdeq train`` builds it);
+* its model, built as ``lmdeq train`` builds it (``mdeq(**config)`` after ``seed_everything(seed)``)
+  and then given the shared initial parameters (:func:`shared_init`), so every method starts from the
+  same weights (the original and the Lipschitz cells have the same parameters; only the RNG draws of
+  their construction differ);
 * its optimiser and lr schedule (``lmdeq.train.optim`` from the one shared TrainConfig);
 * its RNG state (torch CPU/CUDA, numpy, python), restored before and captured after each of its
   intervals (dropout masks and the released cap's vectors draw from it);
@@ -38,7 +40,7 @@ from ..train.optim import build_optimizer, build_scheduler
 from ..train.step import train_step
 from .device import sync
 
-__all__ = ["MethodSpec", "MethodRun", "interval_bounds", "run_interleaved"]
+__all__ = ["MethodSpec", "MethodRun", "interval_bounds", "run_interleaved", "shared_init"]
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,38 @@ def interval_bounds(steps_per_epoch: int, evals_per_epoch: int) -> List[int]:
     return sorted({max(1, round(k * steps_per_epoch / evals_per_epoch)) for k in range(1, evals_per_epoch + 1)})
 
 
+def shared_init(preset: str, seed: int, overrides: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+    """The initial parameters every method starts from: those of ``mdeq(preset, constraint='none', ...)``
+    built after ``seed_everything(seed)`` (the Lipschitz architecture without norm estimates, whose
+    construction draws nothing but the weights)."""
+    from ..models import mdeq
+
+    seed_everything(seed)
+    model = mdeq(preset, lipschitz=True, constraint="none", f_max_iter=1, b_max_iter=1, **(overrides or {}))
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
 class MethodRun:
-    """One method's training state, clock and curve (``points``)."""
+    """One method's training state, clock and curve (``points``). ``init``: parameters to start from
+    (:func:`shared_init`; every parameter of the model must be there), else the model's own init."""
 
     def __init__(self, spec: MethodSpec, cfg: TrainConfig, train: LabelledImages, val: LabelledImages,
-                 device: torch.device):
+                 device: torch.device, init: Optional[Dict[str, torch.Tensor]] = None):
         from ..models import mdeq
 
         self.spec, self.cfg, self.train, self.val, self.device = spec, cfg, train, val, device
         self.steps_per_epoch = -(-len(train) // cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         seed_everything(cfg.seed)
-        model = mdeq(**spec.model_config).to(device)
+        model = mdeq(**spec.model_config)
+        if init is not None:
+            own = dict(model.named_parameters())
+            if set(own) != set(init) or any(own[k].shape != v.shape for k, v in init.items()):
+                raise ValueError(f"{spec.name}: the shared initial parameters do not fit its model")
+            with torch.no_grad():
+                for name, value in init.items():
+                    own[name].copy_(value)   # (a certified model re-estimates its conv norms at the next forward)
+        model = model.to(device)
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model, cfg)

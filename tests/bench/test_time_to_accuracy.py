@@ -8,7 +8,7 @@ import torch
 
 from lmdeq.bench import tta_report
 from lmdeq.bench.speedup import LABELS, method_config
-from lmdeq.bench.tta_run import MethodRun, MethodSpec, interval_bounds, run_interleaved
+from lmdeq.bench.tta_run import MethodRun, MethodSpec, interval_bounds, run_interleaved, shared_init
 from lmdeq.train.config import TrainConfig
 from lmdeq.train.images import LabelledImages
 
@@ -36,10 +36,14 @@ def _specs():
                        channels_last=True)]
 
 
-def _run(specs, order):
-    cfg = TrainConfig(preset="cifar10-small", epochs=2, batch_size=4, seed=3)
-    train, val = _images(10, 0), _images(6, 1)
-    runs = [MethodRun(s, cfg, train, val, torch.device("cpu")) for s in specs]
+def _run(specs, order, check_init=False):
+    cfg = TrainConfig(preset="cifar10-small", epochs=2, batch_size=3, seed=3)
+    train, val = _images(6, 0), _images(4, 1)
+    init = shared_init("cifar10-small", cfg.seed, TINY)
+    runs = [MethodRun(s, cfg, train, val, torch.device("cpu"), init=init) for s in specs]
+    if check_init:   # every method starts from the same weights
+        for r in runs:
+            assert all(torch.equal(p, init[n]) for n, p in r.model.named_parameters()), r.spec.name
     run_interleaved([runs[i] for i in order], evals_per_epoch=2)
     return runs
 
@@ -47,18 +51,19 @@ def _run(specs, order):
 def test_interleaved_equals_alone_bitwise():
     """Every method keeps its own RNG stream, data order and clock: training the three methods round by
     round gives each exactly the points and weights it gets alone."""
-    together = _run(_specs(), order=[2, 0, 1])
+    together = _run(_specs(), order=[2, 0, 1], check_init=True)
     for i, spec in enumerate(_specs()):
         (alone,) = _run([spec], order=[0])
         mixed = together[i]
-        assert len(alone.points) == len(mixed.points) == 2 * len(interval_bounds(3, 2))
+        assert len(alone.points) == len(mixed.points) == 2 * len(interval_bounds(2, 2)) == 4
         for a, b in zip(alone.points, mixed.points):
             assert {k: v for k, v in a.items() if k not in TIMES} == {k: v for k, v in b.items() if k not in TIMES}
         for (name, a), (_, b) in zip(alone.model.state_dict().items(), mixed.model.state_dict().items()):
             assert torch.equal(a, b), f"{spec.name}: {name}"
         assert mixed.clock > 0 and mixed.points[-1]["train_s"] == mixed.clock
+        assert sum(p["interval_s"] for p in mixed.points) == pytest.approx(mixed.clock, rel=1e-12)   # no eval
     original = together[0].points
-    assert original[0]["unrolled"] and not original[-1]["unrolled"]   # 2 warm-up steps of 6, then DEQ mode
+    assert original[0]["unrolled"] and not original[-1]["unrolled"]   # 2 warm-up steps of 4, then DEQ mode
     assert original[0]["f_nstep"] == 10 and original[-1]["f_nstep"] <= 4
 
 
@@ -104,7 +109,7 @@ def test_missing_methods_give_na():
 
 @pytest.fixture
 def tiny_folder(tmp_path):
-    return write_image_folder(tmp_path / "images", per_class=5)
+    return write_image_folder(tmp_path / "images", per_class=3)
 
 
 def test_script_runs_end_to_end(tiny_folder, tmp_path, monkeypatch, capsys):
@@ -123,21 +128,21 @@ def test_script_runs_end_to_end(tiny_folder, tmp_path, monkeypatch, capsys):
     (path,) = out.glob("time_to_accuracy-*-tiny.json")
     result = json.loads(path.read_text())
     assert result["settings"]["targets"] == [0.3, 0.4, 0.45, 0.5, 0.6] and result["settings"]["batch_size"] == 4
-    assert result["settings"]["train_images"] == 16 and result["settings"]["val_images"] == 4
+    assert result["settings"]["train_images"] == 10 and result["settings"]["val_images"] == 2
     assert [m["method"] for m in result["methods"]] == ["authors", "lmdeq", "lmdeq_nocap"]
     for m in result["methods"]:
-        assert [p["step"] for p in m["points"]] == [2, 4] and all(p["val_acc"] is not None for p in m["points"])
+        assert [p["step"] for p in m["points"]] == [2, 3] and all(p["val_acc"] is not None for p in m["points"])
     assert "allocator" in result["env"] and len(result["load_average_start"]) == 3 and result["load_average_end"]
     assert [v["verdict"] for v in result["targets"]][0] == "N/A"   # no (a) in this run
     assert path.with_suffix(".png").stat().st_size > 0 and "Targets:" in path.with_suffix(".md").read_text()
     printed = capsys.readouterr().out
     assert "(c) lmdeq fast path" in printed and "What the certificate costs" in printed and "Targets:" in printed
     ckpt = load_checkpoint(runs / "lmdeq" / "last.pt")
-    assert ckpt["kind"] == "model" and ckpt["step"] == 4 and "optimizer" not in ckpt
+    assert ckpt["kind"] == "model" and ckpt["step"] == 3 and "optimizer" not in ckpt
     model = mdeq(**ckpt["model_config"])
     assert _load_weights(model, [{**ckpt, "path": "x"}]) == "x"
     lines = (runs / "lmdeq" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [2, 4]
+    assert [json.loads(line)["step"] for line in lines] == [2, 3]
 
 
 def test_lmdeq_bench_tta_subcommand(tiny_folder, tmp_path, monkeypatch, capsys):

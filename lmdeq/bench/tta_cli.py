@@ -193,6 +193,7 @@ def run(args) -> int:
     """Run the benchmark from parsed arguments; returns the exit code."""
     from ..train.config import TrainConfig
     from ..train.data import prepare_splits
+    from ..train.sources import DataUnavailableError
     from .device import device_slug, environment
     from .tta_report import plot_curves, summarise, tables, targets
     from .tta_run import MethodRun, interval_bounds, run_interleaved, shared_init
@@ -214,7 +215,7 @@ def run(args) -> int:
             raise ValueError("--val-fraction 0 and no test split: the benchmark needs validation images")
         steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
         specs = _specs(args, s, cfg.epochs * steps_per_epoch, device)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, FileNotFoundError, DataUnavailableError) as err:
         raise SystemExit(f"time to accuracy: error: {err}") from None
     load_start = os.getloadavg()
     log(f"data: {splits.describe()}; {s['protocol']} protocol, {s['preset']}, batch {cfg.batch_size}, "

@@ -168,7 +168,9 @@ def test_bad_arguments_are_named(tiny_folder, tmp_path, monkeypatch, argv, match
     assert (match or "accuracies in (0, 1)") in message
 
 
-def test_data_is_required(tmp_path):
+def test_data_is_required_and_must_exist(tmp_path):
     tta = load_script("benchmarks/time_to_accuracy.py")
     with pytest.raises(SystemExit, match="--data is required"):
         tta.main(["--device", "cpu", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="error: .*missing"):
+        tta.main(["--data", str(tmp_path / "missing"), "--device", "cpu", "--out", str(tmp_path)])

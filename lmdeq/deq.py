@@ -109,8 +109,8 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
               stop_mode: str = "abs", iterations: Optional[int] = None, solver_kwargs: Optional[dict] = None,
               backward: str = "implicit", b_solver="fixed_point", b_max_iter: int = 40, b_tol: float = 1e-6,
               b_stop_mode: str = "abs", b_iterations: Optional[int] = None,
-              b_solver_kwargs: Optional[dict] = None, phantom_steps: int = 5, phantom_tau: float = 0.5,
-              on_backward: Optional[Callable[[dict], None]] = None, graph: Optional[GraphedProblem] = None):
+              b_solver_kwargs: Optional[dict] = None, b_x0: str = "v", phantom_steps: int = 5,
+              phantom_tau: float = 0.5, on_backward: Optional[Callable[[dict], None]] = None, graph: Optional[GraphedProblem] = None):
     """Find z* = f(z*) and return ``(z, info)`` where z carries gradients per ``backward``.
 
     ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
@@ -118,6 +118,8 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     the forward/backward solves for exactly that many steps with no host sync; with ``graph`` as well
     (a fixed-point solver and a CUDA device) each such solve is one CUDA-graph replay, and
     ``info.cuda_graph`` says whether it was (False when the capture failed and the solve ran eagerly).
+    ``b_x0`` is the adjoint solve's initial guess: ``'v'`` (the upstream gradient, one step ahead of 0) or
+    ``'zeros'`` (as the original MDEQ's and the Lipschitz-MDEQ authors' released code start it).
     """
     if backward not in BACKWARD_MODES:
         raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {backward!r}")
@@ -125,6 +127,8 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
         raise ValueError(f"phantom_steps must be an int >= 1, got {phantom_steps!r}")
     if not (0.0 < phantom_tau <= 1.0):
         raise ValueError(f"phantom_tau must be in (0, 1], got {phantom_tau!r}")
+    if b_x0 not in ("v", "zeros"):
+        raise ValueError(f"b_x0 must be 'v' or 'zeros', got {b_x0!r}")
     solve = get_solver(solver)
     b_solve = get_solver(b_solver)  # validated now, not in the middle of a backward pass
     layout = StateLayout(z0, "z0")
@@ -158,7 +162,7 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     if graph is not None and not graph.usable(layout.device, b_solver, b_iterations, b_solver_kwargs):
         graph = None
     adjoint = _Adjoint(layout, star, b_solve, b_kwargs, on_backward, graph,
-                       (b_solver, repr(sorted(b_kwargs.items()))), _autocast_state(layout.device))
+                       (b_solver, repr(sorted(b_kwargs.items())), b_x0), _autocast_state(layout.device), b_x0)
     if graph is None:
         # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
         # products run on: f is evaluated once for both (its graph is kept until the backward pass).
@@ -183,8 +187,8 @@ class _Adjoint:
     ``graph``, an evaluation inside the captured graph under the forward pass's autocast state (so f
     is the same map in both solves)."""
 
-    def __init__(self, layout, star, solve, kwargs, on_backward, graph, tag, autocast):
-        self.layout, self.star = layout, star
+    def __init__(self, layout, star, solve, kwargs, on_backward, graph, tag, autocast, x0="v"):
+        self.layout, self.star, self.x0 = layout, star, x0
         self.solve, self.kwargs, self.on_backward = solve, kwargs, on_backward
         self.graph, self.tag, self.autocast = graph, tag, autocast
         self.linearisation = None
@@ -202,7 +206,8 @@ class _Adjoint:
             jt = torch.autograd.grad(fz, zs, g_parts, retain_graph=True, allow_unused=True)
             return layout.external([v + (j if j is not None else 0.0) for v, j in zip(v_parts, jt)])
 
-        g, _, info = self.solve(adjoint_map, layout.external(list(v_parts)), **self.kwargs)
+        start = list(v_parts) if self.x0 == "v" else [torch.zeros_like(v) for v in v_parts]
+        g, _, info = self.solve(adjoint_map, layout.external(start), **self.kwargs)
         return layout.parts(g), info
 
     def __call__(self, v_parts):

@@ -134,7 +134,7 @@ SMOKE=0
 if [ "$MODE" = smoke ]; then
   SMOKE=1
   BENCH_EXTRA+=(--quick --device cpu --batch 2 --steps 1 --warmup 0 --methods lmdeq)
-  TTA_EXTRA+=(--device cpu --preset cifar10-small --batch-size 4 --limit-train 8 --limit-val 4 --methods lmdeq)
+  TTA_EXTRA+=(--device cpu --preset cifar10-small --batch 4 --limit-train 8 --limit-val 4 --methods lmdeq)
 fi
 STATUS=() USED=()
 WEIGHTS=() BENCH_DATA=()
@@ -230,8 +230,9 @@ step_train() {
     echo "no $DATA (run scripts/prepare_gpu_carry.py and carry gpu_carry): no trained weights"
     return 74
   fi
-  pycmd benchmarks/time_to_accuracy.py --data "$DATA" --target 0.40 --epochs 1 --methods lmdeq,original \
-    --val-fraction 0.1 --no-progress --out "$RESULTS" --save-runs "$RUNS" --tag=-subset "${TTA_EXTRA[@]}"
+  pycmd benchmarks/time_to_accuracy.py --data "$DATA" --protocol gpu --target 0.40 --epochs 1 \
+    --methods lmdeq,original --variants '' --evals-per-epoch 2 --val-fraction 0.1 --no-progress --out "$RESULTS" \
+    --save-runs "$RUNS" --tag=-subset "${TTA_EXTRA[@]}"
   local rc=$? run
   for run in lmdeq original; do  # the trained weights: certified Lipschitz for (b) and (c), original for (a)
     [ -f "$RUNS/$run/last.pt" ] || continue

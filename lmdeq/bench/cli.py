@@ -2,7 +2,8 @@
 
 ``lmdeq bench`` (suite ``speedup``, the main job) on a GPU runs cifar10-large at batch 128; without a GPU,
 or with ``--quick``, the CPU configuration: cifar10-small, batch 32, 3 timed steps per method.
-``lmdeq bench solvers`` times lmdeq's solvers against TorchDEQ's.
+``lmdeq bench solvers`` times lmdeq's solvers against TorchDEQ's. ``lmdeq bench tta`` is the
+time-to-accuracy benchmark (lmdeq/bench/tta_cli.py).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 
 import torch
 
-SUITES = ("speedup", "solvers")
+SUITES = ("speedup", "solvers", "tta")
 
 
 def add_arguments(parser):
@@ -47,9 +48,17 @@ def add_arguments(parser):
     so = parser.add_argument_group("solvers")
     so.add_argument("--max-iter", type=int, default=18, help="f-evaluations per solve (default: %(default)s)")
     so.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median reported)")
+    from .tta_cli import add_arguments as add_tta_arguments
+
+    add_tta_arguments(parser.add_argument_group("tta (time to accuracy; also uses --data, --preset, --batch, "
+                                                "--methods, --device, --out, --tag)"))
 
 
 def run(args) -> int:
+    if args.suite == "tta":
+        from .tta_cli import run as run_tta
+
+        return run_tta(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("lmdeq bench: --device cuda requested but no CUDA device is visible")

@@ -1,7 +1,7 @@
 """Use lmdeq's solvers inside TorchDEQ (optional dependency ``torchdeq==0.1.0``).
 
     from lmdeq.integrations import torchdeq as lmdeq_torchdeq
-    lmdeq_torchdeq.register()                 # adds lmdeq_fixed_point, lmdeq_anderson, lmdeq_broyden
+    lmdeq_torchdeq.register()                 # adds lmdeq_fixed_point, lmdeq_anderson, lmdeq_broyden, lmdeq_authors_anderson
     lmdeq_torchdeq.register(replace=True)     # ... and takes over TorchDEQ's own four names
 
 With ``replace=True`` existing TorchDEQ code and command lines (``add_deq_args``: ``--f_solver anderson
@@ -58,7 +58,7 @@ def _entries(replace: bool) -> dict:
 
 
 def register(replace: bool = False) -> list:
-    """Register ``lmdeq_fixed_point``, ``lmdeq_anderson`` and ``lmdeq_broyden`` in TorchDEQ's solver
+    """Register ``lmdeq_<name>`` for every lmdeq solver (fixed_point, anderson, broyden, authors_anderson) in TorchDEQ's solver
     registry and, with ``replace=True``, lmdeq's solvers under TorchDEQ's names ``anderson``,
     ``broyden``, ``fixed_point_iter`` and ``simple_fixed_point_iter``. Returns the names registered.
     Raises ImportError with install advice when TorchDEQ is missing."""

@@ -6,12 +6,19 @@ Build it with :func:`lmdeq.models.mdeq`. The public surface the trainer relies o
 
 * ``model(x)`` -> logits (B, num_classes) for x of shape (B, 3, 32, 32);
 * ``model.last_info`` -> python numbers of the latest forward (and backward) solve;
-* ``model.constraint_step()`` after each ``optimizer.step()`` (no-op for the original variant);
+* ``model.constraint_step()`` after each ``optimizer.step()`` (the constraint upkeep of the Lipschitz
+  variant; with an unrolled warm-up it also counts the optimiser steps);
 * ``model.lipschitz_bound()`` -> certified bound on Lip(f) w.r.t. z (inf for the original variant);
 * ``model.fixed_point_problem(x)`` -> (f, z0);
 * ``model.graphs`` -> the :class:`~lmdeq.cuda_graphs.GraphCache` of its CUDA-graphed solves (used on CUDA
   with ``solve_mode='apriori'`` and ``cuda_graphs=True``);
 * ``model.config`` with ``mdeq(**model.config)`` rebuilding the model.
+
+Unrolled warm-up (``unrolled_warmup_steps = P > 0``, the original MDEQ recipe's PRETRAIN_STEPS): while
+fewer than P optimiser steps have been counted (buffer ``optimizer_steps``, saved with the weights), a
+forward pass computes z_L = f(...f(f(0))) with L = ``unrolled_layers`` and returns head(z_L), trained by
+backpropagation through the L applications (in training and evaluation alike, as locuslab's code
+does); from step P on it is a DEQ (solve, implicit backward).
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from torch import nn
 from ..cuda_graphs import GraphCache
 from ..deq import GraphedProblem, deq_solve
 from .apriori import adjoint_apriori_iterations, apriori_iterations
-from .authors_cap import ReshapedMatrixCap
+from .authors_cap import ReleasedConvCap
 from .cell_options import CellOptions
 from .head import ClassificationHead
 from .mdeq_cell import MDEQCell
@@ -49,9 +56,9 @@ class MDEQClassifier(nn.Module):
         self.lipschitz = cfg["lipschitz"]
         knobs = {k: cfg[k] for k in ("s", "gamma_max", "alpha", "beta", "conv_cap", "sigma_margin")
                  if self.lipschitz}
-        authors = self.lipschitz and cfg["constraint"] == "authors"
-        if authors:
-            knobs["conv_cap"] = None  # no certified parametrisation: the post-step cap below instead
+        certified = self.lipschitz and cfg["constraint"] == "certified"
+        if self.lipschitz and not certified:
+            knobs["conv_cap"] = None  # no certified parametrisation ('released': the post-step cap below)
         options = CellOptions(lipschitz=self.lipschitz, expansion=cfg["expansion"], num_groups=cfg["num_groups"],
                               dropout=cfg["dropout"], weight_norm=cfg["weight_norm"], **knobs)
         channels = cfg["channels"]
@@ -64,9 +71,12 @@ class MDEQClassifier(nn.Module):
         self._bound_cache = (None, None)
         self._info = {}
         self.graphs = GraphCache(max_graphs=8)
-        self._authors_cap = ReshapedMatrixCap(self._convs, cfg["conv_cap"], cfg["power_iters"]) if authors else None
-        if self.lipschitz:
+        released = self.lipschitz and cfg["constraint"] == "released"
+        self._released_cap = ReleasedConvCap(self, cfg["conv_cap"]) if released else None
+        if certified:
             update_norm_estimates(self._convs, cfg["init_power_iters"])
+        if cfg["unrolled_warmup_steps"] > 0:
+            self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.int64))
 
     def _init_outer_weights(self) -> None:
         """Stem and head as in MDEQ: conv weights and biases ~ N(0, 0.01), BN weight 1 and bias 0
@@ -140,9 +150,16 @@ class MDEQClassifier(nn.Module):
         return GraphedProblem(self.graphs, (self.training, storage), [injection, *cell.dropout_masks()], bind)
 
     # -- forward -------------------------------------------------------------------------------------------
+    def in_unrolled_warmup(self) -> bool:
+        """True while the unrolled warm-up lasts (fewer optimiser steps counted than unrolled_warmup_steps)."""
+        steps = self.config["unrolled_warmup_steps"]
+        return steps > 0 and int(self.optimizer_steps) < steps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         self._refresh_stale_estimates()
+        if self.in_unrolled_warmup():
+            return self._unrolled_forward(x)
         f, z0, injection = self._problem(x)
         kwargs = self._solve_kwargs()
         with self.cell.frozen_weights():
@@ -151,12 +168,28 @@ class MDEQClassifier(nn.Module):
         self._record_forward(info)
         return self.head(z)
 
+    def _unrolled_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """head(f^L(0)) as an explicit network (see the module docstring); last_info counts the L
+        f-evaluations, and as many vector-Jacobian products through f when it will be backpropagated."""
+        f, z, _ = self._problem(x)
+        layers = self.config["unrolled_layers"]
+        with self.cell.frozen_weights():
+            for _ in range(layers):
+                z_prev, z = z, f(z)
+        with torch.no_grad():
+            diff = torch.stack([((a - b) ** 2).flatten(1).sum(1) for a, b in zip(z, z_prev)]).sum(0).sqrt()
+            rel = diff / (torch.stack([(a ** 2).flatten(1).sum(1) for a in z]).sum(0).sqrt() + 1e-9)
+        backprop = torch.is_grad_enabled() and self.training
+        self._info.update(f_nstep=layers, f_residual=rel.mean(), converged=(rel < self.config["f_tol"]).float().mean(),
+                          b_nstep=layers if backprop else 0, b_residual=math.nan, cuda_graph=False)
+        return self.head(z)
+
     def _solve_kwargs(self) -> dict:
         cfg = self.config
         kw = dict(solver=cfg["solver"], max_iter=cfg["f_max_iter"], tol=cfg["f_tol"], stop_mode=cfg["stop_mode"],
                   solver_kwargs=dict(cfg["solver_kwargs"]), backward=cfg["backward"], b_solver=cfg["b_solver"],
                   b_max_iter=cfg["b_max_iter"], b_tol=cfg["b_tol"], b_stop_mode=cfg["stop_mode"],
-                  b_solver_kwargs=dict(cfg["b_solver_kwargs"]))
+                  b_solver_kwargs=dict(cfg["b_solver_kwargs"]), b_x0=cfg["b_x0"])
         apriori = cfg["solve_mode"] == "apriori"
         self._info.pop("lipschitz_bound", None)
         if apriori or kw["max_iter"] is None or kw["b_max_iter"] is None:
@@ -198,16 +231,19 @@ class MDEQClassifier(nn.Module):
     # -- constraints and the certified bound ---------------------------------------------------------------
     @torch.no_grad()
     def constraint_step(self, n_iter: int | None = None) -> None:
-        """Per-training-step upkeep of the Lipschitz variant (call after ``optimizer.step()``):
-        ``n_iter`` (default: config ``power_iters``) warm-started power iterations refresh every conv's
-        norm estimate, which the effective weights use at the next forward, and the GroupNorm gammas are
-        clipped to [-gamma_max, gamma_max]. With ``constraint='authors'`` the reshaped kernel matrices are
-        capped instead (authors_cap.py). No-op for the original variant."""
+        """Per-training-step upkeep (call after ``optimizer.step()``): with an unrolled warm-up, count the
+        step. Lipschitz variant: with ``constraint='certified'``, ``n_iter`` (default: config
+        ``power_iters``) warm-started power iterations refresh every conv's norm estimate, which the
+        effective weights use at the next forward; with ``'released'`` the authors' released cap runs
+        instead (authors_cap.py); with ``'none'`` no conv is touched. Then the GroupNorm gammas are
+        clipped to [-gamma_max, gamma_max]. No constraint for the original variant."""
+        if self.config["unrolled_warmup_steps"] > 0:
+            self.optimizer_steps += 1
         if not self.lipschitz:
             return
-        if self._authors_cap is not None:
-            self._authors_cap.apply_()
-        else:
+        if self._released_cap is not None:
+            self._released_cap.apply_()
+        elif self.config["constraint"] == "certified":
             update_norm_estimates(self._convs, self.config["power_iters"] if n_iter is None else n_iter)
         for norm in self.cell.gamma_clipped_norms():
             norm.project_()

@@ -5,16 +5,22 @@ variant, architecture, solver, and for the Lipschitz variant the paper's knobs) 
 :class:`~lmdeq.models.classifier.MDEQClassifier`; ``mdeq(**model.config)`` rebuilds the same model.
 Every key is checked: an unknown or misspelt override is an error, never silently ignored.
 
-Original MDEQ (``lipschitz=False``, Bai et al. 2020, locuslab/deq cls_mdeq_LARGE_reg / cls_mdeq_TINY):
-Broyden forward and backward, relative tolerance 1e-3, 18/20 iterations (large) and 22/22 (small).
+Original MDEQ (``lipschitz=False``, Bai et al. 2020, locuslab/deq experiments/cifar/cls_mdeq_LARGE.yaml and
+cls_mdeq_TINY.yaml): Broyden forward and backward, relative tolerance 1e-3, 18/20 iterations (both presets),
+the adjoint started at 0. Its recipe begins with an unrolled warm-up (``unrolled_warmup_steps``,
+``unrolled_layers``): for the first PRETRAIN_STEPS optimiser steps f is applied NUM_LAYERS = 10 times from
+z = 0 as an explicit network (training and evaluation alike), then the model switches to DEQ mode;
+:func:`original_warmup_steps` scales the recipe's PRETRAIN_STEPS to another schedule length.
 
 Lipschitz MDEQ (``lipschitz=True``, Sato & Iiduka, AISTATS 2026; the authors' released defaults):
 s = 0.4, gamma_max = 1.0, alpha = 0.5, beta = 0.3, conv_cap = 2.0. Default solver: plain fixed-point
 iteration, the cheapest per step, which the certified bound L < 1 guarantees to converge; with
 ``f_max_iter=None`` / ``b_max_iter=None`` the iteration limit is the a-priori count for L (see
 :mod:`lmdeq.models.apriori`), and ``solve_mode='apriori'`` runs exactly that count with no
-convergence checks. The authors' solver setting is ``mdeq(..., **AUTHORS_SOLVER)``. ``cuda_graphs=True``
-(default) replays each fixed-count solve (``solve_mode='apriori'``) as one CUDA graph on CUDA devices.
+convergence checks. The authors' solver as released is ``mdeq(..., **AUTHORS_SOLVER)``
+(:func:`lmdeq.solvers.authors_anderson`, adjoint from 0) and their constraint as released
+``constraint='released'`` (see :data:`CONSTRAINTS`). ``cuda_graphs=True`` (default) replays each
+fixed-count solve (``solve_mode='apriori'``) as one CUDA graph on CUDA devices.
 """
 from __future__ import annotations
 
@@ -24,28 +30,38 @@ import math
 from ..deq import BACKWARD_MODES
 from ..solvers import get_solver
 
-__all__ = ["PRESETS", "AUTHORS_SOLVER", "CONSTRAINTS", "mdeq", "resolve_config"]
+__all__ = ["PRESETS", "AUTHORS_SOLVER", "CONSTRAINTS", "mdeq", "resolve_config", "original_warmup_steps"]
 
 PRESETS = {
     "cifar10-large": dict(channels=[32, 64, 128, 256], expansion=5, num_groups=8, dropout=0.3,
                           head_channels=[14, 28, 56, 112], final_channels=1680,
-                          original_iters=(18, 20)),
+                          original_iters=(18, 20), original_warmup=(20000, 220 * 391)),
     "cifar10-small": dict(channels=[24, 24], expansion=5, num_groups=8, dropout=0.25,
                           head_channels=[8, 16], final_channels=200,
-                          original_iters=(22, 22)),
+                          original_iters=(18, 20), original_warmup=(3000, 50 * 391)),
 }
+# original_warmup = (PRETRAIN_STEPS, schedule length in steps) of the locuslab recipe: LARGE 20,000 of
+# 220 epochs x 391 steps (4 GPUs x 32 images), TINY (MDEQ-small) 3,000 of 50 epochs x 391 (2 GPUs x 64).
+UNROLLED_LAYERS = 10   # NUM_LAYERS of both CIFAR-10 recipes
 
-# 'certified': cap each conv's true operator norm inside the forward pass (lmdeq); 'authors': the
-# authors' post-step cap of the reshaped kernel matrix (kept for comparison, certifies nothing).
-CONSTRAINTS = ("certified", "authors")
+# The conv constraint of the Lipschitz variant:
+# 'certified': lmdeq's cap of each conv's true operator norm inside the forward pass (certifies L < 1);
+# 'released':  the authors' code as released (authors_cap.py): after every optimiser step one power-iteration
+#              step on the reshaped kernel of every nn.Conv2d of the whole model, which weight norm undoes
+#              for the weight-normed convs of f; certifies nothing;
+# 'none':      no conv cap at all (the GroupNorm gammas are still projected); certifies nothing.
+CONSTRAINTS = ("certified", "released", "none")
 
-AUTHORS_SOLVER = dict(solver="anderson", b_solver="anderson", f_max_iter=18, b_max_iter=20, f_tol=1e-3,
-                      b_tol=1e-3, stop_mode="rel", solver_kwargs={"m": 6}, b_solver_kwargs={"m": 6})
+# The authors' solver as released (iiduka-researches/Lipschitz_mdeq cls_mdeq_LARGE.yaml: Anderson m = 6,
+# lam = 1e-4, 18/20 iterations, rel tol 1e-3; the adjoint solve starts at 0).
+AUTHORS_SOLVER = dict(solver="authors_anderson", b_solver="authors_anderson", f_max_iter=18, b_max_iter=20,
+                      f_tol=1e-3, b_tol=1e-3, stop_mode="rel", solver_kwargs={"m": 6, "lam": 1e-4},
+                      b_solver_kwargs={"m": 6, "lam": 1e-4}, b_x0="zeros")
 
 _ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels")
 _COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, f_tol=1e-3, b_tol=1e-3, stop_mode="rel",
-                        solver_kwargs={}, b_solver_kwargs={}, backward="implicit", solve_mode="checked",
-                        cuda_graphs=True)
+                        solver_kwargs={}, b_solver_kwargs={}, b_x0="v", backward="implicit", solve_mode="checked",
+                        cuda_graphs=True, unrolled_warmup_steps=0, unrolled_layers=UNROLLED_LAYERS)
 _LIPSCHITZ_DEFAULTS = dict(s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0, constraint="certified",
                            sigma_margin=0.05,
                            power_iters=2, init_power_iters=30, solver="fixed_point",
@@ -63,8 +79,19 @@ def _defaults(preset: str, lipschitz: bool) -> dict:
         cfg.update(_LIPSCHITZ_DEFAULTS)
     else:
         f_iter, b_iter = spec["original_iters"]
-        cfg.update(solver="broyden", b_solver="broyden", f_max_iter=f_iter, b_max_iter=b_iter)
+        cfg.update(solver="broyden", b_solver="broyden", f_max_iter=f_iter, b_max_iter=b_iter, b_x0="zeros")
     return cfg
+
+
+def original_warmup_steps(preset: str, total_steps: int) -> int:
+    """The original recipe's unrolled warm-up scaled to a schedule of ``total_steps`` optimiser steps:
+    round(total_steps * PRETRAIN_STEPS / recipe length), e.g. 3,000 of 19,550 steps for MDEQ-small."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+    pretrain, length = PRESETS[preset]["original_warmup"]
+    return round(total_steps * pretrain / length)
 
 
 def resolve_config(preset: str, lipschitz: bool = True, **overrides) -> dict:
@@ -144,6 +171,10 @@ def _validate(cfg: dict) -> None:
     for key in ("weight_norm", "cuda_graphs"):
         if not isinstance(cfg[key], bool):
             raise TypeError(f"{key} must be a bool, got {type(cfg[key]).__name__}")
+    _positive_int(cfg, "unrolled_warmup_steps", minimum=0)
+    _positive_int(cfg, "unrolled_layers")
+    if cfg["lipschitz"] and cfg["constraint"] not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {cfg['constraint']!r}")
     _validate_solver(cfg)
     if cfg["lipschitz"]:
         _number_in(cfg, "s", 0.0, None, low_open=True)
@@ -152,8 +183,6 @@ def _validate(cfg: dict) -> None:
         _number_in(cfg, "beta", 0.0, 1.0)
         _number_in(cfg, "conv_cap", 0.0, None, low_open=True)
         _number_in(cfg, "sigma_margin", 0.0, None)
-        if cfg["constraint"] not in CONSTRAINTS:
-            raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {cfg['constraint']!r}")
         _positive_int(cfg, "power_iters")
         _positive_int(cfg, "init_power_iters")
 
@@ -172,6 +201,8 @@ def _validate_solver(cfg: dict) -> None:
     _number_in(cfg, "b_tol", 0.0, None, low_open=True)
     if cfg["stop_mode"] not in ("abs", "rel"):
         raise ValueError(f"stop_mode must be 'abs' or 'rel', got {cfg['stop_mode']!r}")
+    if cfg["b_x0"] not in ("v", "zeros"):
+        raise ValueError(f"b_x0 must be 'v' (start the adjoint at the upstream gradient) or 'zeros', got {cfg['b_x0']!r}")
     for key in ("solver_kwargs", "b_solver_kwargs"):
         if not isinstance(cfg[key], dict):
             raise TypeError(f"{key} must be a dict, got {type(cfg[key]).__name__}")
@@ -181,6 +212,9 @@ def _validate_solver(cfg: dict) -> None:
     if mode not in ("checked", "apriori"):
         raise ValueError(f"solve_mode must be 'checked' or 'apriori', got {mode!r}")
     needs_bound = mode == "apriori" or cfg["f_max_iter"] is None or cfg["b_max_iter"] is None
+    if needs_bound and cfg["lipschitz"] and cfg["constraint"] != "certified":
+        raise ValueError(f"constraint={cfg['constraint']!r} certifies no bound, so there is no a-priori iteration "
+                         "count: set f_max_iter and b_max_iter, and solve_mode='checked'")
     if needs_bound and cfg["stop_mode"] != "rel":
         raise ValueError("the a-priori iteration count (solve_mode='apriori' or *_max_iter=None) is derived "
                          "for stop_mode='rel' from the zero initial state; set stop_mode='rel'")
@@ -189,3 +223,5 @@ def _validate_solver(cfg: dict) -> None:
             raise ValueError("solve_mode='apriori' needs the certified bound of lipschitz=True")
         if cfg["solver"] != "fixed_point" or cfg["b_solver"] != "fixed_point":
             raise ValueError("solve_mode='apriori' counts Picard steps: solver and b_solver must be 'fixed_point'")
+    if (mode == "apriori" or cfg["b_max_iter"] is None) and cfg["b_x0"] != "v":
+        raise ValueError("the a-priori adjoint count is derived for the adjoint started at v: set b_x0='v'")

@@ -11,6 +11,7 @@ without evaluating func. :data:`TORCHDEQ_SOLVERS` holds the same solvers under T
 names with TorchDEQ's exact info layout (:mod:`lmdeq.solvers.torchdeq_contract`).
 """
 from .anderson import anderson
+from .authors_anderson import authors_anderson
 from .broyden import broyden
 from .fixed_point import fixed_point
 from .info import Result, SolverError, SolverInfo, result_of
@@ -22,6 +23,7 @@ SOLVERS = {
     "fixed_point": fixed_point,
     "anderson": anderson,
     "broyden": broyden,
+    "authors_anderson": authors_anderson,  # the Lipschitz-MDEQ authors' released Anderson (baseline (b))
 }
 _ALIASES = {"fixed_point_iter": "fixed_point", "picard": "fixed_point"}
 

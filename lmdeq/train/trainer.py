@@ -1,9 +1,9 @@
 """The training loop: one optimiser step per batch, the Lipschitz constraint after every step,
 validation, checkpoints and the JSONL metrics log after every epoch.
 
-Step t (0-based, global): logits = model(normalize(batch_t)); loss = CE(logits, y);
-backward; optional global grad-norm clipping; Adam step with lr = cosine_lr(t); scheduler step;
-``model.constraint_step()``. After epoch e (1-based): evaluate on the validation images, write
+Step t (0-based, global), :func:`lmdeq.train.step.train_step`: logits = model(normalize(batch_t));
+loss = CE(logits, y); backward; optional global grad-norm clipping; Adam step with lr = cosine_lr(t);
+scheduler step; ``model.constraint_step()``. After epoch e (1-based): evaluate on the validation images, write
 ``last.pt`` (and ``best.pt`` when validation accuracy improves), then append the epoch's record to
 ``metrics.jsonl``. Resuming from ``last.pt`` reproduces the uninterrupted run bit for bit on the
 same device (batches are a function of (seed, epoch); every other state is in the checkpoint).
@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from .augment import normalize
 from .batches import train_batches
 from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from .config import TrainConfig
-from .evaluate import check_logits, evaluate
-from .hooks import apply_constraint, certified_bound, model_config, solver_stats
+from .evaluate import evaluate
+from .hooks import certified_bound, model_config, solver_stats
 from .images import LabelledImages
 from .metrics import MeanMeter, append_jsonl, fmt_number, json_number, truncate_jsonl
 from .optim import build_optimizer, build_scheduler
+from .step import train_step
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 
@@ -135,26 +134,13 @@ class Trainer:
                        dynamic_ncols=True)
         try:
             for images, labels in loader:
-                x = normalize(images.to(self.device, non_blocking=True))
-                y = labels.to(self.device, non_blocking=True)
-                logits = self.model(x)
-                check_logits(logits, y.shape[0], len(self.train_data.classes))
-                loss = F.cross_entropy(logits.float(), y)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at epoch {epoch}, step {self.step + 1}; "
-                                             "the last checkpoint holds the last finite state")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                apply_constraint(self.model)
+                done = train_step(self.model, self.optimizer, self.scheduler, images, labels, self.device,
+                                  len(self.train_data.classes), self.cfg.grad_clip,
+                                  lambda v: FloatingPointError(f"loss is {v} at epoch {epoch}, step {self.step + 1}; "
+                                                               "the last checkpoint holds the last finite state"))
                 self.step += 1
                 last = solver_stats(self.model)
-                acc = (logits.detach().argmax(dim=1) == y).sum().item() / y.shape[0]
-                meter.update({"loss": loss_value, "acc": acc, **last}, weight=y.shape[0])
+                meter.update({"loss": done.loss, "acc": done.correct / done.batch, **last}, weight=done.batch)
                 if self.step % self.bound_every == 0:
                     self.bound = certified_bound(self.model, training=True)
                 if bar is not None:

@@ -1,49 +1,176 @@
-"""benchmarks/time_to_accuracy.py runs end to end on a tiny ImageFolder: it trains the chosen methods
-until the target validation accuracy, records wall-clock time, and keeps the runs when asked."""
+"""The time-to-accuracy benchmark: interleaving does not change any method's results (bitwise on CPU), the
+targets are evaluated from the data, and the script / ``lmdeq bench tta`` run end to end on a tiny
+ImageFolder with tiny models (JSON with every point, PNG, Markdown, saved runs)."""
 import json
 
 import pytest
 import torch
-from PIL import Image
 
+from lmdeq.bench import tta_report
+from lmdeq.bench.speedup import LABELS, method_config
+from lmdeq.bench.tta_run import MethodRun, MethodSpec, interval_bounds, run_interleaved, shared_init
+from lmdeq.train.config import TrainConfig
+from lmdeq.train.images import LabelledImages
+
+from ..train.train_helpers import write_image_folder
 from .scripts import load_script
 
-SCRIPT = "benchmarks/time_to_accuracy.py"
+TINY = dict(channels=[8, 8], expansion=2, num_groups=4, head_channels=[2, 4], final_channels=16)
+TINY_ARGS = ["--model-set", "channels=[8,8]", "--model-set", "expansion=2", "--model-set", "num_groups=4",
+             "--model-set", "head_channels=[2,4]", "--model-set", "final_channels=16"]
+TIMES = ("train_s", "eval_s", "interval_s")
+
+
+def _images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return LabelledImages(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                          torch.arange(n) % 4, ("a", "b", "c", "d"))
+
+
+def _specs():
+    small = dict(f_max_iter=4, b_max_iter=4)   # keep Broyden short
+    return [MethodSpec("original", LABELS["original"],
+                       {**method_config("original", "cifar10-small", unrolled_warmup_steps=2), **TINY, **small}),
+            MethodSpec("authors", LABELS["authors"], {**method_config("authors", "cifar10-small"), **TINY}),
+            MethodSpec("lmdeq", LABELS["lmdeq"], {**method_config("lmdeq", "cifar10-small"), **TINY},
+                       channels_last=True)]
+
+
+def _run(specs, order, check_init=False):
+    cfg = TrainConfig(preset="cifar10-small", epochs=2, batch_size=3, seed=3)
+    train, val = _images(6, 0), _images(4, 1)
+    init = shared_init("cifar10-small", cfg.seed, TINY)
+    runs = [MethodRun(s, cfg, train, val, torch.device("cpu"), init=init) for s in specs]
+    if check_init:   # every method starts from the same weights
+        for r in runs:
+            assert all(torch.equal(p, init[n]) for n, p in r.model.named_parameters()), r.spec.name
+    run_interleaved([runs[i] for i in order], evals_per_epoch=2)
+    return runs
+
+
+def test_interleaved_equals_alone_bitwise():
+    """Every method keeps its own RNG stream, data order and clock: training the three methods round by
+    round gives each exactly the points and weights it gets alone."""
+    together = _run(_specs(), order=[2, 0, 1], check_init=True)
+    for i, spec in enumerate(_specs()):
+        (alone,) = _run([spec], order=[0])
+        mixed = together[i]
+        assert len(alone.points) == len(mixed.points) == 2 * len(interval_bounds(2, 2)) == 4
+        for a, b in zip(alone.points, mixed.points):
+            assert {k: v for k, v in a.items() if k not in TIMES} == {k: v for k, v in b.items() if k not in TIMES}
+        for (name, a), (_, b) in zip(alone.model.state_dict().items(), mixed.model.state_dict().items()):
+            assert torch.equal(a, b), f"{spec.name}: {name}"
+        assert mixed.clock > 0 and mixed.points[-1]["train_s"] == mixed.clock
+        assert sum(p["interval_s"] for p in mixed.points) == pytest.approx(mixed.clock, rel=1e-12)   # no eval
+    original = together[0].points
+    assert original[0]["unrolled"] and not original[-1]["unrolled"]   # 2 warm-up steps of 4, then DEQ mode
+    assert original[0]["f_nstep"] == 10 and original[-1]["f_nstep"] <= 5   # Broyden: 4 updates + g(x0)
+
+
+def test_interval_bounds():
+    assert interval_bounds(157, 8) == [20, 39, 59, 78, 98, 118, 137, 157]
+    assert interval_bounds(3, 8) == [1, 2, 3]
+    with pytest.raises(ValueError, match="evals_per_epoch"):
+        interval_bounds(10, 0)
+
+
+def _curve(name, pts):
+    return {"method": name, "label": name, "points": [
+        {"step": 10 * (i + 1), "epoch": e, "train_s": t, "val_acc": a, "unrolled": False, "interval_steps": 10,
+         "f_nstep": 3.0, "b_nstep": 2.0} for i, (e, t, a) in enumerate(pts)]}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_targets_are_evaluated_from_the_data(fast):
+    a = _curve("original", [(0.5, 100, 0.20), (1.0, 200, 0.35), (1.5, 300, 0.40), (2.0, 400, 0.42)])
+    scale = 10 if fast else 1
+    c = _curve("lmdeq", [(0.5, 50 / scale, 0.25), (1.0, 100 / scale, 0.38), (1.5, 150 / scale, 0.45),
+                         (2.0, 200 / scale, 0.43 if fast else 0.30)])
+    b = _curve("authors", [(0.5, 8, 0.22), (1.0, 16, 0.30), (1.5, 24, 0.36), (2.0, 32, 0.40)])
+    methods = [a, b, c]
+    summary = tta_report.summarise(methods, [0.3, 0.4])
+    verdicts = {v["target"][:10]: v["verdict"] for v in tta_report.targets(methods, summary)}
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert summary["equal_epochs"] == 2 and rows["original"]["time_to"]["0.3"] == 200
+    assert rows["lmdeq"]["acc_equal_epochs"] == (0.43 if fast else 0.30)
+    if fast:   # (a) reaches 0.42 at 400 s, (c) at 15 s; at equal epochs 0.43 vs 0.42; (c) >= (b) at all times
+        assert list(verdicts.values()) == ["MET", "MET", "MET"]
+    else:      # (c) reaches 0.42 at 150 s (not <= 50 s), ends 12 points below (a), is below (b) from 50 s on
+        assert list(verdicts.values()) == ["MISSED", "MISSED", "MISSED"]
+    text = tta_report.tables(summary, tta_report.targets(methods, summary), [0.3, 0.4])
+    assert "time to 30%" in text and text.count("**MET**") == (3 if fast else 0)
+
+
+def test_missing_methods_give_na():
+    methods = [_curve("lmdeq", [(1.0, 10, 0.5)])]
+    summary = tta_report.summarise(methods, [0.3])
+    assert [v["verdict"] for v in tta_report.targets(methods, summary)] == ["N/A", "N/A", "N/A"]
 
 
 @pytest.fixture
 def tiny_folder(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    root = tmp_path / "images"
-    for c in range(10):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(4):
-            pixels = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()
-            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
-    return root
+    return write_image_folder(tmp_path / "images", per_class=3)
 
 
-def test_time_to_accuracy_runs_and_records(tiny_folder, tmp_path, monkeypatch, capsys):
+def test_script_runs_end_to_end(tiny_folder, tmp_path, monkeypatch, capsys):
+    from lmdeq.bench.speedup import _load_weights
+    from lmdeq.models import mdeq
+    from lmdeq.train.checkpoint import load_checkpoint
+
     monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
-    tta = load_script(SCRIPT)
+    tta = load_script("benchmarks/time_to_accuracy.py")
     out, runs = tmp_path / "results", tmp_path / "runs"
-    rc = tta.main(["--data", str(tiny_folder), "--target", "0.0", "--epochs", "2", "--batch-size", "8",
-                   "--val-fraction", "0.25", "--methods", "lmdeq", "--device", "cpu", "--no-progress",
-                   "--out", str(out), "--save-runs", str(runs), "--tag=-tiny"])
+    rc = tta.main(["--data", str(tiny_folder), "--device", "cpu", "--epochs", "1", "--batch", "4",
+                   "--val-fraction", "0.2", "--full-split", "--evals-per-epoch", "2", "--methods", "authors,lmdeq",
+                   "--variants", "lmdeq_nocap", "--target", "0.45", "--no-progress", "--out", str(out),
+                   "--save-runs", str(runs), "--tag=-tiny", *TINY_ARGS])
     assert rc == 0
-    (path,) = out.glob("time_to_accuracy-*.json")
-    assert path.name.endswith("-tiny.json")
+    (path,) = out.glob("time_to_accuracy-*-tiny.json")
     result = json.loads(path.read_text())
-    assert result["val_fraction"] == 0.25 and result["limit_train"] is None and result["epochs_max"] == 2
-    (row,) = result["rows"]
-    # target 0.0 is reached after the first epoch, with its measured time
-    assert row["method"] == "lmdeq" and row["reached"] is True and row["epochs"] == 1
-    assert row["seconds"] > 0 and row["history"][0]["val_acc"] is not None
-    assert (runs / "lmdeq" / "last.pt").exists() and row["run_dir"] == str(runs / "lmdeq")
-    assert "(c) lmdeq fast path" in capsys.readouterr().out
+    assert result["settings"]["targets"] == [0.3, 0.4, 0.45, 0.5, 0.6] and result["settings"]["batch_size"] == 4
+    assert result["settings"]["train_images"] == 10 and result["settings"]["val_images"] == 2
+    assert [m["method"] for m in result["methods"]] == ["authors", "lmdeq", "lmdeq_nocap"]
+    for m in result["methods"]:
+        assert [p["step"] for p in m["points"]] == [2, 3] and all(p["val_acc"] is not None for p in m["points"])
+    assert "allocator" in result["env"] and len(result["load_average_start"]) == 3 and result["load_average_end"]
+    assert [v["verdict"] for v in result["targets"]][0] == "N/A"   # no (a) in this run
+    assert path.with_suffix(".png").stat().st_size > 0 and "Targets:" in path.with_suffix(".md").read_text()
+    printed = capsys.readouterr().out
+    assert "(c) lmdeq fast path" in printed and "What the certificate costs" in printed and "Targets:" in printed
+    ckpt = load_checkpoint(runs / "lmdeq" / "last.pt")
+    assert ckpt["kind"] == "model" and ckpt["step"] == 3 and "optimizer" not in ckpt
+    model = mdeq(**ckpt["model_config"])
+    assert _load_weights(model, [{**ckpt, "path": "x"}]) == "x"
+    lines = (runs / "lmdeq" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 3]
 
 
-def test_time_to_accuracy_rejects_unknown_method(tiny_folder, tmp_path):
-    tta = load_script(SCRIPT)
-    with pytest.raises(SystemExit):
-        tta.main(["--data", str(tiny_folder), "--methods", "fastest", "--out", str(tmp_path)])
+def test_lmdeq_bench_tta_subcommand(tiny_folder, tmp_path, monkeypatch, capsys):
+    from lmdeq.cli import main
+
+    monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
+    rc = main(["bench", "tta", "--data", str(tiny_folder), "--device", "cpu", "--epochs", "1", "--batch", "8",
+               "--full-split", "--evals-per-epoch", "1", "--methods", "lmdeq", "--variants", "",
+               "--out", str(tmp_path / "out"), "--no-progress", *TINY_ARGS])
+    assert rc == 0 and "| (c) lmdeq fast path |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [(["--methods", "fastest"], "--methods must be"),
+                                        (["--variants", "lmdeq_uncapped"], "--methods must be"),
+                                        (["--epochs", "0"], "--epochs must be"),
+                                        (["--targets", "1.5"], None)])
+def test_bad_arguments_are_named(tiny_folder, tmp_path, monkeypatch, argv, match, capsys):
+    monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
+    tta = load_script("benchmarks/time_to_accuracy.py")
+    with pytest.raises(SystemExit) as exc:
+        tta.main(["--data", str(tiny_folder), "--device", "cpu", "--out", str(tmp_path), "--no-progress", *argv])
+    message = str(exc.value) + capsys.readouterr().err
+    assert (match or "accuracies in (0, 1)") in message
+
+
+def test_data_is_required_and_must_exist(tmp_path):
+    tta = load_script("benchmarks/time_to_accuracy.py")
+    with pytest.raises(SystemExit, match="--data is required"):
+        tta.main(["--device", "cpu", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="error: .*missing"):
+        tta.main(["--data", str(tmp_path / "missing"), "--device", "cpu", "--out", str(tmp_path)])

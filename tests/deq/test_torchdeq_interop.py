@@ -43,7 +43,7 @@ def _reference_grads(f, z0, params):
 
 
 def test_names_registered():
-    assert interop.register() == ["lmdeq_anderson", "lmdeq_broyden", "lmdeq_fixed_point"]
+    assert interop.register() == ["lmdeq_anderson", "lmdeq_authors_anderson", "lmdeq_broyden", "lmdeq_fixed_point"]
     assert get_solver("lmdeq_anderson").__module__ == "lmdeq.solvers.anderson"
     assert get_solver("anderson").__module__ == "torchdeq.solver.anderson"   # replace=False: untouched
 
@@ -90,7 +90,8 @@ def test_list_state_handed_to_the_solver(core):
 def test_replace_registers_torchdeqs_names_and_unregister_restores_them():
     originals = {name: get_solver(name) for name in TORCHDEQ_NAMES}
     names = interop.register(replace=True)
-    assert names == sorted(["lmdeq_anderson", "lmdeq_broyden", "lmdeq_fixed_point", *TORCHDEQ_NAMES])
+    assert names == sorted(["lmdeq_anderson", "lmdeq_authors_anderson", "lmdeq_broyden", "lmdeq_fixed_point",
+                            *TORCHDEQ_NAMES])
     for name in TORCHDEQ_NAMES:
         assert get_solver(name) is solvers.TORCHDEQ_SOLVERS[name]
     interop.register(replace=True)   # idempotent: the originals stay remembered

@@ -44,13 +44,15 @@ def test_variant_defaults():
     assert (orig["solver"], orig["b_solver"], orig["f_max_iter"], orig["b_max_iter"]) == ("broyden", "broyden", 18, 20)
     assert (orig["f_tol"], orig["stop_mode"]) == (1e-3, "rel")
     small = mdeq("cifar10-small", lipschitz=False).config
-    assert (small["f_max_iter"], small["b_max_iter"], small["dropout"]) == (22, 22, 0.25)
+    assert (small["f_max_iter"], small["b_max_iter"], small["dropout"]) == (18, 20, 0.25)   # cls_mdeq_TINY.yaml
+    assert (orig["b_x0"], small["b_x0"], orig["unrolled_warmup_steps"]) == ("zeros", "zeros", 0)
     lip = mdeq("cifar10-small", init_power_iters=1).config
     assert {k: lip[k] for k in ("s", "gamma_max", "alpha", "beta", "conv_cap")} == dict(
         s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0)
     authors = mdeq("cifar10-small", init_power_iters=1, **AUTHORS_SOLVER).config
     assert (authors["solver"], authors["solver_kwargs"], authors["f_max_iter"], authors["b_max_iter"]) == (
-        "anderson", {"m": 6}, 18, 20)
+        "authors_anderson", {"m": 6, "lam": 1e-4}, 18, 20)
+    assert (authors["b_x0"], lip["b_x0"]) == ("zeros", "v")
 
 
 @pytest.mark.parametrize("overrides,exc,match", [

@@ -1,0 +1,207 @@
+"""Analysis and output of the time-to-accuracy benchmark: curve statistics, the issue's three targets
+evaluated from the data, the Markdown tables and the chart.
+
+A method's curve is its list of points (``train_s``: training seconds so far, ``epoch``, ``val_acc``, ...).
+
+* time to accuracy a: ``train_s`` of the first point with val_acc >= a (None: never reached);
+* accuracy at equal epochs E: val_acc of the point at the end of epoch E, with E the largest whole number
+  of epochs every method completed;
+* accuracy at equal wall-clock T: val_acc of the latest point with train_s <= T (the curve as a step
+  function), with T the shortest total training time among the methods compared;
+* f/b iterations: the mean forward f-evaluations and backward (adjoint or backprop) steps per training
+  step, over the steps outside the unrolled warm-up (in the warm-up they are ``unrolled_layers`` each).
+
+Targets (each MET or MISSED from the data, N/A when a method is missing):
+
+1. (c) reaches the best validation accuracy (a) reaches within its run in <= 1/8 of the time (a) needs
+   to reach it;
+2. (c)'s accuracy at equal epochs is within 1 point of (a)'s (acc_c >= acc_a - 0.01);
+3. (c) is at least as accurate as (b) at every equal wall-clock time: acc_c(t) >= acc_b(t) at every
+   evaluation time t of either method from the first time both have a point to the end of the longer run
+   (a method that has finished holds its final accuracy).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from .report import markdown_table
+
+__all__ = ["time_to", "acc_at_time", "acc_at_epoch", "iteration_means", "summarise", "targets",
+           "tables", "plot_curves", "SPEEDUP_TARGET", "EPOCH_TOLERANCE"]
+
+SPEEDUP_TARGET = 8.0     # target 1: (c) needs <= 1/8 of (a)'s time
+EPOCH_TOLERANCE = 0.01   # target 2: within 1 point
+
+
+def time_to(points: Sequence[Dict], acc: float) -> Optional[float]:
+    for p in points:
+        if p["val_acc"] is not None and p["val_acc"] >= acc:
+            return p["train_s"]
+    return None
+
+
+def acc_at_time(points: Sequence[Dict], t: float) -> Optional[float]:
+    before = [p for p in points if p["train_s"] <= t]
+    return before[-1]["val_acc"] if before else None
+
+
+def acc_at_epoch(points: Sequence[Dict], epoch: int) -> Optional[float]:
+    for p in points:
+        if abs(p["epoch"] - epoch) < 1e-9:
+            return p["val_acc"]
+    return None
+
+
+def iteration_means(points: Sequence[Dict]) -> Dict[str, Optional[float]]:
+    """Step-weighted mean f/b iterations over the points' intervals outside the unrolled warm-up."""
+    deq = [p for p in points if not p["unrolled"]]
+    out = {}
+    for key in ("f_nstep", "b_nstep"):
+        pairs = [(p[key], p["interval_steps"]) for p in deq if p.get(key) is not None]
+        weight = sum(w for _, w in pairs)
+        out[key] = sum(v * w for v, w in pairs) / weight if weight else None
+    return out
+
+
+def _by_name(methods: Sequence[Dict]) -> Dict[str, Dict]:
+    return {m["method"]: m for m in methods}
+
+
+def summarise(methods: Sequence[Dict], accuracies: Sequence[float], main=("original", "authors", "lmdeq")) -> Dict:
+    """Per-method statistics and the comparison points (equal epochs E, equal wall-clock T)."""
+    finished = [m for m in methods if m["points"]]
+    epochs = min((int(m["points"][-1]["epoch"] + 1e-9) for m in finished), default=0)
+    compared = [m for m in finished if m["method"] in main] or finished
+    wall = min((m["points"][-1]["train_s"] for m in compared), default=None)
+    rows = []
+    for m in methods:
+        pts = m["points"]
+        row = {"method": m["method"], "label": m["label"], "steps": pts[-1]["step"] if pts else 0,
+               "epochs": pts[-1]["epoch"] if pts else 0.0, "train_s": pts[-1]["train_s"] if pts else 0.0,
+               "best_acc": max((p["val_acc"] for p in pts), default=None),
+               "acc_equal_epochs": acc_at_epoch(pts, epochs) if epochs else None,
+               "acc_equal_wall": acc_at_time(pts, wall) if wall is not None else None,
+               "time_to": {f"{a:g}": time_to(pts, a) for a in accuracies},
+               "lipschitz_bound": pts[-1].get("lipschitz_bound") if pts else None,
+               **iteration_means(pts)}
+        rows.append(row)
+    return {"equal_epochs": epochs, "equal_wall_s": wall, "rows": rows}
+
+
+def targets(methods: Sequence[Dict], summary: Dict) -> List[Dict]:
+    """The issue's three targets, each with its verdict ('MET', 'MISSED' or 'N/A') and the numbers."""
+    by = _by_name(methods)
+    rows = _by_name(summary["rows"])
+    out = []
+
+    def verdict(ok):
+        return "MET" if ok else "MISSED"
+
+    statement = "(c) reaches (a)'s best validation accuracy in <= 1/8 of (a)'s time"
+    if "original" in by and "lmdeq" in by and by["original"]["points"]:
+        best_a = rows["original"]["best_acc"]
+        t_a = time_to(by["original"]["points"], best_a)
+        t_c = time_to(by["lmdeq"]["points"], best_a)
+        ok = t_c is not None and t_c * SPEEDUP_TARGET <= t_a
+        detail = (f"(a) best {best_a:.4f} at {t_a:.0f} s; (c) " +
+                  (f"reached it at {t_c:.0f} s ({t_a / t_c:.1f}x sooner)" if t_c else "never reached it"))
+        out.append({"target": statement, "verdict": verdict(ok), "detail": detail})
+    else:
+        out.append({"target": statement, "verdict": "N/A", "detail": "needs methods original and lmdeq"})
+
+    statement = "(c)'s accuracy at equal epochs is within 1 point of (a)'s"
+    a, c = rows.get("original", {}).get("acc_equal_epochs"), rows.get("lmdeq", {}).get("acc_equal_epochs")
+    if a is not None and c is not None:
+        out.append({"target": statement, "verdict": verdict(c >= a - EPOCH_TOLERANCE),
+                    "detail": f"after {summary['equal_epochs']} epochs: (c) {c:.4f}, (a) {a:.4f} "
+                              f"({100 * (c - a):+.1f} points)"})
+    else:
+        out.append({"target": statement, "verdict": "N/A", "detail": "needs methods original and lmdeq"})
+
+    statement = "(c) is at least as accurate as (b) at every equal wall-clock time"
+    if "authors" in by and "lmdeq" in by and by["authors"]["points"] and by["lmdeq"]["points"]:
+        b_pts, c_pts = by["authors"]["points"], by["lmdeq"]["points"]
+        start = max(b_pts[0]["train_s"], c_pts[0]["train_s"])
+        end = max(b_pts[-1]["train_s"], c_pts[-1]["train_s"])
+        times = sorted({p["train_s"] for p in b_pts + c_pts if start <= p["train_s"] <= end})
+        margins = [(acc_at_time(c_pts, t) - acc_at_time(b_pts, t), t) for t in times]
+        worst, at = min(margins) if margins else (0.0, start)
+        out.append({"target": statement, "verdict": verdict(worst >= 0.0),
+                    "detail": f"{len(times)} times from {start:.0f} s to {end:.0f} s; worst margin "
+                              f"{100 * worst:+.1f} points at {at:.0f} s"})
+    else:
+        out.append({"target": statement, "verdict": "N/A", "detail": "needs methods authors and lmdeq"})
+    return out
+
+
+def _fmt_s(t: Optional[float]) -> str:
+    return "-" if t is None else f"{t:.0f} s"
+
+
+def _fmt_acc(a: Optional[float]) -> str:
+    return "-" if a is None else f"{a:.3f}"
+
+
+def tables(summary: Dict, verdicts: List[Dict], accuracies: Sequence[float],
+           variants=("lmdeq_nocap", "lmdeq_released_cap")) -> str:
+    """The README block: the main table, the certificate-cost table (when variants ran), the targets."""
+    E, T = summary["equal_epochs"], summary["equal_wall_s"]
+    flat = []
+    for r in summary["rows"]:
+        row = {"label": r["label"], "best": _fmt_acc(r["best_acc"]), "epochs_acc": _fmt_acc(r["acc_equal_epochs"]),
+               "wall_acc": _fmt_acc(r["acc_equal_wall"]), "train": _fmt_s(r["train_s"]),
+               "iters": "-" if r["f_nstep"] is None else f"{r['f_nstep']:.1f} / {r['b_nstep'] or 0:.1f}"}
+        row.update({f"t{a:g}": _fmt_s(r["time_to"][f"{a:g}"]) for a in accuracies})
+        flat.append(row)
+    cols = ["label"] + [f"t{a:g}" for a in accuracies] + ["epochs_acc", "wall_acc", "best", "train", "iters"]
+    heads = (["method"] + [f"time to {100 * a:g}%" for a in accuracies] +
+             [f"acc @ {E} epochs", f"acc @ {_fmt_s(T)}", "best acc", "training time", "f / b iters per step"])
+    text = markdown_table(flat, cols, heads)
+    rows = _by_name(summary["rows"])
+    if "lmdeq" in rows and any(v in rows for v in variants):
+        base = rows["lmdeq"]["acc_equal_epochs"]
+        cost = []
+        for name in ("lmdeq",) + tuple(v for v in variants if v in rows):
+            r = rows[name]
+            acc = r["acc_equal_epochs"]
+            delta = "-" if acc is None or base is None or name == "lmdeq" else f"{100 * (base - acc):+.1f}"
+            cost.append({"label": r["label"], "acc": _fmt_acc(acc), "delta": delta, "train": _fmt_s(r["train_s"]),
+                         "bound": "-" if r["lipschitz_bound"] is None else f"{r['lipschitz_bound']:.3f}"})
+        text += ("\n\nWhat the certificate costs (same architecture and solver, another conv constraint; "
+                 f"accuracy after {E} epochs; a positive cost means the certified model is more accurate):\n\n"
+                 + markdown_table(cost, ["label", "acc", "delta", "train", "bound"],
+                                  ["method", f"acc @ {E} epochs", "(c) minus it, points", "training time",
+                                   "certified L (eval)"]))
+    text += "\n\nTargets:\n\n" + "\n".join(f"- **{v['verdict']}**: {v['target']} ({v['detail']})" for v in verdicts)
+    return text
+
+
+def plot_curves(path: str, methods: Sequence[Dict], accuracies: Sequence[float], title: str) -> str:
+    """Validation accuracy vs training seconds (log x) and vs epochs, one line per method, the target
+    accuracies as dashed lines. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for m in methods:
+        pts = [p for p in m["points"] if p["train_s"] > 0]
+        if not pts:
+            continue
+        ax_t.plot([p["train_s"] for p in pts], [p["val_acc"] for p in pts], marker=".", label=m["label"])
+        ax_e.plot([p["epoch"] for p in pts], [p["val_acc"] for p in pts], marker=".", label=m["label"])
+    for ax in (ax_t, ax_e):
+        for a in accuracies:
+            ax.axhline(a, color="grey", linestyle="--", linewidth=0.7)
+        ax.set_ylabel("validation accuracy")
+        ax.grid(True, alpha=0.3)
+    ax_t.set_xscale("log")
+    ax_t.set_xlabel("training wall-clock (s, evaluation excluded)")
+    ax_e.set_xlabel("epochs")
+    ax_t.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,35 @@
+"""deq_solve(b_x0='zeros'): the adjoint solve started at 0, as the original MDEQ's and the Lipschitz-MDEQ
+authors' released backward hooks start it, gives the implicit gradient of b_x0='v' (to the solve's
+tolerance) and costs the released solver one more f-evaluation's worth of progress."""
+import pytest
+import torch
+
+from lmdeq import deq_solve
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(0.4 * torch.randn(6, 6, generator=g, dtype=torch.float64) / 6 ** 0.5)
+    x = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    return w, (lambda z: torch.tanh(z @ w.T + x))
+
+
+@pytest.mark.parametrize("b_solver", ["fixed_point", "authors_anderson"])
+def test_zero_start_gives_the_implicit_gradient(b_solver):
+    grads, evals = {}, {}
+    for start in ("v", "zeros"):
+        w, f = _problem()
+        seen = []
+        z, _ = deq_solve(f, torch.zeros(3, 6, dtype=torch.float64), solver="fixed_point", max_iter=200, tol=1e-12,
+                         b_solver=b_solver, b_max_iter=200, b_tol=1e-11, b_stop_mode="rel", b_x0=start,
+                         on_backward=seen.append)
+        (z ** 2).sum().backward()
+        grads[start], evals[start] = w.grad.clone(), seen[0]["f_evals"]
+    assert torch.allclose(grads["zeros"], grads["v"], rtol=1e-8, atol=1e-12)
+    assert evals["zeros"] >= evals["v"]
+
+
+def test_bad_b_x0():
+    w, f = _problem()
+    with pytest.raises(ValueError, match="b_x0 must be"):
+        deq_solve(f, torch.zeros(3, 6, dtype=torch.float64), b_x0="ones")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import ConfigError, DataError
 from .config import TrainConfig
 from .images import LabelledImages
 from .sources import load_source
@@ -34,14 +35,14 @@ def _limit(data: LabelledImages, n: int | None, seed: int, tag: str) -> Labelled
 
 
 def prepare_splits(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None, workers: int = 0,
-                   progress: bool = False) -> Splits:
+                   progress: bool = False, strict: bool = False) -> Splits:
     if cfg.data is None:
-        raise ValueError("data: no training data given (an ImageFolder directory, a .tar.gz of one, "
+        raise ConfigError("data: no training data given (an ImageFolder directory, a .tar.gz of one, "
                          "'cifar10' or 'torchvision:<root>')")
-    source = load_source(cfg.data, cache_dir, workers, progress)
+    source = load_source(cfg.data, cache_dir, workers, progress, strict)
     train, val, val_name = source.train, None, None
     if cfg.val_data is not None:
-        other = load_source(cfg.val_data, cache_dir, workers, progress)
+        other = load_source(cfg.val_data, cache_dir, workers, progress, strict)
         val, val_name = (other.test if other.test is not None else other.train), "val-data"
     elif source.test is not None:
         val, val_name = source.test, "test"
@@ -49,7 +50,7 @@ def prepare_splits(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None,
         train_idx, val_idx = stratified_holdout(train.labels, len(train.classes), cfg.val_fraction, cfg.seed)
         train, val, val_name = train.subset(train_idx), train.subset(val_idx), "holdout"
     if val is not None and val.classes != train.classes:
-        raise ValueError(f"val_data: classes {val.classes} differ from the training classes {train.classes}")
+        raise DataError(f"val_data: classes {val.classes} differ from the training classes {train.classes}")
     train = _limit(train, cfg.limit_train, cfg.seed, "train")
     if val is not None:
         val = _limit(val, cfg.limit_val, cfg.seed, "val")

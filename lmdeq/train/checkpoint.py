@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle that weights_only refuses: all unreadable
-        raise CheckpointError(f"checkpoint: {path} is not a readable lmdeq checkpoint "
-                              f"({type(err).__name__}: {_first_line(err)})") from err
+        raise CheckpointError(
+            f"checkpoint: {path} is not a readable lmdeq checkpoint ({load_failure_reason(err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint: {path} is not an lmdeq training checkpoint")
     version = ckpt.get("version")
@@ -130,6 +131,19 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
     return ckpt
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
+def load_failure_reason(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises unsafe loading)."""
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return (f"it pickles Python objects ({found[1]}) besides tensors and plain data; lmdeq never loads those, "
+                "unpickling them can run arbitrary code")
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return f"not a torch file: {found[1].strip()}"
+    if isinstance(err, EOFError):
+        return "empty or truncated file"
+    if "PytorchStreamReader" in text:
+        return "truncated or corrupt (" + text.split(":", 1)[-1].split(".")[0].strip() + ")"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first[:160]}"

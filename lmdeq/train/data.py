@@ -35,12 +35,18 @@ def _limit(data: LabelledImages, n: int | None, seed: int, tag: str) -> Labelled
 
 
 def prepare_splits(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None, workers: int = 0,
-                   progress: bool = False, strict: bool = False) -> Splits:
+                   progress: bool = False, strict: bool = False, min_classes: int = 1) -> Splits:
+    """The run's train / validation images (see the module docstring); DataError if the training data has
+    fewer than ``min_classes`` classes (a classifier needs 2)."""
     if cfg.data is None:
         raise ConfigError("data: no training data given (an ImageFolder directory, a .tar.gz of one, "
                          "'cifar10' or 'torchvision:<root>')")
     source = load_source(cfg.data, cache_dir, workers, progress, strict)
     train, val, val_name = source.train, None, None
+    if len(train.classes) < min_classes:
+        raise DataError(f"data: {cfg.data} has {len(train.classes)} class ({', '.join(map(repr, train.classes))}); a "
+                        f"classifier needs an ImageFolder with one subdirectory per class, at least {min_classes} "
+                        "(e.g. train/<class>/*.png for CIFAR-10's 10 classes)")
     if cfg.val_data is not None:
         other = load_source(cfg.val_data, cache_dir, workers, progress, strict)
         val, val_name = (other.test if other.test is not None else other.train), "val-data"

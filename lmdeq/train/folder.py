@@ -24,7 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from ..errors import DataError, DataNotFoundError
 from .atomic import atomic_write_bytes, remove_stale_temporaries
-from .checkpoint import checkpoint_bytes
+from .checkpoint import checkpoint_bytes, load_failure_reason
 from .images import LabelledImages
 
 SPLIT_TEST_NAMES = ("test", "val")
@@ -154,8 +154,8 @@ def _load_cache(cache_file: Path):
         images, labels = blob["images"], blob["labels"]
         result = (LabelledImages(images, labels, tuple(blob["classes"])), [tuple(s) for s in blob.get("skipped", [])])
     except Exception as err:  # torn, altered or foreign file: it is only a cache
-        log.warning("data: the decoded cache %s does not load (%s: %s); rebuilding it", cache_file,
-                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        log.warning("data: the decoded cache %s does not load (%s); rebuilding it", cache_file,
+                    load_failure_reason(err))
         cache_file.unlink(missing_ok=True)
         return None
     return result

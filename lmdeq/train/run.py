@@ -83,11 +83,9 @@ def resume_path(resume: str | os.PathLike) -> Path:
 
 
 def check_classes(data: LabelledImages, source: str | None, model: torch.nn.Module) -> None:
-    n = len(data.classes)
-    if n < 2:
-        raise DataError(f"data: {source} has one class ({data.classes[0]!r}); a classifier needs an ImageFolder with "
-                        "one subdirectory per class, at least 2 (for CIFAR-10: train/<class>/*.png for 10 classes)")
+    """ConfigError when the model's head (config ``num_classes``) does not match the data's classes."""
     head = (model_config(model) or {}).get("num_classes")
+    n = len(data.classes)
     if head is not None and head != n:
         raise ConfigError(f"data: {source} has {n} classes but the model has num_classes={head}; "
                           f"pass --set num_classes={n}")
@@ -133,7 +131,7 @@ def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", worke
     run_lock = locked(out_dir) if out_dir is not None else contextlib.nullcontext()
     with run_lock:
         forking = out_dir is not None and check_run_dir(out_dir, resume)
-        splits = prepare_splits(cfg, cache_dir, workers, progress, strict)
+        splits = prepare_splits(cfg, cache_dir, workers, progress, strict, min_classes=2)
         print_fn(f"data: {splits.describe()}")
         check_classes(splits.train, cfg.data, model)
         trainer = Trainer(model, cfg, splits.train, splits.val, dev, workers=workers, out_dir=out_dir,
@@ -141,7 +139,8 @@ def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", worke
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
             if forking:
-                fork(out_dir, ckpt, resume)
+                trainer.forked_from = str(resume)
+                fork(out_dir, trainer.state_dict(), resume)
             extended = f", extended to {cfg.epochs} epochs" if cfg.lr_restarts != ckpt["train_config"].get(
                 "lr_restarts", []) else ""
             print_fn(f"resumed from {resume} after epoch {trainer.epoch} (step {trainer.step}){extended}")

@@ -35,10 +35,9 @@ from .faults import fault_point
 from .metrics import jsonl_text, write_jsonl
 
 LAST, BEST_FILE, METRICS, LOCK = "last.pt", "best.pt", "metrics.jsonl", ".lock"
-_HEADER = ("format", "version", "kind")
 
 log = logging.getLogger("lmdeq.train")
-_held: dict[str, list] = {}  # realpath -> [fd, depth]
+_held: dict[str, list] = {}  # realpath -> [fd, depth, pid] (a forked child does not inherit the holding)
 
 
 def _read_holder(fd: int) -> str:
@@ -100,7 +99,7 @@ def locked(run_dir: str | os.PathLike):
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"out: {run_dir} is a file, not a directory; choose another --out")
     key = os.path.realpath(run_dir)
-    if key in _held:
+    if key in _held and _held[key][2] == os.getpid():
         _held[key][1] += 1
         try:
             yield run_dir
@@ -121,7 +120,7 @@ def locked(run_dir: str | os.PathLike):
         log.info("out: took over the lock of %s, left by process %s which is no longer running", run_dir, previous)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held[key] = [fd, 1]
+    _held[key] = [fd, 1, os.getpid()]
     try:
         yield run_dir
     finally:
@@ -171,21 +170,28 @@ def _best_is_current(path: Path, state: dict) -> bool:
             and best.get("epoch") == state["best_epoch"] and best.get("record") == state["history"][state["best_epoch"] - 1])
 
 
-def reconcile(run_dir: str | os.PathLike, state: dict) -> list[str]:
-    """Make the derived files of ``run_dir`` agree with ``state`` (its ``last.pt``); returns what was
-    repaired. Call it holding the directory's lock."""
-    run_dir = Path(run_dir)
-    repaired = [f"removed {p.name}" for p in remove_stale_temporaries(run_dir, all_owners=True)]
+def _sync_derived(run_dir: Path, state: dict) -> list[str]:
+    """Rewrite the derived files that do not agree with ``state``; what was rewritten."""
+    done = []
     metrics = run_dir / METRICS
     if state["history"]:
         want = jsonl_text(state["history"])
         have = metrics.read_text(encoding="utf-8", errors="replace") if metrics.is_file() else None
         if have != want:
             write_jsonl(metrics, state["history"])
-            repaired.append(f"rewrote {METRICS} (epochs 1-{len(state['history'])})")
+            done.append(f"rewrote {METRICS} (epochs 1-{len(state['history'])})")
     if state["best_epoch"] is not None and not _best_is_current(run_dir / BEST_FILE, state):
         save_checkpoint(run_dir / BEST_FILE, best_payload(state), BEST)
-        repaired.append(f"rewrote {BEST_FILE} (epoch {state['best_epoch']})")
+        done.append(f"rewrote {BEST_FILE} (epoch {state['best_epoch']})")
+    return done
+
+
+def reconcile(run_dir: str | os.PathLike, state: dict) -> list[str]:
+    """Make the derived files of ``run_dir`` agree with ``state`` (its ``last.pt``) and delete temporary
+    files of killed writers; returns what was repaired. Call it holding the directory's lock."""
+    run_dir = Path(run_dir)
+    repaired = [f"removed {p.name}" for p in remove_stale_temporaries(run_dir, all_owners=True)]
+    repaired += _sync_derived(run_dir, state)
     if repaired:
         log.warning("out: repaired %s from its %s after an interrupted run: %s", run_dir, LAST, "; ".join(repaired))
     return repaired
@@ -213,9 +219,63 @@ def check_run_dir(run_dir: str | os.PathLike, resume: str | os.PathLike | None =
     return resume is not None
 
 
-def fork(run_dir: str | os.PathLike, ckpt: dict, source: str | os.PathLike) -> None:
-    """Commit the run state ``ckpt`` (loaded from ``source``) as the ``last.pt`` of the new ``run_dir``."""
-    state = {k: v for k, v in ckpt.items() if k not in _HEADER}
-    state["forked_from"] = str(source)
-    save_checkpoint(Path(run_dir) / LAST, state, RUN)
-    log.info("out: continuing %s (epoch %s) in the new run directory %s", source, ckpt["epoch"], run_dir)
+def fork(run_dir: str | os.PathLike, state: dict, source: str | os.PathLike) -> None:
+    """Commit the run state ``state`` (resumed from ``source``) as the ``last.pt`` of the new ``run_dir``,
+    with its derived files."""
+    run_dir = Path(run_dir)
+    save_checkpoint(run_dir / LAST, state, RUN)
+    _sync_derived(run_dir, state)
+    log.info("out: continuing %s (epoch %s) in the new run directory %s", source, state["epoch"], run_dir)
+
+
+# -- comparing two runs ----------------------------------------------------------------------------------------
+TIMING_KEYS = frozenset({"train_time_s", "val_time_s", "images_per_s"})
+
+
+def _differs(a, b) -> bool:
+    import torch
+
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return not (torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() != b.keys() or any(_differs(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    return a != b
+
+
+def _untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> list[str]:
+    """How the run directory ``other`` differs from ``reference`` (empty: the same run, bit for bit, up to
+    wall-clock timings): file names, every tensor and number of last.pt and best.pt, metrics.jsonl. Used to
+    check that a killed and resumed run ended exactly like an uninterrupted one."""
+    from .metrics import read_jsonl
+
+    ref, got = Path(reference), Path(other)
+    names = sorted(p.name for p in ref.iterdir()), sorted(p.name for p in got.iterdir())
+    if names[0] != names[1]:
+        return [f"files {names[1]} instead of {names[0]}"]
+    problems = []
+    for name in (LAST, BEST_FILE):
+        if not (ref / name).exists():
+            continue
+        a, b = load_checkpoint(ref / name), load_checkpoint(got / name)
+        for key in sorted(set(a) | set(b)):
+            va, vb = a.get(key), b.get(key)
+            if key in ("run_id", "forked_from"):
+                continue
+            if key == "history":
+                va, vb = _untimed(va), _untimed(vb)
+            if key == "record":
+                va, vb = _untimed([va])[0], _untimed([vb])[0]
+            if _differs(va, vb):
+                problems.append(f"{name}: {key} differs")
+    if (ref / METRICS).exists():
+        if _untimed(read_jsonl(ref / METRICS)) != _untimed(read_jsonl(got / METRICS)):
+            problems.append(f"{METRICS} differs")
+        if read_jsonl(got / METRICS) != load_checkpoint(got / LAST)["history"]:
+            problems.append(f"{METRICS} is not the history its {LAST} committed")
+    return problems

@@ -78,6 +78,7 @@ class Trainer:
         self.best_epoch: int | None = None
         self._best_weights: dict | None = None  # CPU copy of the best epoch's model state
         self.run_id = uuid.uuid4().hex
+        self.forked_from: str | None = None  # the checkpoint a forked run continued, in another directory
         self.bound = certified_bound(model, training=True)  # of the map solved in training (progress bar)
         self.bound_eval = certified_bound(model, training=False)  # of the map solved at inference
 
@@ -101,6 +102,7 @@ class Trainer:
             "train_size": len(self.train_data),
             "classes": list(self.train_data.classes),
             "run_id": self.run_id,
+            "forked_from": self.forked_from,
             "history": [dict(r) for r in self.history],
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
@@ -138,6 +140,7 @@ class Trainer:
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.history = [dict(r) for r in ckpt["history"]]
         self.run_id = ckpt["run_id"]
+        self.forked_from = ckpt.get("forked_from")
         self.best_val_acc, self.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
         best = ckpt["best_model_state"]
         if self.best_epoch is not None:
@@ -178,8 +181,7 @@ class Trainer:
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise NonFiniteError(f"training diverged: the loss is {loss_value} at epoch {epoch}, step "
-                                         f"{self.step + 1}; the run directory's last.pt holds the last finite state "
-                                         "(try a lower --lr or --grad-clip)")
+                                         f"{self.step + 1}; {self._kept()} (try a lower --lr or --grad-clip)")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.cfg.grad_clip > 0:
@@ -251,8 +253,16 @@ class Trainer:
     def _check_weights_finite(self) -> None:
         bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
-            raise NonFiniteError(f"training diverged: weights became NaN/Inf during epoch {self.epoch} (e.g. {bad[:3]}); "
-                                 "last.pt keeps the previous epoch (try a lower --lr or --grad-clip)")
+            self.epoch -= 1  # not completed: it is not committed
+            raise NonFiniteError(f"training diverged: weights became NaN/Inf during epoch {self.epoch + 1} (e.g. "
+                                 f"{bad[:3]}); {self._kept()} (try a lower --lr or --grad-clip)")
+
+    def _kept(self) -> str:
+        if self.out_dir is None:
+            return "nothing was saved (no run directory)"
+        if self.epoch == 0:
+            return "no epoch was committed"
+        return f"{self.out_dir / LAST} keeps the state after epoch {self.epoch}"
 
     def fit(self) -> dict:
         """Train from the current epoch to ``cfg.epochs``; returns a summary of the run."""

@@ -2,8 +2,8 @@
 
 A documented error (:class:`lmdeq.errors.LmdeqError`: a bad argument, file, data set, checkpoint or run
 directory) is printed as one line, ``lmdeq <command>: error: ...``, with exit status 2; warnings of the
-library (skipped images, unconverged solves, a repaired run directory) as ``lmdeq <command>: warning: ...``.
-Any other exception is a bug and keeps its traceback.
+library (skipped images, unconverged solves, a repaired run directory) as ``lmdeq <command>: warning: ...``;
+Ctrl-C as one line with exit status 130. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ def run_command(args: argparse.Namespace, prog: str) -> int:
     except LmdeqError as err:
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
     return int(rc or 0)
 
 

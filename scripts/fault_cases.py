@@ -1,18 +1,18 @@
 """The cases of the fault table (scripts/fault_table.py): bad inputs and faults against ``lmdeq train``,
 ``lmdeq eval``, ``lmdeq bench`` and the library, and the small files they need.
 
-A case runs a command line (``argv``, where ``{w}`` is the work directory) or a library call (``call(w)``) and says what a demanding user
-should see: ``expect='error'`` (a non-zero exit and a one-line error containing ``needle``), ``'warn'``
-(exit 0 and a warning containing ``needle``) or ``'ok'``. ``fault`` kills the command at that named
-instant (LMDEQ_FAULT_AT) and then resumes the run, which must end exactly like an uninterrupted one.
-``check(w)`` looks for damage beyond the exit status: files written outside the cache, a pickle payload
-that ran, leftovers, a rewound run (it returns (outcome, problem), or None). ``needs`` names the fixtures the case uses.
+A case runs a command line (``argv``, where ``{w}`` is the work directory) or a library call
+(``call(w)``) and says what a demanding user should see: ``expect='error'`` (a non-zero exit and a one-line
+error containing ``needle``), ``'warn'`` (exit 0 and a warning containing ``needle``) or ``'ok'``.
+``fault`` kills the command at that named instant (LMDEQ_FAULT_AT) and then resumes the run, which must end
+exactly like an uninterrupted one. ``check(w)`` looks for damage beyond the exit status: files written outside
+the cache, a pickle payload that ran, leftovers, a rewound run (it returns (outcome, problem), or None).
+``needs`` names the fixtures the case uses.
 """
 from __future__ import annotations
 
 import io
 import os
-import pickle
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -353,7 +353,8 @@ def cases() -> list[Case]:
                                 ("--batch-size", "0", "positive integer"), ("--workers", "-1", "non-negative"),
                                 ("--lr", "fast", "invalid float"), ("--lr", "nan", "lr=nan is out of range"),
                                 ("--lr", "-1", "lr=-1.0 is out of range"), ("--min-lr", "1", "exceeds lr"),
-                                ("--val-fraction", "1.5", "val_fraction=1.5"), ("--val-fraction", "-0.1", "val_fraction"),
+                                ("--val-fraction", "1.5", "val_fraction=1.5"),
+                                ("--val-fraction", "-0.1", "val_fraction"),
                                 ("--val-fraction", "0.001", "leaves an empty validation split"),
                                 ("--limit-train", "0", "positive integer"), ("--seed", "-1", "non-negative"),
                                 ("--bound-every", "0", "positive integer"), ("--grad-clip", "-1", "grad_clip"),

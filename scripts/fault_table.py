@@ -3,8 +3,8 @@
 
     python scripts/fault_table.py [--only SUBSTRING] [--workdir DIR] [--json PATH] [-v]
 
-Each case runs the command line (or a library call) in a forked child (its own environment, stdout and stderr captured; a
-kill at a fault point stays in the child) and is classified as one of:
+Each case runs the command line (or a library call) in a forked child (its own environment, stdout and
+stderr captured; a kill at a fault point stays in the child) and is classified as one of:
 
 * ``clear``: the expected one-line error (exit status != 0) or warning (exit 0) naming the argument or
   file (it contains the case's needle);

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .faults import fault_point
 
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+_TMP = re.compile(r"^\.(?P<name>.+?)\.(?P<pid>\d+)(\.[0-9a-f]{8})?\.tmp$")  # (older lmdeq: no random part)
 
 
 def temporary_name(path: Path) -> Path:

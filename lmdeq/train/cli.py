@@ -165,9 +165,15 @@ def handle_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, saved)
     out = args.out or (str(resume.parent) if resume is not None else
                        f"runs/{cfg.preset}-{'lipschitz' if cfg.lipschitz else 'original'}-seed{cfg.seed}")
-    summary = run_training(cfg, device=args.device, workers=args.workers, out_dir=out, resume=resume,
-                           cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every,
-                           strict=args.strict)
+    try:
+        summary = run_training(cfg, device=args.device, workers=args.workers, out_dir=out, resume=resume,
+                               cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every,
+                               strict=args.strict)
+    except KeyboardInterrupt:
+        kept = (f"{Path(out) / LAST} holds the last completed epoch; continue with: lmdeq train --resume --out {out}"
+                if (Path(out) / LAST).exists() else "no epoch was completed")
+        print(f"lmdeq train: interrupted; {kept}", file=sys.stderr, flush=True)
+        return 130
     print(summary_line(summary, out))
     return 0
 

@@ -71,7 +71,8 @@ def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
     old = TrainConfig.from_dict(saved)
     if cfg.epochs < old.epochs:
         raise ConfigError(f"epochs={cfg.epochs} is fewer than the {old.epochs} the checkpoint's run planned; its lr "
-                          "schedule cannot be shortened (leave --epochs out to finish the run, or give more to extend it)")
+                          "schedule cannot be shortened (leave --epochs out to finish the run, or give more to "
+                          "extend it)")
     restarts = old.lr_restarts + ([old.epochs] if cfg.epochs > old.epochs else [])
     return cfg.replace(lr_restarts=restarts)
 

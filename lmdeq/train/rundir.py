@@ -72,7 +72,8 @@ def _open_locked(path: Path, run_dir: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise RunDirectoryError(f"out: cannot write to the run directory {run_dir} ({err.strerror or err})") from err
+            raise RunDirectoryError(f"out: cannot write to the run directory {run_dir} "
+                                    f"({err.strerror or err})") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -147,7 +148,18 @@ def best_payload(state: dict) -> dict:
     return {"model_state": weights, "model_config": state["model_config"], "train_config": state["train_config"],
             "epoch": b, "step": record["step"], "run_id": state["run_id"], "classes": state["classes"],
             "record": record, "best_val_acc": state["best_val_acc"], "best_epoch": b,
-            "lipschitz_bound": record.get("lipschitz_bound"), "lipschitz_bound_eval": record.get("lipschitz_bound_eval")}
+            "lipschitz_bound": record.get("lipschitz_bound"),
+            "lipschitz_bound_eval": record.get("lipschitz_bound_eval")}
+
+
+@contextlib.contextmanager
+def _writing(run_dir: Path):
+    """A failed write (disk full, permissions) as a RunDirectoryError; the files it replaces are intact."""
+    try:
+        yield
+    except OSError as err:
+        raise RunDirectoryError(f"out: cannot write into {run_dir} ({err.strerror or err}); the files already there "
+                                "are intact: free space (or fix permissions) and resume the run") from err
 
 
 def commit_epoch(run_dir: str | os.PathLike, state: dict) -> None:
@@ -155,10 +167,11 @@ def commit_epoch(run_dir: str | os.PathLike, state: dict) -> None:
     best) and ``metrics.jsonl``."""
     run_dir = Path(run_dir)
     fault_point("epoch-end")
-    save_checkpoint(run_dir / LAST, state, RUN)
-    if state["best_epoch"] is not None and state["best_epoch"] == state["epoch"]:
-        save_checkpoint(run_dir / BEST_FILE, best_payload(state), BEST)
-    write_jsonl(run_dir / METRICS, state["history"])
+    with _writing(run_dir):
+        save_checkpoint(run_dir / LAST, state, RUN)
+        if state["best_epoch"] is not None and state["best_epoch"] == state["epoch"]:
+            save_checkpoint(run_dir / BEST_FILE, best_payload(state), BEST)
+        write_jsonl(run_dir / METRICS, state["history"])
 
 
 def _best_is_current(path: Path, state: dict) -> bool:
@@ -166,8 +179,9 @@ def _best_is_current(path: Path, state: dict) -> bool:
         best = load_checkpoint(path)
     except CheckpointError:
         return False
-    return (best.get("kind") == BEST and best.get("run_id") == state["run_id"]
-            and best.get("epoch") == state["best_epoch"] and best.get("record") == state["history"][state["best_epoch"] - 1])
+    b = state["best_epoch"]
+    return (best.get("kind") == BEST and best.get("run_id") == state["run_id"] and best.get("epoch") == b
+            and best.get("record") == state["history"][b - 1])
 
 
 def _sync_derived(run_dir: Path, state: dict) -> list[str]:
@@ -190,8 +204,9 @@ def reconcile(run_dir: str | os.PathLike, state: dict) -> list[str]:
     """Make the derived files of ``run_dir`` agree with ``state`` (its ``last.pt``) and delete temporary
     files of killed writers; returns what was repaired. Call it holding the directory's lock."""
     run_dir = Path(run_dir)
-    repaired = [f"removed {p.name}" for p in remove_stale_temporaries(run_dir, all_owners=True)]
-    repaired += _sync_derived(run_dir, state)
+    with _writing(run_dir):
+        repaired = [f"removed {p.name}" for p in remove_stale_temporaries(run_dir, all_owners=True)]
+        repaired += _sync_derived(run_dir, state)
     if repaired:
         log.warning("out: repaired %s from its %s after an interrupted run: %s", run_dir, LAST, "; ".join(repaired))
     return repaired
@@ -223,8 +238,9 @@ def fork(run_dir: str | os.PathLike, state: dict, source: str | os.PathLike) -> 
     """Commit the run state ``state`` (resumed from ``source``) as the ``last.pt`` of the new ``run_dir``,
     with its derived files."""
     run_dir = Path(run_dir)
-    save_checkpoint(run_dir / LAST, state, RUN)
-    _sync_derived(run_dir, state)
+    with _writing(run_dir):
+        save_checkpoint(run_dir / LAST, state, RUN)
+        _sync_derived(run_dir, state)
     log.info("out: continuing %s (epoch %s) in the new run directory %s", source, state["epoch"], run_dir)
 
 

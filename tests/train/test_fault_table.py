@@ -38,7 +38,8 @@ def test_the_classification_catches_failures(table):
     import fault_cases
 
     error = fault_cases.Case("x", "c", [], expect="error", needle="--epochs")
-    assert table.classify(error, 1, "Traceback (most recent call last):\n  ...\nKeyError: 'x'\n", None)[0] == "traceback"
+    crash = "Traceback (most recent call last):\n  ...\nKeyError: 'x'\n"
+    assert table.classify(error, 1, crash, None)[0] == "traceback"
     assert table.classify(error, 0, "", None)[0] == "silent"
     assert table.classify(error, 2, "lmdeq train: error: something else\n", None)[0] == "other"
     assert table.classify(error, 2, "usage: ...\nlmdeq train: error: argument --epochs: bad\n", None)[0] == "clear"

@@ -10,15 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import shutil
+
 import pytest
 import torch
 from train_helpers import TinyDEQClassifier, run_in_fork, write_image_folder
 
 from lmdeq.train import TrainConfig, run_training
 from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.train.metrics import read_jsonl
+from lmdeq.train.metrics import read_jsonl, write_jsonl
+from lmdeq.train.rundir import compare_runs
 
-TIMING = {"train_time_s", "val_time_s", "images_per_s"}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,32 +39,10 @@ def _train_or_resume(cfg, out, cache):
     _train(cfg, out, cache, resume=out / "last.pt" if (out / "last.pt").exists() else None)
 
 
-def _strip(record):
-    return {k: v for k, v in record.items() if k not in TIMING}
-
-
-def _tensors_equal(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def assert_same_run(ref: Path, got: Path):
     """The run directories hold the same files, the same final state and the same best epoch."""
-    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in ref.iterdir()) == \
-        ["best.pt", "last.pt", "metrics.jsonl"]
-    a, b = load_checkpoint(ref / "last.pt"), load_checkpoint(got / "last.pt")
-    assert (a["epoch"], a["step"], a["best_epoch"], a["best_val_acc"]) == (b["epoch"], b["step"], b["best_epoch"],
-                                                                          b["best_val_acc"])
-    assert _tensors_equal(a["model_state"], b["model_state"])
-    assert _tensors_equal(a["best_model_state"], b["best_model_state"])
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert _tensors_equal(pa, pb)
-    assert a["scheduler"] == b["scheduler"] and torch.equal(a["rng"]["torch"], b["rng"]["torch"])
-    assert [_strip(r) for r in a["history"]] == [_strip(r) for r in b["history"]]
-    assert [_strip(r) for r in read_jsonl(got / "metrics.jsonl")] == [_strip(r) for r in a["history"]]
-    assert read_jsonl(got / "metrics.jsonl") == b["history"]  # the log is exactly the committed history
-    best_a, best_b = load_checkpoint(ref / "best.pt"), load_checkpoint(got / "best.pt")
-    assert best_a["epoch"] == best_b["epoch"] == a["best_epoch"]
-    assert _tensors_equal(best_a["model_state"], best_b["model_state"])
+    assert sorted(p.name for p in got.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert compare_runs(ref, got) == []
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +93,42 @@ def test_killed_twice_also_resumes_exactly(reference):
 
 
 @pytest.mark.slow
+def test_compare_runs_sees_every_difference(reference, tmp_path):
+    """The comparison the tests above rely on is not vacuous."""
+    root, _ = reference
+    ref = root / "ref"
+
+    def altered(change):
+        copy = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(ref, copy)
+        change(copy)
+        return compare_runs(ref, copy)
+
+    def weight(copy):
+        ckpt = torch.load(copy / "last.pt", weights_only=True)
+        name = next(iter(ckpt["model_state"]))
+        ckpt["model_state"][name] = ckpt["model_state"][name] + 1e-7
+        torch.save(ckpt, copy / "last.pt")
+
+    def best_epoch(copy):
+        ckpt = torch.load(copy / "best.pt", weights_only=True)
+        torch.save({**ckpt, "epoch": 1}, copy / "best.pt")
+
+    def log_line(copy):
+        records = read_jsonl(copy / "metrics.jsonl")
+        write_jsonl(copy / "metrics.jsonl", records[:-1] + [{**records[-1], "val_acc": 0.123}])
+
+    def timing_only(copy):
+        records = read_jsonl(copy / "metrics.jsonl")
+        write_jsonl(copy / "metrics.jsonl", [{**r, "train_time_s": 99.0} for r in records])
+
+    assert altered(weight) == ["last.pt: model_state differs"]
+    assert altered(best_epoch) == ["best.pt: epoch differs"]
+    assert altered(log_line) == ["metrics.jsonl differs", "metrics.jsonl is not the history its last.pt committed"]
+    assert altered(lambda c: (c / "best.pt").unlink())[0].startswith("files")
+    assert altered(timing_only) == ["metrics.jsonl is not the history its last.pt committed"]
+
+
 def test_the_issue_reproduction_through_the_command_line(tmp_path):
     """`lmdeq train` (a real process, the real MDEQ) killed just after the first last.pt, then resumed:
     metrics.jsonl holds epochs [1, 2, 3] and best.pt exists (it held [2, 3] and no best.pt before)."""

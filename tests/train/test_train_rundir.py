@@ -7,16 +7,14 @@ import signal
 
 import pytest
 import torch
-from train_helpers import TinyDEQClassifier, run_in_fork, write_image_folder
+from train_helpers import TinyDEQClassifier, run_in_fork
 
 from lmdeq.errors import CheckpointError, ConfigError, RunDirectoryError, RunLockedError
 from lmdeq.train import TrainConfig, run_training
 from lmdeq.train.checkpoint import load_checkpoint
 from lmdeq.train.cli import main
 from lmdeq.train.metrics import read_jsonl
-from lmdeq.train.rundir import LOCK, locked
-
-TIMING = {"train_time_s", "val_time_s", "images_per_s"}
+from lmdeq.train.rundir import LOCK, compare_runs, locked
 
 
 def _cfg(data, **kw):
@@ -35,10 +33,6 @@ def _snapshot(run_dir):
 def _same_weights(a, b):
     sa, sb = load_checkpoint(a)["model_state"], load_checkpoint(b)["model_state"]
     return all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-class _StopAfter(Exception):
-    pass
 
 
 @pytest.fixture
@@ -79,9 +73,7 @@ def test_an_older_state_forks_into_a_new_directory(finished_run, tmp_path):
     assert _snapshot(out) == before  # the original run is untouched
     fork = tmp_path / "fork"
     assert sorted(p.name for p in fork.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
-    assert _same_weights(out / "last.pt", fork / "last.pt")  # deterministic: the fork redoes epochs 2-3 alike
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
-    assert strip(read_jsonl(fork / "metrics.jsonl")) == strip(read_jsonl(out / "metrics.jsonl"))
+    assert compare_runs(out, fork) == []  # deterministic: the fork redoes epochs 2-3 exactly alike
     assert load_checkpoint(fork / "last.pt")["forked_from"] == str(epoch1)
 
 
@@ -168,7 +160,7 @@ def test_extending_a_finished_run_restarts_the_cosine(image_folder, tmp_path):
     """--epochs 1, then --resume with --epochs 3: the added epochs run a new cosine cycle; the result
     equals a run planned with lr_restarts=[1] (and a run killed at epoch 1 of it resumes to the same)."""
     data = image_folder.parent
-    _train(_cfg(data, ).replace(epochs=1), tmp_path / "ext")
+    _train(_cfg(data).replace(epochs=1), tmp_path / "ext")
     ckpt = load_checkpoint(tmp_path / "ext" / "last.pt")
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-6)  # the first cycle ended at min_lr
     summary = _train(_cfg(data), tmp_path / "ext", resume=tmp_path / "ext" / "last.pt")
@@ -181,3 +173,25 @@ def test_extending_a_finished_run_restarts_the_cosine(image_folder, tmp_path):
     assert load_checkpoint(tmp_path / "ext" / "last.pt")["train_config"]["lr_restarts"] == [1]
     with pytest.raises(ConfigError, match="epochs=2 is fewer than the 3"):
         _train(_cfg(data).replace(epochs=2), tmp_path / "ext", resume=tmp_path / "ext" / "last.pt")
+
+
+def test_a_full_disk_at_the_commit_is_a_clear_error_and_keeps_the_previous_epoch(image_folder, tmp_path,
+                                                                                  monkeypatch):
+    import errno
+
+    from lmdeq.train import rundir
+
+    real = rundir.save_checkpoint
+
+    def full_at_epoch_2(path, payload, kind):
+        if payload.get("epoch") == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, payload, kind)
+
+    monkeypatch.setattr(rundir, "save_checkpoint", full_at_epoch_2)
+    with pytest.raises(RunDirectoryError, match="No space left on device.*are intact.*resume the run"):
+        _train(_cfg(image_folder.parent), tmp_path / "run")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    _train(_cfg(image_folder.parent), tmp_path / "run", resume=tmp_path / "run" / "last.pt")
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]

@@ -142,3 +142,18 @@ def test_hooks_work_with_any_classifier(tiny_model_cls):
     model(torch.zeros(2, 3, 32, 32))
     stats = solver_stats(model)
     assert stats["f_nstep"] == 6 and "b_nstep" not in stats
+
+
+def test_format_1_checkpoints_are_read_but_not_resumed(tmp_path):
+    """Checkpoints of an older lmdeq (no run history) still evaluate and benchmark; resuming says why not."""
+    from lmdeq.train.checkpoint import RUN
+
+    old = {"format": "lmdeq-train-checkpoint", "version": 1, "model_state": {"w": torch.zeros(2)},
+           "model_config": {}, "train_config": {}, "epoch": 3}
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["epoch"] == 3
+    with pytest.raises(CheckpointError, match="older lmdeq \\(format 1\\) without the run history"):
+        load_checkpoint(tmp_path / "old.pt", kind=RUN)
+    torch.save({**old, "version": 7}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version 7"):
+        load_checkpoint(tmp_path / "future.pt")

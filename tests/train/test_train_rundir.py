@@ -102,7 +102,8 @@ def test_a_second_run_into_a_locked_directory_fails_naming_the_holder(image_fold
         with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
             _train(_cfg(image_folder.parent), tmp_path / "run")
         rc = main(["train", "--data", str(image_folder.parent), "--out", str(tmp_path / "run"), "--no-progress",
-                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+                   "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--set", "channels=[8,8]",
+                   "--set", "head_channels=[4,8]", "--set", "final_channels=32", "--set", "num_groups=4"])
         err = capsys.readouterr().err
         assert rc == 2 and f"in use by process {holder.pid}" in err and "Traceback" not in err
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK]  # nothing written by the refused run

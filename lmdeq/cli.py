@@ -1,8 +1,17 @@
-"""The ``lmdeq`` command line: ``lmdeq info | bench | train | eval``."""
+"""The ``lmdeq`` command line: ``lmdeq info | bench | train | eval``.
+
+A documented error (:class:`lmdeq.errors.LmdeqError`: a bad argument, file, data set, checkpoint or run
+directory) is printed as one line, ``lmdeq <command>: error: ...``, with exit status 2; warnings of the
+library (skipped images, unconverged solves, a repaired run directory) as ``lmdeq <command>: warning: ...``;
+Ctrl-C as one line with exit status 130. Any other exception is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from .errors import LmdeqError
 
 
 def _info(args):
@@ -15,6 +24,41 @@ def _bench(args):
     from .bench import cli as bench_cli
 
     return bench_cli.run(args)
+
+
+class _StderrHandler(logging.Handler):
+    """Prints lmdeq's log records to the current ``sys.stderr`` as ``<prog>: [warning: ]message``."""
+
+    prog = "lmdeq"
+
+    def emit(self, record):
+        kind = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        print(f"{self.prog}: {kind}{record.getMessage()}", file=sys.stderr, flush=True)
+
+
+_handler = _StderrHandler()
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+
+
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """Run ``args.handler(args)``: an LmdeqError becomes one line on stderr and exit status 2."""
+    _handler.prog = prog
+    logger = logging.getLogger("lmdeq")
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
+    try:
+        rc = args.handler(args)
+    except LmdeqError as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return int(rc or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +93,7 @@ def main(argv=None) -> int:
 
     configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
     args = build_parser().parse_args(argv)
-    rc = args.handler(args)
-    return int(rc or 0)
+    return run_command(args, f"lmdeq {args.command}")
 
 
 if __name__ == "__main__":

@@ -177,13 +177,14 @@ def _write(path: str, result: Dict) -> None:
 
 
 def _save_run(directory: str, run, cfg) -> None:
-    from ..train.checkpoint import save_checkpoint
+    from ..train.checkpoint import BEST, save_checkpoint
     from ..train.export import model_checkpoint
 
     os.makedirs(directory, exist_ok=True)
     final = run.points[-1]["val_acc"] if run.points else None
     save_checkpoint(os.path.join(directory, "last.pt"),
-                    model_checkpoint(run.model, cfg, epoch=run.epoch, step=run.step, val_acc=final))
+                    model_checkpoint(run.model, cfg, epoch=run.epoch, step=run.step, classes=run.train.classes,
+                                     val_acc=final), BEST)
     with open(os.path.join(directory, "metrics.jsonl"), "w") as fh:
         for p in run.points:
             fh.write(json.dumps(p) + "\n")

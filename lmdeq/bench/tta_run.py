@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..errors import NonFiniteError
 from ..train.batches import train_batches
 from ..train.checkpoint import capture_rng_state, restore_rng_state, seed_everything
 from ..train.config import TrainConfig
@@ -94,7 +95,7 @@ class MethodRun:
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.rng = capture_rng_state()
         self.step = 0           # completed optimiser steps
         self.epoch = 0          # completed epochs
@@ -131,7 +132,7 @@ class MethodRun:
             images, labels = next(self._batches)
             done = train_step(self.model, self.optimizer, self.scheduler, images, labels, self.device,
                               len(self.train.classes), self.cfg.grad_clip,
-                              lambda v: FloatingPointError(f"{self.spec.label}: loss is {v} at step {self.step + 1}"),
+                              lambda v: NonFiniteError(f"{self.spec.label}: loss is {v} at step {self.step + 1}"),
                               memory_format=self.memory_format)
             self.step += 1
             self.in_epoch += 1

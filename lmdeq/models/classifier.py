@@ -30,6 +30,8 @@ from torch import nn
 
 from ..cuda_graphs import GraphCache
 from ..deq import GraphedProblem, deq_solve
+from ..errors import NonFiniteError
+from ..solvers import Result
 from .apriori import adjoint_apriori_iterations, apriori_iterations
 from .authors_cap import ReleasedConvCap
 from .cell_options import CellOptions
@@ -166,6 +168,8 @@ class MDEQClassifier(nn.Module):
             z, info = deq_solve(f, z0, on_backward=self._record_backward, graph=self._graphed_problem(injection),
                                 **kwargs)
         self._record_forward(info)
+        if info.get("result") == Result.NONFINITE:  # known only where the solve was checked: no extra sync
+            raise NonFiniteError("the forward solve produced NaN/Inf: non-finite input images or weights")
         return self.head(z)
 
     def _unrolled_forward(self, x: torch.Tensor) -> torch.Tensor:

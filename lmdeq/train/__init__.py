@@ -1,10 +1,13 @@
 """Training and evaluation of MDEQ classifiers on CIFAR-10 (``lmdeq train`` / ``lmdeq eval``).
 
-Files, bottom up: ``archive`` (safe extract-once of .tar.gz), ``folder`` (ImageFolder -> cached uint8
-tensor), ``sources`` (``--data`` specs), ``split`` (stratified hold-out / subsets), ``data`` (a run's
+Files, bottom up: ``faults`` (named kill points for the crash tests), ``atomic`` (crash-safe file
+replacement), ``archive`` (safe, size-capped extract-once of .tar.gz), ``folder`` (ImageFolder -> cached
+uint8 tensor), ``sources`` (``--data`` specs), ``split`` (stratified hold-out / subsets), ``data`` (a run's
 train/validation images), ``augment`` + ``batches`` (seeded per-epoch batches), ``optim`` (Adam +
-per-step cosine), ``hooks`` (optional model hooks), ``evaluate``, ``metrics`` (JSONL),
-``checkpoint`` (atomic, RNG state), ``trainer`` (the loop), ``run`` (entry points), ``cli``.
+per-step cosine cycles), ``hooks`` (optional model hooks), ``model`` (build and check the model, load
+weights), ``evaluate``, ``metrics`` (JSONL), ``checkpoint`` (safe loads, RNG state), ``rundir`` (the run
+directory: lock, epoch-end commit, repair after a crash), ``trainer`` (the loop), ``run`` (entry points),
+``cli``. User-facing errors are the classes of :mod:`lmdeq.errors`.
 """
 from .config import TrainConfig
 from .evaluate import evaluate

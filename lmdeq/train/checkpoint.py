@@ -1,24 +1,47 @@
 """Training checkpoints: atomic writes, safe loads, and the RNG state a bit-exact resume needs.
 
-A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)``): model state and
-``model.config``, training config, optimiser and scheduler state, completed epochs and optimiser
-steps, best validation accuracy, and the torch / CUDA / numpy / python RNG states. The data order
-needs no saved generator: each epoch's batches come from a generator seeded by (seed, epoch).
-Files are written to a temporary file in the target directory, fsync'ed and renamed over the
-target, so a crash leaves either the old or the new checkpoint, never a torn one.
+A checkpoint is a plain dict loaded with ``torch.load(..., weights_only=True)`` (no pickled code ever
+runs), of one of two kinds:
+
+* ``run`` (``last.pt``): a run's whole state after a completed epoch: model state and ``model.config``,
+  training config, optimiser and scheduler state, completed epochs and optimiser steps, the torch / CUDA /
+  numpy / python RNG states, the metrics record of every epoch so far (``history``) and the best epoch's
+  bookkeeping and weights (``best``). It alone determines the run: ``metrics.jsonl`` and ``best.pt`` are
+  derived from it (:mod:`lmdeq.train.rundir`).
+* ``best`` (``best.pt``): the best epoch's weights with its configs and record, for ``lmdeq eval`` and
+  ``lmdeq bench --weights``; not resumable.
+
+The data order needs no saved generator: each epoch's batches come from a generator seeded by (seed,
+epoch). Files are replaced atomically (:mod:`lmdeq.train.atomic`). Format 1 checkpoints (older lmdeq)
+are still read for evaluation and benchmarks but cannot be resumed.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
-import uuid
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
+from .atomic import atomic_write_bytes
+
 FORMAT = "lmdeq-train-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+RUN, BEST = "run", "best"  # a run's full state (last.pt) / the best epoch's weights (best.pt)
+LAST_NAME = "last.pt"
+_MODEL = ("model_state", "model_config", "train_config", "epoch")
+_REQUIRED = {
+    RUN: _MODEL + ("optimizer", "scheduler", "step", "train_size", "best_val_acc", "best_epoch", "lipschitz_bound",
+                   "lipschitz_bound_eval", "rng", "run_id", "classes", "history", "best_model_state"),
+    BEST: _MODEL + ("step", "run_id", "classes", "record", "best_val_acc", "best_epoch", "lipschitz_bound",
+                    "lipschitz_bound_eval"),
+}
+_REQUIRED_V1 = _MODEL
 
 
 def capture_rng_state() -> dict:
@@ -53,39 +76,74 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save into a unique temporary file beside ``path`` (created with the usual permissions),
-    fsync it, then rename it over ``path``."""
+def checkpoint_bytes(obj) -> memoryview:
+    """``torch.save(obj)`` as bytes (serialised in memory, then written in one atomic replacement)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer()
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict, kind: str = RUN) -> None:
+    """Write ``payload`` as a checkpoint of ``kind`` (:data:`RUN` or :data:`BEST`), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+    atomic_write_bytes(path, checkpoint_bytes({"format": FORMAT, "version": VERSION, "kind": kind, **payload}),
+                       fault=path.name)
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint`; clear errors for anything else."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | None = None) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (with ``weights_only=True``: no pickled code
+    runs). ``kind=RUN``: it must be a run's full state (resumable). CheckpointError for anything else,
+    naming the file and what is wrong."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint: {path} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
+        raise CheckpointError(f"checkpoint: {path} is not a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint: {path} is not a readable lmdeq checkpoint ({err})") from err
+    except Exception as err:  # truncated zip, random bytes, a pickle that weights_only refuses: all unreadable
+        raise CheckpointError(
+            f"checkpoint: {path} is not a readable lmdeq checkpoint ({load_failure_reason(err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"checkpoint: {path} is not an lmdeq training checkpoint")
-    if ckpt.get("version") != VERSION:
-        raise ValueError(f"checkpoint: {path} has format version {ckpt.get('version')}, this lmdeq reads {VERSION}")
+        raise CheckpointError(f"checkpoint: {path} is not an lmdeq training checkpoint")
+    version = ckpt.get("version")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"checkpoint: {path} has format version {version!r}, this lmdeq reads "
+                              f"{list(READABLE_VERSIONS)}")
+    ckpt_kind = ckpt.get("kind", RUN if version == 1 else None)
+    required = _REQUIRED[ckpt_kind] if ckpt_kind in _REQUIRED else None
+    if required is None:
+        raise CheckpointError(f"checkpoint: {path} has an unknown kind {ckpt_kind!r}")
+    missing = [k for k in (required if version == VERSION else _REQUIRED_V1) if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint: {path} is incomplete: it lacks {missing}")
+    if not isinstance(ckpt["model_state"], dict) or not all(torch.is_tensor(v) for v in ckpt["model_state"].values()):
+        raise CheckpointError(f"checkpoint: {path} has no model_state of tensors")
+    if not isinstance(ckpt["train_config"], dict):
+        raise CheckpointError(f"checkpoint: {path} has no train_config dict")
+    if kind == RUN:
+        if ckpt_kind == BEST:
+            raise CheckpointError(f"checkpoint: {path} holds the weights of the best epoch only (no optimiser state, "
+                                  f"no later epochs); resume from the run's {LAST_NAME}")
+        if version != VERSION:
+            raise CheckpointError(f"checkpoint: {path} was written by an older lmdeq (format {version}) without the "
+                                  "run history a resume needs; it can still be evaluated and benchmarked")
     return ckpt
+
+
+def load_failure_reason(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises unsafe loading)."""
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return (f"it pickles Python objects ({found[1]}) besides tensors and plain data; lmdeq never loads those, "
+                "unpickling them can run arbitrary code")
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return f"not a torch file: {found[1].strip()}"
+    if isinstance(err, EOFError):
+        return "empty or truncated file"
+    if "PytorchStreamReader" in text:
+        return "truncated or corrupt (" + text.split(":", 1)[-1].split(".")[0].strip() + ")"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first[:160]}"

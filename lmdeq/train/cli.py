@@ -2,7 +2,8 @@
 subparsers object; ``python -m lmdeq.train.cli train|eval ...`` runs them standalone.
 
 Training flags left out take the checkpoint's value when resuming and the defaults of
-:class:`~lmdeq.train.config.TrainConfig` otherwise (the authors' CIFAR-10 settings).
+:class:`~lmdeq.train.config.TrainConfig` otherwise (the authors' CIFAR-10 settings). Errors: see
+:mod:`lmdeq.cli` (one line for a documented error, exit status 2).
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import sys
 from pathlib import Path
 
 from ..allocator import configure_process
+from ..argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
+from ..errors import ConfigError
 from .config import TrainConfig
 from .metrics import fmt_number, json_number
-from .sources import DataUnavailableError
 
 # CLI destination -> TrainConfig field, for the flags that set the training config.
 CONFIG_FLAGS = ("preset", "lipschitz", "data", "val_data", "val_fraction", "limit_train", "limit_val", "epochs",
@@ -48,28 +50,14 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), parse_value(value.strip())
 
 
-def _int_at_least(lowest: int, kind: str):
-    """An argparse type: an integer >= ``lowest`` (``kind`` names it in the error)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}") from None
-        if v < lowest:
-            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {v}")
-        return v
-    return parse
-
-
-_positive_int = _int_at_least(1, "positive")
-_non_negative_int = _int_at_least(0, "non-negative")
-
-
 def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes (default: 0)")
     p.add_argument("--cache-dir", help="where archives are extracted and images decoded "
                                        "(default: $LMDEQ_CACHE/datasets or ~/.cache/lmdeq/datasets)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first image file that cannot be decoded (default: skip such files and report "
+                        "how many, with the first few paths)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -97,7 +85,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--no-augment", dest="augment", action="store_const", const=False,
                    help="no random crop / flip")
     o = p.add_argument_group("optimisation (defaults: the authors' CIFAR-10 settings)")
-    o.add_argument("--epochs", type=_positive_int, help="(default: 50)")
+    o.add_argument("--epochs", type=_positive_int,
+                   help="(default: 50; when resuming, more than the run planned extends it: the added epochs run "
+                        "a new cosine cycle from --lr to --min-lr)")
     o.add_argument("--batch-size", type=_positive_int, help="(default: 128)")
     o.add_argument("--eval-batch-size", type=_positive_int, help="(default: 256)")
     o.add_argument("--lr", type=float, help="Adam learning rate, start of the per-step cosine (default: 1e-3)")
@@ -109,7 +99,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--out", help="run directory for metrics.jsonl, last.pt, best.pt "
                                  "(default: runs/<preset>-<variant>-seed<seed>, or the --resume file's directory)")
     r.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
-                   help="continue a run exactly: from CHECKPOINT, or from <out>/last.pt when no path is given")
+                   help="continue a run exactly: from CHECKPOINT (a last.pt, or a run directory), or from "
+                        "<out>/last.pt when no path is given. A checkpoint other than its directory's last.pt "
+                        "continues only into a new --out (a fork)")
     r.add_argument("--bound-every", type=_positive_int, default=50,
                    help="recompute the certified bound L every this many steps (default: 50)")
     _add_runtime_arguments(p)
@@ -136,7 +128,7 @@ def config_from_args(args: argparse.Namespace, saved: dict | None = None) -> Tra
         keys = [k for k, _ in args.overrides]
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
-            raise ValueError(f"--set given more than once for {dup}")
+            raise ConfigError(f"--set given more than once for {dup}")
         given["model_overrides"] = {**(saved or {}).get("model_overrides", {}), **dict(args.overrides)}
     return TrainConfig.from_dict({**(saved or {}), **given})
 
@@ -156,29 +148,32 @@ def summary_line(summary: dict, out: str | None) -> str:
 
 
 def handle_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .run import run_training
+    from .checkpoint import RUN, load_checkpoint
+    from .run import resume_path, run_training
     from .trainer import LAST
 
+    resume = None
+    saved = None
+    if args.resume is not None:
+        if args.resume:
+            resume = resume_path(args.resume)
+        elif args.out:
+            resume = Path(args.out) / LAST
+        else:
+            raise ConfigError("--resume without a path needs --out (the run directory)")
+        saved = load_checkpoint(resume, kind=RUN)["train_config"]
+    cfg = config_from_args(args, saved)
+    out = args.out or (str(resume.parent) if resume is not None else
+                       f"runs/{cfg.preset}-{'lipschitz' if cfg.lipschitz else 'original'}-seed{cfg.seed}")
     try:
-        resume = None
-        saved = None
-        if args.resume is not None:
-            if args.resume:
-                resume = Path(args.resume)
-            elif args.out:
-                resume = Path(args.out) / LAST
-            else:
-                raise ValueError("--resume without a path needs --out (the run directory)")
-            saved = load_checkpoint(resume)["train_config"]
-        cfg = config_from_args(args, saved)
-        out = args.out or (str(resume.parent) if resume is not None else
-                           f"runs/{cfg.preset}-{'lipschitz' if cfg.lipschitz else 'original'}-seed{cfg.seed}")
         summary = run_training(cfg, device=args.device, workers=args.workers, out_dir=out, resume=resume,
-                               cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, DataUnavailableError) as err:
-        print(f"lmdeq train: error: {err}", file=sys.stderr)
-        return 2
+                               cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every,
+                               strict=args.strict)
+    except KeyboardInterrupt:
+        kept = (f"{Path(out) / LAST} holds the last completed epoch; continue with: lmdeq train --resume --out {out}"
+                if (Path(out) / LAST).exists() else "no epoch was completed")
+        print(f"lmdeq train: interrupted; {kept}", file=sys.stderr, flush=True)
+        return 130
     print(summary_line(summary, out))
     return 0
 
@@ -186,13 +181,9 @@ def handle_train(args: argparse.Namespace) -> int:
 def handle_eval(args: argparse.Namespace) -> int:
     from .run import run_evaluation
 
-    try:
-        result = run_evaluation(args.checkpoint, data=args.data, split=args.split, limit=args.limit,
-                                batch_size=args.batch_size, device=args.device, workers=args.workers,
-                                cache_dir=args.cache_dir, progress=args.progress)
-    except (ValueError, TypeError, FileNotFoundError, DataUnavailableError) as err:
-        print(f"lmdeq eval: error: {err}", file=sys.stderr)
-        return 2
+    result = run_evaluation(args.checkpoint, data=args.data, split=args.split, limit=args.limit,
+                            batch_size=args.batch_size, device=args.device, workers=args.workers,
+                            cache_dir=args.cache_dir, progress=args.progress, strict=args.strict)
     if args.json:
         print(json.dumps({k: json_number(v) if isinstance(v, float) else v for k, v in result.items()}))
         return 0
@@ -223,7 +214,9 @@ def main(argv=None) -> int:
     register(sub)
     configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
     args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
+    from ..cli import run_command
+
+    return run_command(args, f"lmdeq {args.command}")
 
 
 if __name__ == "__main__":

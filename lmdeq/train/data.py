@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import ConfigError, DataError
 from .config import TrainConfig
 from .images import LabelledImages
 from .sources import load_source
@@ -34,14 +35,20 @@ def _limit(data: LabelledImages, n: int | None, seed: int, tag: str) -> Labelled
 
 
 def prepare_splits(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None, workers: int = 0,
-                   progress: bool = False) -> Splits:
+                   progress: bool = False, strict: bool = False, min_classes: int = 1) -> Splits:
+    """The run's train / validation images (see the module docstring); DataError if the training data has
+    fewer than ``min_classes`` classes (a classifier needs 2)."""
     if cfg.data is None:
-        raise ValueError("data: no training data given (an ImageFolder directory, a .tar.gz of one, "
+        raise ConfigError("data: no training data given (an ImageFolder directory, a .tar.gz of one, "
                          "'cifar10' or 'torchvision:<root>')")
-    source = load_source(cfg.data, cache_dir, workers, progress)
+    source = load_source(cfg.data, cache_dir, workers, progress, strict)
     train, val, val_name = source.train, None, None
+    if len(train.classes) < min_classes:
+        raise DataError(f"data: {cfg.data} has {len(train.classes)} class ({', '.join(map(repr, train.classes))}); a "
+                        f"classifier needs an ImageFolder with one subdirectory per class, at least {min_classes} "
+                        "(e.g. train/<class>/*.png for CIFAR-10's 10 classes)")
     if cfg.val_data is not None:
-        other = load_source(cfg.val_data, cache_dir, workers, progress)
+        other = load_source(cfg.val_data, cache_dir, workers, progress, strict)
         val, val_name = (other.test if other.test is not None else other.train), "val-data"
     elif source.test is not None:
         val, val_name = source.test, "test"
@@ -49,7 +56,7 @@ def prepare_splits(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None,
         train_idx, val_idx = stratified_holdout(train.labels, len(train.classes), cfg.val_fraction, cfg.seed)
         train, val, val_name = train.subset(train_idx), train.subset(val_idx), "holdout"
     if val is not None and val.classes != train.classes:
-        raise ValueError(f"val_data: classes {val.classes} differ from the training classes {train.classes}")
+        raise DataError(f"val_data: classes {val.classes} differ from the training classes {train.classes}")
     train = _limit(train, cfg.limit_train, cfg.seed, "train")
     if val is not None:
         val = _limit(val, cfg.limit_val, cfg.seed, "val")

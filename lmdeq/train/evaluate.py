@@ -6,6 +6,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..errors import NonFiniteError
 from .augment import normalize
 from .batches import eval_batches
 from .hooks import solver_stats
@@ -24,7 +25,7 @@ def evaluate(model: torch.nn.Module, data: LabelledImages, batch_size: int, devi
              workers: int = 0, progress: bool = False, desc: str = "eval") -> dict:
     """{'loss', 'acc', 'n', 'f_nstep', 'f_residual' (batch-size-weighted means), 'time_s'} over ``data``.
 
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. NaN/Inf logits are a NonFiniteError.
     """
     was_training = model.training
     model.eval()
@@ -43,6 +44,9 @@ def evaluate(model: torch.nn.Module, data: LabelledImages, batch_size: int, devi
             y = labels.to(device, non_blocking=True)
             logits = model(x)
             check_logits(logits, y.shape[0], len(data.classes))
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteError(f"{desc}: the model returns NaN/Inf logits on batch {weights // batch_size + 1} "
+                                     "(non-finite weights, or a diverged solve)")
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
             correct += (logits.argmax(dim=1) == y).sum()
             for k, v in solver_stats(model, ("f_nstep", "f_residual")).items():

@@ -1,71 +1,69 @@
 """Model-only checkpoints: a trained model small enough to keep in git, for ``lmdeq eval --checkpoint`` and
 ``lmdeq bench --weights``.
 
-A model-only checkpoint is a training checkpoint (:mod:`lmdeq.train.checkpoint`, same format and loader)
-that holds only what evaluation needs: the model state (weights, batch-norm statistics and, for the
+A model-only checkpoint is a ``best``-kind training checkpoint (:mod:`lmdeq.train.checkpoint`, same format
+and loader, the kind a run's ``best.pt`` is): the model state (weights, batch-norm statistics and, for the
 certified Lipschitz MDEQ, the conv-norm estimates, so the rebuilt model computes exactly the trained
 function), ``model_config``, ``train_config`` (data source, split seed and fraction, so ``lmdeq eval``
-re-derives the run's validation images), the epoch and step, and the validation accuracy of these weights
-(``val_acc``, when known). The optimiser,
-scheduler and RNG state of a full checkpoint are dropped (about two thirds of its size with Adam); a
-model-only checkpoint cannot be resumed (``"kind": "model"``).
+re-derives the run's validation images), the epoch and step, its record and validation accuracy. No
+optimiser, scheduler or RNG state: it cannot be resumed.
 
     python -m lmdeq.train.export runs/small/best.pt weights/cifar10-small-lipschitz.pt
 
-prints the file's size and sha256.
+takes a run's ``best.pt`` (or ``last.pt``, whose best epoch it exports) and prints the file's size and sha256.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..errors import CheckpointError
+from .archive import file_sha256
+from .checkpoint import BEST, RUN, VERSION, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hooks import certified_bound, model_config
+from .rundir import best_payload
 
-__all__ = ["KIND", "model_checkpoint", "export_weights", "sha256", "main"]
-
-KIND = "model"
-_KEEP = ("model_state", "model_config", "train_config", "epoch", "step", "lipschitz_bound", "lipschitz_bound_eval")
+__all__ = ["model_checkpoint", "export_weights", "main"]
 
 
-def model_checkpoint(model: torch.nn.Module, cfg: TrainConfig, epoch: int, step: int,
+def model_checkpoint(model: torch.nn.Module, cfg: TrainConfig, epoch: int, step: int, classes,
                      val_acc: float | None = None) -> dict:
-    """The model-only payload for ``model`` trained under ``cfg`` (pass it to ``save_checkpoint``)."""
-    return {"kind": KIND, "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    """The model-only payload of ``model`` trained under ``cfg`` (save it with
+    ``save_checkpoint(path, payload, BEST)``)."""
+    bounds = {"lipschitz_bound": certified_bound(model, training=True),
+              "lipschitz_bound_eval": certified_bound(model, training=False)}
+    record = {"epoch": epoch, "step": step, "val_acc": val_acc, **bounds}
+    return {"model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "model_config": model_config(model), "train_config": cfg.to_dict(), "epoch": epoch, "step": step,
-            "val_acc": val_acc, "lipschitz_bound": certified_bound(model, training=True),
-            "lipschitz_bound_eval": certified_bound(model, training=False)}
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            "run_id": uuid.uuid4().hex, "classes": list(classes), "record": record, "best_val_acc": val_acc,
+            "best_epoch": epoch, **bounds}
 
 
 def export_weights(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
-    """Write the model-only checkpoint of training checkpoint ``src`` to ``dst``; returns
-    {'path', 'bytes', 'sha256', 'epoch', 'val_acc'} (val_acc: of these weights, known for a best.pt)."""
-    ckpt = load_checkpoint(src)
-    missing = [k for k in ("model_state", "model_config", "train_config", "epoch") if k not in ckpt]
-    if missing or not ckpt.get("model_config"):
-        raise ValueError(f"checkpoint: {src} lacks {missing or ['model_config']}; it cannot be exported")
+    """Write the model-only checkpoint of training checkpoint ``src`` (a run's best.pt, or its last.pt: the
+    best epoch) to ``dst``; returns {'path', 'bytes', 'sha256', 'epoch', 'val_acc'}."""
     if Path(src).resolve() == Path(dst).resolve():
-        raise ValueError(f"dst: {dst} is the source checkpoint itself")
-    payload = {"kind": KIND, **{k: ckpt[k] for k in _KEEP if k in ckpt}}
-    payload["val_acc"] = ckpt.get("best_val_acc") if ckpt.get("best_epoch") == ckpt["epoch"] else ckpt.get("val_acc")
-    payload["model_state"] = {k: v.contiguous().clone() for k, v in ckpt["model_state"].items()}
-    save_checkpoint(dst, payload)
-    return {"path": str(dst), "bytes": os.path.getsize(dst), "sha256": sha256(dst), "epoch": ckpt["epoch"],
-            "val_acc": payload["val_acc"]}
+        raise CheckpointError(f"dst: {dst} is the source checkpoint itself")
+    ckpt = load_checkpoint(src)
+    if ckpt["version"] != VERSION:
+        raise CheckpointError(f"checkpoint: {src} was written by an older lmdeq (format {ckpt['version']}) without "
+                              "the records an export keeps; evaluate it directly instead")
+    if ckpt["kind"] == RUN:
+        if ckpt["best_epoch"] is None:
+            raise CheckpointError(f"checkpoint: {src} has no validated epoch to export (the run had no validation)")
+        payload = best_payload(ckpt)
+    else:
+        payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "kind")}
+    payload["model_state"] = {k: v.contiguous().clone() for k, v in payload["model_state"].items()}
+    save_checkpoint(dst, payload, BEST)
+    return {"path": str(dst), "bytes": os.path.getsize(dst), "sha256": file_sha256(dst), "epoch": payload["epoch"],
+            "val_acc": payload["best_val_acc"]}
 
 
 def main(argv=None) -> int:
@@ -75,7 +73,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         out = export_weights(args.src, args.dst)
-    except (ValueError, FileNotFoundError) as err:
+    except CheckpointError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 2
     acc = "n/a" if out["val_acc"] is None else f"{out['val_acc']:.4f}"

@@ -2,12 +2,19 @@
 
 The decoded uint8 tensor is cached under ``<cache_dir>/decoded/<key>.pt`` where the key hashes the
 directory's path and every image's relative path, size and modification time, so editing the folder
-invalidates the cache. The cache file is written atomically (temporary file + rename).
+invalidates the cache. The cache file is written atomically; a cache file that does not load (torn,
+altered) is rebuilt, with a warning.
+
+Files that do not decode (truncated, zero bytes, not an image) are skipped and reported (a count and
+the first few paths, every time the data is loaded); with ``strict=True`` the first one is a DataError
+naming it. Images of another size than the first readable one are an error (the batch needs one size).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +22,27 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from ..errors import DataError, DataNotFoundError
+from .atomic import atomic_write_bytes, remove_stale_temporaries
+from .checkpoint import checkpoint_bytes, load_failure_reason
 from .images import LabelledImages
 
 SPLIT_TEST_NAMES = ("test", "val")
+SHOWN_SKIPS = 5
+log = logging.getLogger("lmdeq.train")
 
 
 def find_split_dirs(root: str | os.PathLike) -> tuple[Path, Path | None]:
     """(train_dir, test_dir or None) inside ``root``.
 
-    Single-child wrapper directories are descended (an archive of ``train/<class>/...``). A level that
-    holds a ``train`` directory gives the train split, and ``test`` (else ``val``) beside it the test
-    split; otherwise the level itself is the (train) ImageFolder.
+    Single-child wrapper directories (holding only one directory that itself holds directories) are
+    descended (an archive of ``train/<class>/...``). A level that holds a ``train`` directory gives the
+    train split, and ``test`` (else ``val``) beside it the test split; otherwise the level itself is the
+    (train) ImageFolder, possibly of one class.
     """
     d = Path(root)
     if not d.is_dir():
-        raise FileNotFoundError(f"data: {d} is not a directory")
+        raise DataNotFoundError(f"data: {d} is not a directory")
     while True:
         entries = [e for e in d.iterdir() if not e.name.startswith(".")]
         subdirs = {e.name: e for e in entries if e.is_dir()}
@@ -37,13 +50,31 @@ def find_split_dirs(root: str | os.PathLike) -> tuple[Path, Path | None]:
             test = next((subdirs[n] for n in SPLIT_TEST_NAMES if n in subdirs), None)
             return subdirs["train"], test
         if len(subdirs) == 1 and len(entries) == 1:
-            d = next(iter(subdirs.values()))
-            continue
+            child = next(iter(subdirs.values()))
+            if any(e.is_dir() for e in child.iterdir() if not e.name.startswith(".")):
+                d = child
+                continue
         return d, None
 
 
+def _read_image(path: str, size: tuple[int, int] | None):
+    """(3, H, W) uint8 tensor; or the reason (str) it cannot be decoded; or a DataError (returned, not raised,
+    so that it crosses a loader worker intact) for a readable image of another size than ``size``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if size is not None and im.size != size:
+                    return DataError(f"data: {path} is {im.size[0]}x{im.size[1]}, expected {size[0]}x{size[1]} like "
+                                     "the first image (every image of a data set must have one size)")
+                arr = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        return f"{type(err).__name__}: {err}"
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
 class _DecodeDataset(torch.utils.data.Dataset):
-    """Each item: one image file decoded to a (3, H, W) uint8 tensor; every image must be HxW."""
+    """Item i: image file i decoded to a (3, H, W) uint8 tensor, or why it cannot be."""
 
     def __init__(self, paths: list[str], size: tuple[int, int]):
         self.paths, self.size = paths, size
@@ -52,12 +83,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        with Image.open(self.paths[i]) as im:
-            if im.size != self.size:
-                raise ValueError(f"data: {self.paths[i]} is {im.size[0]}x{im.size[1]}, expected "
-                                 f"{self.size[0]}x{self.size[1]} like the first image")
-            arr = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        return _read_image(self.paths[i], self.size)
 
 
 def _cache_key(root: Path, samples: list[tuple[str, int]], classes: list[str]) -> str:
@@ -69,36 +95,101 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], classes: list[str]) -
     return digest.hexdigest()[:24]
 
 
-def _decode(samples, workers: int, progress: bool, desc: str) -> torch.Tensor:
+def _first_size(paths: list[str]) -> tuple[int, int] | None:
+    for p in paths:
+        got = _read_image(p, None)
+        if torch.is_tensor(got):
+            return got.shape[2], got.shape[1]
+    return None
+
+
+def _unreadable(path: str, reason: str) -> DataError:
+    return DataError(f"data: cannot decode {path} ({reason}); fix or remove it, or drop --strict to skip "
+                     "unreadable images")
+
+
+def _decode(root: Path, samples, workers: int, progress: bool, strict: bool):
+    """(images, labels, skipped [(path, reason)]) of ``samples``."""
     paths = [p for p, _ in samples]
-    with Image.open(paths[0]) as first:
-        size = first.size
+    size = _first_size(paths)
+    if size is None:
+        raise DataError(f"data: none of the {len(paths)} image files under {root} can be decoded")
     loader = torch.utils.data.DataLoader(_DecodeDataset(paths, size), batch_size=512, num_workers=workers,
-                                         generator=torch.Generator())
+                                         collate_fn=list, generator=torch.Generator())
     if progress:
         from tqdm.auto import tqdm
-        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
-    return torch.cat(list(loader))
+        loader = tqdm(loader, desc=f"decoding {root.name}", unit="batch", leave=False)
+    images, labels, skipped = [], [], []
+    i = 0
+    for batch in loader:
+        for got in batch:
+            path, label = samples[i]
+            i += 1
+            if isinstance(got, DataError):
+                raise got
+            if torch.is_tensor(got):
+                images.append(got)
+                labels.append(label)
+            elif strict:
+                raise _unreadable(path, got)
+            else:
+                skipped.append((os.path.relpath(path, root), got))
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), skipped
+
+
+def _report_skipped(root: Path, skipped: list, total: int) -> None:
+    if skipped:
+        shown = "; ".join(f"{p} ({r})" for p, r in skipped[:SHOWN_SKIPS])
+        more = f" and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
+        log.warning("data: skipped %d of %d image files under %s that cannot be decoded: %s%s (--strict fails instead)",
+                    len(skipped), total, root, shown, more)
+
+
+def _load_cache(cache_file: Path):
+    """The cached blob, or None (rebuilt) when the file is missing or does not load as one."""
+    if not cache_file.is_file():
+        return None
+    try:
+        blob = torch.load(cache_file, weights_only=True)
+        images, labels = blob["images"], blob["labels"]
+        result = (LabelledImages(images, labels, tuple(blob["classes"])), [tuple(s) for s in blob.get("skipped", [])])
+    except Exception as err:  # torn, altered or foreign file: it is only a cache
+        log.warning("data: the decoded cache %s does not load (%s); rebuilding it", cache_file,
+                    load_failure_reason(err))
+        cache_file.unlink(missing_ok=True)
+        return None
+    return result
 
 
 def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike, workers: int = 0,
-                      progress: bool = False) -> LabelledImages:
-    """All images under ``root`` (one subdirectory per class, sorted names = label order), decoded."""
+                      progress: bool = False, strict: bool = False) -> LabelledImages:
+    """All images under ``root`` (one subdirectory per class, sorted names = label order), decoded;
+    unreadable files skipped and reported (``strict``: a DataError instead)."""
     root = Path(root)
     try:
         classes, class_to_idx = find_classes(str(root))
         samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"data: {root} is not an ImageFolder directory (<root>/<class>/<image>): {err}") from err
-    cache_file = Path(cache_dir).expanduser() / "decoded" / f"{_cache_key(root, samples, classes)}.pt"
-    if cache_file.is_file():
-        blob = torch.load(cache_file, weights_only=True)
-        return LabelledImages(blob["images"], blob["labels"], tuple(blob["classes"]))
-    images = _decode(samples, workers, progress, desc=f"decoding {root.name}")
-    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    torch.save({"images": images, "labels": labels, "classes": list(classes)}, tmp)
-    os.replace(tmp, cache_file)
+        raise DataNotFoundError(
+            f"data: {root} is not an ImageFolder directory (<root>/<class>/<image>, one subdirectory per class "
+            f"holding {', '.join(IMG_EXTENSIONS[:3])}... files): {err}") from err
+    decoded = Path(cache_dir).expanduser() / "decoded"
+    cache_file = decoded / f"{_cache_key(root, samples, classes)}.pt"
+    cached = _load_cache(cache_file)
+    if cached is not None:
+        data, skipped = cached
+        if skipped and strict:
+            raise _unreadable(str(root / skipped[0][0]), skipped[0][1])
+        _report_skipped(root, skipped, len(samples))
+        return data
+    images, labels, skipped = _decode(root, samples, workers, progress, strict)
+    try:
+        decoded.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(decoded)
+        blob = {"images": images, "labels": labels, "classes": list(classes), "skipped": [list(s) for s in skipped]}
+        atomic_write_bytes(cache_file, checkpoint_bytes(blob), fault="decoded-cache")
+    except OSError as err:
+        log.warning("data: cannot write the decoded cache %s (%s); decoding again next time", cache_file,
+                    err.strerror or err)
+    _report_skipped(root, skipped, len(samples))
     return LabelledImages(images, labels, tuple(classes))

@@ -1,6 +1,7 @@
 """Running means for per-epoch metrics, and the per-epoch JSONL log.
 
-JSON has no infinities: non-finite numbers are written as null.
+JSON has no infinities: non-finite numbers are written as null. The log of a run is derived from its
+``last.pt`` (which holds every epoch's record) and rewritten whole, atomically, at each epoch end.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import math
 import os
 from pathlib import Path
+
+from .atomic import atomic_write_bytes
 
 
 class MeanMeter:
@@ -40,24 +43,16 @@ def fmt_number(x, spec: str = ".3g", missing: str = "n/a") -> str:
     return missing if x is None else format(x, spec)
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, allow_nan=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def jsonl_text(records: list[dict]) -> str:
+    """One JSON object per line (non-finite floats are an error: pass them through :func:`json_number`)."""
+    return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Replace ``path`` by ``records`` atomically: a crash leaves the old or the new log, never a torn line."""
+    atomic_write_bytes(path, jsonl_text(records).encode("utf-8"), fault=Path(path).name)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
-
-
-def truncate_jsonl(path: str | os.PathLike, last_epoch: int) -> None:
-    """Keep only records with ``epoch <= last_epoch`` (atomically): a resumed run rewrites later epochs."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= last_epoch]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)

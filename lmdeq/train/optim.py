@@ -1,15 +1,19 @@
 """Optimiser and learning-rate schedule.
 
-Adam with the configured lr and weight decay, and a per-step cosine decay over the whole run:
-``lr(t) = min_lr + (lr - min_lr) * (1 + cos(pi * min(t, T) / T)) / 2`` with T = total optimiser steps.
+Adam with the configured lr and weight decay, and a per-step cosine decay over each cycle of the run:
+``lr(t) = min_lr + (lr - min_lr) * (1 + cos(pi * (t - a) / (b - a))) / 2`` for step t of the cycle [a, b).
+A run has one cycle, [0, T) with T = epochs * steps per epoch, unless it was extended: ``lr_restarts``
+(epoch counts) split it into cycles at those epochs. Past the last cycle's end the lr stays at min_lr.
 The schedule is closed-form in t, so restoring the step count (scheduler state) restores it exactly.
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
 
+from ..errors import ConfigError
 from .config import TrainConfig
 
 
@@ -25,9 +29,22 @@ def cosine_lr(step: int, total_steps: int, lr: float, min_lr: float) -> float:
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: TrainConfig):
-    """LambdaLR stepping once per optimiser step along :func:`cosine_lr`."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+def cycle_bounds(cfg: TrainConfig, steps_per_epoch: int) -> list[int]:
+    """Step boundaries [0, r_1, ..., T] of the cosine cycles (r_i = lr_restarts[i] * steps_per_epoch)."""
+    return [0] + [e * steps_per_epoch for e in cfg.lr_restarts] + [cfg.epochs * steps_per_epoch]
+
+
+def scheduled_lr(step: int, bounds: list[int], lr: float, min_lr: float) -> float:
+    """The lr of optimiser step ``step`` (0-based) under the cycles ``bounds``."""
+    k = min(bisect.bisect_right(bounds, step), len(bounds) - 1)  # cycle [bounds[k-1], bounds[k])
+    a, b = bounds[k - 1], bounds[k]
+    return cosine_lr(step - a, b - a, lr, min_lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """LambdaLR stepping once per optimiser step along :func:`scheduled_lr`."""
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ConfigError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
+    bounds = cycle_bounds(cfg, steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_lr(step, total_steps, cfg.lr, cfg.min_lr) / cfg.lr)
+        optimizer, lambda step: scheduled_lr(step, bounds, cfg.lr, cfg.min_lr) / cfg.lr)

@@ -1,23 +1,29 @@
-"""Entry points behind ``lmdeq train`` and ``lmdeq eval``: device, data, model, resume, then the loop.
+"""Entry points behind ``lmdeq train`` and ``lmdeq eval``: device, config, model, run directory, data, loop.
 
-Order of a run: resolve the device; load the checkpoint to resume (if any) and check that the
-config agrees with it; prepare the data; seed python/numpy/torch with ``cfg.seed``; build the model
-(from the checkpoint's ``model_config`` when resuming); restore the checkpoint; train.
+Order of a run, cheapest checks first so that a bad setting fails before any data is decoded: resolve
+the device; load the checkpoint to resume (if any) and check that the config continues it; seed
+python/numpy/torch with ``cfg.seed`` and build the model (from the checkpoint's ``model_config`` when
+resuming) and check it can solve; lock the run directory and check that this run may write into it;
+prepare the data; restore the checkpoint (or fork it into a new directory); train.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .checkpoint import load_checkpoint, seed_everything
+from ..errors import CheckpointError, ConfigError, DataError, LmdeqError
+from .checkpoint import RUN, load_checkpoint, seed_everything
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import Splits, prepare_splits
 from .evaluate import evaluate
-from .hooks import certified_bound
+from .hooks import certified_bound, model_config
 from .images import LabelledImages
+from .model import build_model, check_solvable, load_weights, model_from_config
+from .rundir import check_run_dir, fork, locked
 from .sources import load_source
 from .split import stratified_subset
 from .trainer import LAST, Trainer
@@ -26,7 +32,7 @@ EVAL_SPLITS = ("val", "train", "all")
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
-    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'; ValueError otherwise."""
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'; ConfigError otherwise."""
     if isinstance(spec, torch.device):
         spec = str(spec)
     if not isinstance(spec, str):
@@ -36,94 +42,131 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as err:
-        raise ValueError(f"device: {spec!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')") from err
+        raise ConfigError(f"device: {spec!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device: {spec!r} requested but no CUDA device is available")
+            raise ConfigError(f"device: {spec!r} requested but no CUDA device is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device: {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ConfigError(f"device: {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     elif device.type != "cpu":
-        raise ValueError(f"device: {spec!r} is not supported (use 'auto', 'cpu' or 'cuda[:N]')")
+        raise ConfigError(f"device: {spec!r} is not supported (use 'auto', 'cpu' or 'cuda[:N]')")
     return device
 
 
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    """``lmdeq.models.mdeq(preset, lipschitz=..., **model_overrides)``."""
-    from lmdeq.models import mdeq
-
-    return mdeq(cfg.preset, lipschitz=cfg.lipschitz, **cfg.model_overrides)
-
-
-def model_from_config(config: dict) -> torch.nn.Module:
-    from lmdeq.models import mdeq
-
-    return mdeq(**config)
-
-
 def check_resume_config(saved: dict, cfg: TrainConfig) -> None:
-    """ValueError naming every setting that differs from the checkpoint's and would change the run."""
+    """ConfigError naming every setting that differs from the checkpoint's and would change the run
+    (``epochs`` may grow: :func:`resumed_config`)."""
     current = cfg.to_dict()
+    may_change = RESUME_MAY_CHANGE | {"epochs", "lr_restarts"}
     diffs = [f"{k}={current[k]!r} (checkpoint: {saved.get(k)!r})" for k in current
-             if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]]
+             if k not in may_change and saved.get(k) != current[k]]
     if diffs:
-        raise ValueError("cannot resume with settings that differ from the checkpoint's: " + ", ".join(diffs))
+        raise ConfigError("cannot resume with settings that differ from the checkpoint's: " + ", ".join(diffs))
+
+
+def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
+    """The config that continues the checkpoint's run: ``cfg`` checked against ``saved``; more epochs than
+    the checkpoint planned extend the run with a new cosine cycle (``lr_restarts`` gains the old count)."""
+    check_resume_config(saved, cfg)
+    old = TrainConfig.from_dict(saved)
+    if cfg.epochs < old.epochs:
+        raise ConfigError(f"epochs={cfg.epochs} is fewer than the {old.epochs} the checkpoint's run planned; its lr "
+                          "schedule cannot be shortened (leave --epochs out to finish the run, or give more to "
+                          "extend it)")
+    restarts = old.lr_restarts + ([old.epochs] if cfg.epochs > old.epochs else [])
+    return cfg.replace(lr_restarts=restarts)
+
+
+def resume_path(resume: str | os.PathLike) -> Path:
+    """The checkpoint to resume from: ``resume`` itself, or ``resume/last.pt`` for a run directory."""
+    path = Path(resume)
+    return path / LAST if path.is_dir() else path
+
+
+def check_classes(data: LabelledImages, source: str | None, model: torch.nn.Module) -> None:
+    """ConfigError when the model's head (config ``num_classes``) does not match the data's classes."""
+    head = (model_config(model) or {}).get("num_classes")
+    n = len(data.classes)
+    if head is not None and head != n:
+        raise ConfigError(f"data: {source} has {n} classes but the model has num_classes={head}; "
+                          f"pass --set num_classes={n}")
 
 
 def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", workers: int = 0,
                  out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = True, bound_every: int = 50,
-                 model_factory: Callable[[TrainConfig], torch.nn.Module] | None = None,
+                 strict: bool = False, model_factory: Callable[[TrainConfig], torch.nn.Module] | None = None,
                  on_epoch_end: Callable[[dict], None] | None = None,
                  print_fn: Callable[[str], None] = print) -> dict:
     """Train per ``cfg`` (resuming from ``resume`` if given) and return the trainer's summary.
 
-    ``model_factory(cfg)`` builds the model (default :func:`build_model`, or the checkpoint's
-    ``model_config`` when resuming). Refuses to overwrite a run in ``out_dir`` unless resuming.
+    ``model_factory(cfg)`` builds the model (default :func:`~lmdeq.train.model.build_model`, or the
+    checkpoint's ``model_config`` when resuming). Refuses to overwrite a run in ``out_dir`` unless resuming
+    its newest state; resuming another checkpoint into a new ``out_dir`` forks it there. ``strict``: an
+    undecodable image is an error instead of being skipped.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     dev = resolve_device(device)
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(resume)
-        check_resume_config(ckpt["train_config"], cfg)
-    elif out_dir is not None and (Path(out_dir) / LAST).exists():
-        raise FileExistsError(f"out: {out_dir} already holds a run ({LAST}); "
-                              "resume it or choose another output directory")
-    splits = prepare_splits(cfg, cache_dir, workers, progress)
-    print_fn(f"data: {splits.describe()}")
+        resume = resume_path(resume)
+        ckpt = load_checkpoint(resume, kind=RUN)
+        try:
+            saved_cfg = TrainConfig.from_dict(ckpt["train_config"]).to_dict()
+        except LmdeqError as err:
+            raise CheckpointError(f"checkpoint: {resume} has an invalid train_config ({err})") from err
+        cfg = resumed_config(saved_cfg, cfg)
     seed_everything(cfg.seed)
     label = ""
     if model_factory is None:
         label = f"{cfg.preset} ({'lipschitz' if cfg.lipschitz else 'original'}) "
-        saved_config = ckpt.get("model_config") if ckpt is not None else None
-        model_factory = (lambda _cfg: model_from_config(saved_config)) if saved_config else build_model
-    model = model_factory(cfg).to(dev)
-    trainer = Trainer(model, cfg, splits.train, splits.val, dev, workers=workers, out_dir=out_dir,
-                      progress=progress, bound_every=bound_every, on_epoch_end=on_epoch_end, print_fn=print_fn)
-    if ckpt is not None:
-        trainer.load_state_dict(ckpt)
-        print_fn(f"resumed from {resume} after epoch {trainer.epoch} (step {trainer.step})")
-    n_params = sum(p.numel() for p in model.parameters())
-    print_fn(f"model: {label}{type(model).__name__}, {n_params:,} parameters, "
-             f"certified L = {trainer.bound if trainer.bound is not None else 'n/a'}; device {dev}")
-    return trainer.fit()
+        if ckpt is not None:
+            saved_model = ckpt.get("model_config")
+            model_factory = lambda _cfg: model_from_config(saved_model, f"checkpoint {resume}")  # noqa: E731
+        else:
+            model_factory = build_model
+    model = model_factory(cfg)
+    check_solvable(model, f"checkpoint {resume}" if ckpt is not None else "model config (--preset/--set)")
+    model = model.to(dev)
+    run_lock = locked(out_dir) if out_dir is not None else contextlib.nullcontext()
+    with run_lock:
+        forking = out_dir is not None and check_run_dir(out_dir, resume)
+        splits = prepare_splits(cfg, cache_dir, workers, progress, strict, min_classes=2)
+        print_fn(f"data: {splits.describe()}")
+        check_classes(splits.train, cfg.data, model)
+        trainer = Trainer(model, cfg, splits.train, splits.val, dev, workers=workers, out_dir=out_dir,
+                          progress=progress, bound_every=bound_every, on_epoch_end=on_epoch_end, print_fn=print_fn)
+        if ckpt is not None:
+            trainer.load_state_dict(ckpt)
+            if forking:
+                trainer.forked_from = str(resume)
+                fork(out_dir, trainer.state_dict(), resume)
+            extended = f", extended to {cfg.epochs} epochs" if cfg.lr_restarts != ckpt["train_config"].get(
+                "lr_restarts", []) else ""
+            print_fn(f"resumed from {resume} after epoch {trainer.epoch} (step {trainer.step}){extended}")
+        n_params = sum(p.numel() for p in model.parameters())
+        print_fn(f"model: {label}{type(model).__name__}, {n_params:,} parameters, "
+                 f"certified L = {trainer.bound if trainer.bound is not None else 'n/a'}; device {dev}")
+        return trainer.fit()
 
 
 def eval_images(cfg: TrainConfig, split: str, limit: int | None, cache_dir=None, workers: int = 0,
-                progress: bool = False) -> tuple[str, LabelledImages]:
+                progress: bool = False, strict: bool = False) -> tuple[str, LabelledImages]:
     """(name, LabelledImages) to evaluate: the run's validation images ('val'), its training images
     ('train'), or every image of ``cfg.data`` ('all'); optionally a stratified subset of ``limit``."""
     if split not in EVAL_SPLITS:
-        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+    if cfg.data is None:
+        raise ConfigError("data: the checkpoint names no training data; pass --data")
     if split == "all":
-        name, images = "all", load_source(cfg.data, cache_dir, workers, progress).train
+        name, images = "all", load_source(cfg.data, cache_dir, workers, progress, strict).train
     else:
-        splits: Splits = prepare_splits(cfg, cache_dir, workers, progress)
+        splits: Splits = prepare_splits(cfg, cache_dir, workers, progress, strict)
         if split == "val":
             if splits.val is None:
-                raise ValueError("split: this run has no validation images (val_fraction 0, no test split); "
-                                 "use --split all or --val-fraction")
+                raise ConfigError("split: this run has no validation images (val_fraction 0, no test split); "
+                                  "use --split all or --split train")
             name, images = f"val ({splits.val_name})", splits.val
         else:
             name, images = "train", splits.train
@@ -134,24 +177,34 @@ def eval_images(cfg: TrainConfig, split: str, limit: int | None, cache_dir=None,
 
 def run_evaluation(checkpoint: str | os.PathLike, *, data: str | None = None, split: str = "val",
                    limit: int | None = None, batch_size: int | None = None, device="auto", workers: int = 0,
-                   cache_dir=None, progress: bool = True,
+                   cache_dir=None, progress: bool = True, strict: bool = False,
                    model_factory: Callable[[dict], torch.nn.Module] | None = None) -> dict:
-    """Evaluate a training checkpoint; returns loss, acc, n, mean solver stats, L and 'certified'."""
+    """Evaluate a training checkpoint (last.pt or best.pt); returns loss, acc, n, mean solver stats, L and
+    'certified'. The weights must be finite and fit the model; the data's classes must be the run's."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(ckpt["train_config"])
+    source = f"checkpoint {checkpoint}"
+    try:
+        cfg = TrainConfig.from_dict(ckpt["train_config"])
+    except LmdeqError as err:
+        raise CheckpointError(f"{source}: invalid train_config ({err})") from err
     if data is not None:
         cfg = cfg.replace(data=data, val_data=None)
     if batch_size is not None:
         cfg = cfg.replace(eval_batch_size=batch_size)
     if model_factory is None:
         if not ckpt.get("model_config"):
-            raise ValueError(f"checkpoint: {checkpoint} has no model_config to rebuild the model from")
-        model_factory = model_from_config
-    model = model_factory(ckpt["model_config"])
-    model.load_state_dict(ckpt["model_state"])
+            raise CheckpointError(f"{source} has no model_config to rebuild the model from")
+        model = model_from_config(ckpt["model_config"], source)
+    else:
+        model = model_factory(ckpt["model_config"])
+    load_weights(model, ckpt["model_state"], source)
+    check_solvable(model, source, CheckpointError)
     model.to(dev)
-    name, images = eval_images(cfg, split, limit, cache_dir, workers, progress)
+    name, images = eval_images(cfg, split, limit, cache_dir, workers, progress, strict)
+    if ckpt.get("classes") is not None and tuple(ckpt["classes"]) != images.classes:
+        raise DataError(f"data: the images have the classes {list(images.classes)}, but {checkpoint} was trained on "
+                        f"{list(ckpt['classes'])}")
     metrics = evaluate(model, images, cfg.eval_batch_size, dev, workers, progress, desc=f"eval {name}")
     bound = certified_bound(model, training=False)
     return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "split": name, **metrics,

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import torch
 
-from .archive import default_cache_dir, extract_archive, is_archive
+from ..errors import DataError, DataNotFoundError, DataUnavailableError
+from .archive import extract_archive, is_archive, prepare_cache_dir
 from .folder import find_split_dirs, load_image_folder
 from .images import LabelledImages
 
+__all__ = ["DataSource", "DataUnavailableError", "load_source", "TORCHVISION_PREFIX", "DOWNLOAD_NAME"]
+
 TORCHVISION_PREFIX = "torchvision:"
 DOWNLOAD_NAME = "cifar10"
-
-
-class DataUnavailableError(RuntimeError):
-    """The named data could not be loaded or downloaded."""
 
 
 @dataclass(frozen=True)
@@ -47,21 +46,22 @@ def _torchvision_cifar10(root: Path, train: bool) -> LabelledImages:
     return LabelledImages(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes))
 
 
-def _folder_source(spec: str, root: Path, cache: Path, workers: int, progress: bool) -> DataSource:
+def _folder_source(spec: str, root: Path, cache: Path, workers: int, progress: bool, strict: bool) -> DataSource:
     train_dir, test_dir = find_split_dirs(root)
-    train = load_image_folder(train_dir, cache, workers, progress)
-    test = load_image_folder(test_dir, cache, workers, progress) if test_dir is not None else None
+    train = load_image_folder(train_dir, cache, workers, progress, strict)
+    test = load_image_folder(test_dir, cache, workers, progress, strict) if test_dir is not None else None
     if test is not None and test.classes != train.classes:
-        raise ValueError(f"data: {test_dir} has classes {test.classes}, but {train_dir} has {train.classes}")
+        raise DataError(f"data: {test_dir} has classes {test.classes}, but {train_dir} has {train.classes}")
     return DataSource(spec, train, test)
 
 
 def load_source(spec: str, cache_dir: str | os.PathLike | None = None, workers: int = 0,
-                progress: bool = False) -> DataSource:
-    """Decode the data named by ``spec`` (see the module docstring)."""
+                progress: bool = False, strict: bool = False) -> DataSource:
+    """Decode the data named by ``spec`` (see the module docstring); ``strict``: an undecodable image file
+    is an error instead of being skipped and reported."""
     if not isinstance(spec, str) or not spec:
         raise TypeError("data must be a non-empty string")
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = prepare_cache_dir(cache_dir)
     if spec == DOWNLOAD_NAME or spec.startswith(TORCHVISION_PREFIX):
         if spec == DOWNLOAD_NAME:
             root = cache / "cifar10-torchvision"
@@ -70,11 +70,11 @@ def load_source(spec: str, cache_dir: str | os.PathLike | None = None, workers: 
         return DataSource(spec, _torchvision_cifar10(root, True), _torchvision_cifar10(root, False))
     path = Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data: {spec} does not exist (expected an ImageFolder directory, a .tar.gz of one, "
             f"'{DOWNLOAD_NAME}' or '{TORCHVISION_PREFIX}<root>')")
     if path.is_file():
         if not is_archive(path):
-            raise ValueError(f"data: {spec} is a file but not a .tar.gz, .tgz or .tar archive")
-        return _folder_source(spec, extract_archive(path, cache), cache, workers, progress)
-    return _folder_source(spec, path, cache, workers, progress)
+            raise DataError(f"data: {spec} is a file but not a .tar.gz, .tgz or .tar archive")
+        return _folder_source(spec, extract_archive(path, cache), cache, workers, progress, strict)
+    return _folder_source(spec, path, cache, workers, progress, strict)

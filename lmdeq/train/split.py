@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from ..errors import ConfigError
+
 
 def derive_seed(seed: int, *tags) -> int:
     """A 63-bit seed for the stream named by ``tags`` (independent streams from one user seed)."""
@@ -42,11 +44,11 @@ def stratified_holdout(labels: torch.Tensor, num_classes: int, fraction: float,
     """(train_idx, val_idx), sorted: round(fraction * N) images held out, split over the classes in
     proportion to their sizes."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {fraction!r}")
+        raise ConfigError(f"val_fraction must lie strictly between 0 and 1, got {fraction!r}")
     perms = _class_permutations(labels, num_classes, derive_seed(seed, "holdout"))
     n_val = int(round(fraction * labels.numel()))
     if n_val == 0 or n_val == labels.numel():
-        raise ValueError(f"val_fraction={fraction} of {labels.numel()} images leaves an empty "
+        raise ConfigError(f"val_fraction={fraction} of {labels.numel()} images leaves an empty "
                          f"{'validation' if n_val == 0 else 'training'} split")
     quota = _quotas([p.numel() for p in perms], n_val)
     val_idx = torch.cat([p[:q] for p, q in zip(perms, quota)]).sort().values
@@ -59,7 +61,7 @@ def stratified_subset(labels: torch.Tensor, num_classes: int, n: int, seed: int,
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"limit must be an int, got {type(n).__name__}")
     if n < 1:
-        raise ValueError(f"limit must be >= 1, got {n}")
+        raise ConfigError(f"limit must be >= 1, got {n}")
     if n >= labels.numel():
         return torch.arange(labels.numel())
     perms = _class_permutations(labels, num_classes, derive_seed(seed, "subset", tag))

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import NonFiniteError
 from .augment import normalize
 from .evaluate import check_logits
 from .hooks import apply_constraint
@@ -35,7 +36,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
                memory_format: torch.memory_format = torch.contiguous_format) -> StepResult:
     """Train ``model`` on one batch of uint8 ``images`` (B, 3, H, W) and ``labels`` (B,).
 
-    ``nonfinite_error(loss)`` builds the exception raised for a NaN/Inf loss (default: FloatingPointError);
+    ``nonfinite_error(loss)`` builds the exception raised for a NaN/Inf loss (default: NonFiniteError);
     ``memory_format`` is the layout the normalised batch is given to the model in (channels_last for a
     channels_last model)."""
     x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
@@ -46,7 +47,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise (nonfinite_error(loss_value) if nonfinite_error is not None
-               else FloatingPointError(f"loss is {loss_value}"))
+               else NonFiniteError(f"the training loss is {loss_value}"))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:

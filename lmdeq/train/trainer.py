@@ -1,42 +1,55 @@
 """The training loop: one optimiser step per batch, the Lipschitz constraint after every step,
-validation, checkpoints and the JSONL metrics log after every epoch.
+validation, and one atomic commit of the run state after every epoch.
 
 Step t (0-based, global), :func:`lmdeq.train.step.train_step`: logits = model(normalize(batch_t));
-loss = CE(logits, y); backward; optional global grad-norm clipping; Adam step with lr = cosine_lr(t);
-scheduler step; ``model.constraint_step()``. After epoch e (1-based): evaluate on the validation images, write
-``last.pt`` (and ``best.pt`` when validation accuracy improves), then append the epoch's record to
-``metrics.jsonl``. Resuming from ``last.pt`` reproduces the uninterrupted run bit for bit on the
-same device (batches are a function of (seed, epoch); every other state is in the checkpoint).
+loss = CE(logits, y); backward; optional global grad-norm clipping; Adam step with lr = scheduled_lr(t);
+scheduler step; ``model.constraint_step()``. After epoch e (1-based): evaluate on the validation images, append the
+epoch's record to the run's history, and commit (:func:`lmdeq.train.rundir.commit_epoch`): ``last.pt``
+holding the whole state, history and best weights, then the derived ``best.pt`` and ``metrics.jsonl``.
+Resuming from ``last.pt`` reproduces the uninterrupted run bit for bit on the same device, files
+included (batches are a function of (seed, epoch); every other state is in the checkpoint).
+
+Solves that miss their tolerance are counted per epoch (``unconverged_steps``: the fraction of training
+steps that ran on one, in metrics.jsonl) and warned about at every epoch end where it is not zero.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..errors import DataError, NonFiniteError
 from .batches import train_batches
-from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from .checkpoint import capture_rng_state, restore_rng_state
 from .config import TrainConfig
 from .evaluate import evaluate
-from .hooks import certified_bound, model_config, solver_stats
+from .faults import fault_point
+from .hooks import certified_bound, model_config, solver_stats, solves_unconverged
 from .images import LabelledImages
-from .metrics import MeanMeter, append_jsonl, fmt_number, json_number, truncate_jsonl
-from .optim import build_optimizer, build_scheduler
+from .metrics import MeanMeter, fmt_number, json_number
+from .optim import build_optimizer, build_scheduler, cycle_bounds
+from .rundir import BEST_FILE as BEST, LAST, METRICS, commit_epoch, locked, reconcile
 from .step import train_step
 
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+__all__ = ["Trainer", "LAST", "BEST", "METRICS"]
+
+log = logging.getLogger("lmdeq.train")
 
 
 class Trainer:
     """Trains ``model`` (already on ``device``) on ``train_data``; validates on ``val_data`` if given.
 
-    ``out_dir``: where last.pt, best.pt and metrics.jsonl go (None: nothing is written).
+    ``out_dir``: the run directory for last.pt, best.pt and metrics.jsonl (None: nothing is written); it
+    is locked while :meth:`fit` runs.
     ``bound_every``: the certified bound L is recomputed every this many steps (for the progress
     bar) and at every epoch end, on a fixed schedule so that display settings cannot change a run.
-    ``on_epoch_end(record)``: called after each epoch's checkpoint and log line.
+    ``on_epoch_end(record)``: called after each epoch's commit and log line.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, train_data: LabelledImages,
@@ -56,11 +69,15 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
         self.optimizer = build_optimizer(model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg.epochs * self.steps_per_epoch, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimiser steps
+        self.history: list[dict] = []  # the metrics record of every completed epoch
         self.best_val_acc: float | None = None
         self.best_epoch: int | None = None
+        self._best_weights: dict | None = None  # CPU copy of the best epoch's model state
+        self.run_id = uuid.uuid4().hex
+        self.forked_from: str | None = None  # the checkpoint a forked run continued, in another directory
         self.bound = certified_bound(model, training=True)  # of the map solved in training (progress bar)
         self.bound_eval = certified_bound(model, training=False)  # of the map solved at inference
 
@@ -71,6 +88,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The run state ``last.pt`` holds (see :mod:`lmdeq.train.checkpoint`)."""
+        best_is_current = self.best_epoch is not None and self.best_epoch == self.epoch
         return {
             "model_state": self.model.state_dict(),
             "model_config": model_config(self.model),
@@ -80,37 +99,54 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "train_size": len(self.train_data),
+            "classes": list(self.train_data.classes),
+            "run_id": self.run_id,
+            "forked_from": self.forked_from,
+            "history": [dict(r) for r in self.history],
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
+            "best_model_state": None if best_is_current else self._best_weights,
             "lipschitz_bound": self.bound,
             "lipschitz_bound_eval": self.bound_eval,
             "rng": capture_rng_state(),
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
-        """Continue from a checkpoint of this run (same config); the RNG state is restored last."""
-        saved = (ckpt["train_size"], ckpt["train_config"]["batch_size"], ckpt["train_config"]["epochs"])
-        now = (len(self.train_data), self.cfg.batch_size, self.cfg.epochs)
+        """Continue from a run state of this run (same config; ``epochs`` may have grown, see
+        :mod:`lmdeq.train.config`); the RNG state is restored last."""
+        saved_cfg = ckpt["train_config"]
+        saved = (ckpt["train_size"], saved_cfg["batch_size"])
+        now = (len(self.train_data), self.cfg.batch_size)
         if saved != now:
-            raise ValueError(f"checkpoint: its run had (training images, batch_size, epochs) = {saved}, this one "
-                             f"{now}; the batches and the lr schedule would not continue it")
+            raise DataError(f"checkpoint: its run had (training images, batch_size) = {saved}, this one {now}; the "
+                            "batches and the lr schedule would not continue it (same --data and --limit-train?)")
+        if tuple(ckpt["classes"]) != tuple(self.train_data.classes):
+            raise DataError(f"checkpoint: its run trained on the classes {list(ckpt['classes'])}, the data now has "
+                            f"{list(self.train_data.classes)}")
+        saved_bounds = cycle_bounds(TrainConfig.from_dict(saved_cfg), self.steps_per_epoch)
+        bounds = cycle_bounds(self.cfg, self.steps_per_epoch)
+        if bounds[:len(saved_bounds) - 1] != saved_bounds[:-1] or bounds[-1] < saved_bounds[-1]:
+            raise ValueError(f"the lr schedule {bounds} does not continue the checkpoint's {saved_bounds}")
         self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if bounds != saved_bounds:  # extended: the lr of the next step follows the new schedule
+            lrs = [base * fn(self.scheduler.last_epoch)
+                   for base, fn in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            self.scheduler._last_lr = lrs
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        self.history = [dict(r) for r in ckpt["history"]]
+        self.run_id = ckpt["run_id"]
+        self.forked_from = ckpt.get("forked_from")
         self.best_val_acc, self.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
+        best = ckpt["best_model_state"]
+        if self.best_epoch is not None:
+            best = ckpt["model_state"] if best is None else best
+            self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in best.items()}
         self.bound, self.bound_eval = ckpt["lipschitz_bound"], ckpt["lipschitz_bound_eval"]
-        if self.out_dir is not None:
-            truncate_jsonl(self.out_dir / METRICS, self.epoch)
         restore_rng_state(ckpt["rng"])
-
-    def _save(self, improved: bool) -> None:
-        if self.out_dir is None:
-            return
-        state = self.state_dict()
-        save_checkpoint(self.out_dir / LAST, state)
-        if improved:
-            save_checkpoint(self.out_dir / BEST, state)
 
     # -- training ------------------------------------------------------------------------------
     def _postfix(self, meter: MeanMeter, last: dict) -> dict:
@@ -120,12 +156,14 @@ class Trainer:
                 "L": fmt_number(self.bound, ".4f")}
 
     def train_epoch(self) -> dict:
-        """One pass over the training images; returns the epoch's means (loss, acc, solver stats)."""
+        """One pass over the training images; returns the epoch's means (loss, acc, solver stats) and
+        ``unconverged_steps`` (fraction of steps on an unconverged solve; None if the model does not say)."""
         self.model.train()
         epoch = self.epoch + 1
         loader = train_batches(self.train_data, self.cfg.batch_size, self.cfg.seed, epoch, self.cfg.augment,
                                workers=self.workers, pin_memory=self.device.type == "cuda")
         meter, last = MeanMeter(), {}
+        unconverged, judged, steps = 0, 0, 0
         start = time.perf_counter()
         bar = None
         if self.progress:
@@ -136,21 +174,30 @@ class Trainer:
             for images, labels in loader:
                 done = train_step(self.model, self.optimizer, self.scheduler, images, labels, self.device,
                                   len(self.train_data.classes), self.cfg.grad_clip,
-                                  lambda v: FloatingPointError(f"loss is {v} at epoch {epoch}, step {self.step + 1}; "
-                                                               "the last checkpoint holds the last finite state"))
+                                  lambda v: NonFiniteError(f"training diverged: the loss is {v} at epoch {epoch}, "
+                                                           f"step {self.step + 1}; {self._kept()} (try a lower "
+                                                           "--lr or --grad-clip)"))
                 self.step += 1
-                last = solver_stats(self.model)
+                steps += 1
+                info = getattr(self.model, "last_info", None) or {}
+                last = solver_stats(self.model, info=info)
+                verdict = solves_unconverged(self.model, info)
+                if verdict is not None:
+                    judged += 1
+                    unconverged += verdict
                 meter.update({"loss": done.loss, "acc": done.correct / done.batch, **last}, weight=done.batch)
                 if self.step % self.bound_every == 0:
                     self.bound = certified_bound(self.model, training=True)
                 if bar is not None:
                     bar.set_postfix(self._postfix(meter, last), refresh=False)
                     bar.update(1)
+                fault_point("step")
         finally:
             if bar is not None:
                 bar.close()
         out = meter.means()
         out["time_s"] = time.perf_counter() - start
+        out["unconverged_steps"] = unconverged / judged if judged == steps and steps else None
         return out
 
     def _record(self, train: dict, val: dict | None) -> dict:
@@ -159,6 +206,7 @@ class Trainer:
                "images_per_s": len(self.train_data) / train["time_s"] if train["time_s"] > 0 else None}
         for k in ("f_nstep", "f_residual", "b_nstep", "b_residual"):
             rec[k] = json_number(train.get(k))
+        rec["unconverged_steps"] = json_number(train.get("unconverged_steps"))
         if val is not None:
             rec.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_time_s": val["time_s"],
                         "val_f_nstep": json_number(val.get("f_nstep")),
@@ -177,31 +225,62 @@ class Trainer:
                 f"L {fmt_number(self.bound, '.4f')} "
                 f"lr {rec['lr']:.3g}")
 
+    def _warn_unconverged(self, rec: dict) -> None:
+        frac = rec.get("unconverged_steps")
+        if not frac:
+            return
+        cfg = model_config(self.model) or {}
+        tol = f" (f_tol {cfg['f_tol']:g}, b_tol {cfg['b_tol']:g})" if "f_tol" in cfg and "b_tol" in cfg else ""
+        log.warning("epoch %d: %.0f%% of the training steps ran on solves that did not reach their tolerance%s: "
+                    "forward residual %s, backward residual %s, certified L %s; the gradients are then not those of "
+                    "the equilibrium. Raise f_max_iter/b_max_iter, or keep the certified bound L < 1 (lower s)",
+                    rec["epoch"], 100 * frac, tol, fmt_number(rec.get("f_residual")),
+                    fmt_number(rec.get("b_residual")), fmt_number(self.bound, ".4g"))
+
+    def _check_weights_finite(self) -> None:
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            self.epoch -= 1  # not completed: it is not committed
+            raise NonFiniteError(f"training diverged: weights became NaN/Inf during epoch {self.epoch + 1} (e.g. "
+                                 f"{bad[:3]}); {self._kept()} (try a lower --lr or --grad-clip)")
+
+    def _kept(self) -> str:
+        if self.out_dir is None:
+            return "nothing was saved (no run directory)"
+        if self.epoch == 0:
+            return "no epoch was committed"
+        return f"{self.out_dir / LAST} keeps the state after epoch {self.epoch}"
+
     def fit(self) -> dict:
         """Train from the current epoch to ``cfg.epochs``; returns a summary of the run."""
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        rec = None
-        while self.epoch < self.cfg.epochs:
-            train = self.train_epoch()
-            self.epoch += 1
-            val = None
-            if self.val_data is not None:
-                val = evaluate(self.model, self.val_data, self.cfg.eval_batch_size, self.device, self.workers,
-                               self.progress, desc=f"val {self.epoch}")
-            self.bound = certified_bound(self.model, training=True)
-            self.bound_eval = certified_bound(self.model, training=False)
-            improved = val is not None and (self.best_val_acc is None or val["acc"] > self.best_val_acc)
-            if improved:
-                self.best_val_acc, self.best_epoch = val["acc"], self.epoch
-            self._save(improved)
-            rec = self._record(train, val)
+        run_lock = locked(self.out_dir) if self.out_dir is not None else contextlib.nullcontext()
+        with run_lock:
             if self.out_dir is not None:
-                append_jsonl(self.out_dir / METRICS, rec)
-            self.print(self._epoch_line(rec))
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(rec)
-        return {"epochs": self.epoch, "steps": self.step, "final": rec, "best_val_acc": self.best_val_acc,
-                "best_epoch": self.best_epoch, "lipschitz_bound": self.bound, "lipschitz_bound_eval": self.bound_eval,
-                "certified": self.certified, "time_s": time.perf_counter() - start}
+                reconcile(self.out_dir, self.state_dict())
+            start = time.perf_counter()
+            while self.epoch < self.cfg.epochs:
+                train = self.train_epoch()
+                self.epoch += 1
+                self._check_weights_finite()
+                val = None
+                if self.val_data is not None:
+                    val = evaluate(self.model, self.val_data, self.cfg.eval_batch_size, self.device, self.workers,
+                                   self.progress, desc=f"val {self.epoch}")
+                self.bound = certified_bound(self.model, training=True)
+                self.bound_eval = certified_bound(self.model, training=False)
+                if val is not None and (self.best_val_acc is None or val["acc"] > self.best_val_acc):
+                    self.best_val_acc, self.best_epoch = val["acc"], self.epoch
+                    self._best_weights = {k: v.detach().to("cpu", copy=True)
+                                          for k, v in self.model.state_dict().items()}
+                rec = self._record(train, val)
+                self.history.append(rec)
+                if self.out_dir is not None:
+                    commit_epoch(self.out_dir, self.state_dict())
+                self.print(self._epoch_line(rec))
+                self._warn_unconverged(rec)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(rec)
+        return {"epochs": self.epoch, "steps": self.step, "final": self.history[-1] if self.history else None,
+                "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "lipschitz_bound": self.bound,
+                "lipschitz_bound_eval": self.bound_eval, "certified": self.certified,
+                "time_s": time.perf_counter() - start}

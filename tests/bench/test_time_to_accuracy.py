@@ -138,7 +138,7 @@ def test_script_runs_end_to_end(tiny_folder, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "(c) lmdeq fast path" in printed and "What the certificate costs" in printed and "Targets:" in printed
     ckpt = load_checkpoint(runs / "lmdeq" / "last.pt")
-    assert ckpt["kind"] == "model" and ckpt["step"] == 3 and "optimizer" not in ckpt
+    assert ckpt["kind"] == "best" and ckpt["step"] == 3 and "optimizer" not in ckpt
     model = mdeq(**ckpt["model_config"])
     assert _load_weights(model, [{**ckpt, "path": "x"}]) == "x"
     lines = (runs / "lmdeq" / "metrics.jsonl").read_text().splitlines()

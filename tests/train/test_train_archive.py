@@ -66,7 +66,7 @@ def test_incomplete_directory_is_not_trusted(tmp_path):
 def test_unsafe_members_are_refused_and_nothing_is_left(tmp_path, members):
     arc = _tar(tmp_path / "bad.tar.gz", [("fine/1", b"1", "file")] + members)
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match="archive member"):
+    with pytest.raises(ValueError, match=r"member .* (escapes|is a link)"):
         extract_archive(arc, cache)
     assert list(cache.iterdir()) == []
     assert not (tmp_path / "evil").exists()

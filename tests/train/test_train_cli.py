@@ -116,17 +116,19 @@ def test_train_resume_and_eval_with_the_lipschitz_mdeq(tmp_path, capsys, monkeyp
         assert records[-1][key] is not None, key
     assert 0 < records[-1]["lipschitz_bound"] < 1 and records[-1]["certified"]
 
-    # killed right after epoch 1's checkpoint and log line, then resumed: identical to the full run
-    real_append = trainer_module.append_jsonl
+    # interrupted right after epoch 1's commit, then resumed: identical to the full run
+    real_commit = trainer_module.commit_epoch
 
-    def append_then_die(path, record):
-        real_append(path, record)
-        if record["epoch"] == 1:
+    def commit_then_stop(run_dir, state):
+        real_commit(run_dir, state)
+        if state["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer_module, "append_jsonl", append_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path, "--out", str(tmp_path / "split"), "--no-progress")
+    monkeypatch.setattr(trainer_module, "commit_epoch", commit_then_stop)
+    assert _train(tmp_path, "--out", str(tmp_path / "split"), "--no-progress") == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; {tmp_path / 'split' / 'last.pt'} holds the last completed epoch" in err
+    assert "Traceback" not in err
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
     assert _train(tmp_path, "--out", str(tmp_path / "split"), "--no-progress", "--resume") == 0

@@ -68,3 +68,27 @@ def write_image_folder(root, per_class=6, size=(32, 32), classes=CLASSES, seed=0
             Image.fromarray(pixels).save(d / f"{i:04d}.png")
     return root
 
+
+
+def run_in_fork(fn, *args, fault=None, timeout=120):
+    """Run ``fn(*args)`` in a forked child with one intra-op thread (so every run, killed or not, computes
+    alike) and ``LMDEQ_FAULT_AT=fault``; returns its exit code (-9: it killed itself at the fault point)."""
+    import multiprocessing
+    import os
+
+    def child():
+        if fault is not None:
+            os.environ["LMDEQ_FAULT_AT"] = fault
+        else:
+            os.environ.pop("LMDEQ_FAULT_AT", None)
+        torch.set_num_threads(1)
+        fn(*args)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        raise TimeoutError(f"{fn.__name__} did not finish within {timeout}s")
+    return proc.exitcode

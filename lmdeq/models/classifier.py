@@ -168,7 +168,8 @@ class MDEQClassifier(nn.Module):
             z, info = deq_solve(f, z0, on_backward=self._record_backward, graph=self._graphed_problem(injection),
                                 **kwargs)
         self._record_forward(info)
-        if info.get("result") == Result.NONFINITE:  # known only where the solve was checked: no extra sync
+        # Checked solves read their residuals back anyway; a-priori (sync-free) solves are not read here.
+        if self.config["solve_mode"] == "checked" and info.result is Result.NONFINITE:
             raise NonFiniteError("the forward solve produced NaN/Inf: non-finite input images or weights")
         return self.head(z)
 

@@ -10,6 +10,11 @@ The injection does not depend on z, so in l2 (per sample)
 
 with c = conv norm bounds, g = GroupNorm bounds (max |gamma|), s = activation slope, d = dropout
 scaling (1/(1-p) in training mode, 1 in eval mode).
+
+At the zero state (the MDEQ's initial iterate) conv1 z = 0, so u and conv2 u are the same for every
+sample: :meth:`ResidualBlock.forward_at_zero` computes them on one sample and broadcasts at the first
+per-sample term (the injection or the dropout mask), the same function at a 1/B of the convolutions'
+cost.
 """
 from __future__ import annotations
 
@@ -47,6 +52,22 @@ class ResidualBlock(nn.Module):
         v = self.gn2(v)
         mixed = z + v if (self.a_res, self.a_f) == (1.0, 1.0) else torch.lerp(z, v, self.a_f)  # a_res = 1 - a_f
         return self.gn3(torch.relu(mixed), gamma_scale=s3)
+
+    def forward_at_zero(self, z: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
+        """b(z) for z = 0 (``z`` must be zeros; see the module docstring), computed from its first sample;
+        the result has z's batch and memory format."""
+        s1, s3 = self.act1.s, self.act3.s
+        zero = z[:1]
+        u = torch.relu(self.gn1(self.conv1(zero), gamma_scale=s1, beta_scale=s1))
+        v = self.drop(self.conv2(u), add=injection, shared=True)
+        v = self.gn2(v)
+        mixed = zero + v if (self.a_res, self.a_f) == (1.0, 1.0) else torch.lerp(zero, v, self.a_f)
+        out = self.gn3(torch.relu(mixed), gamma_scale=s3)
+        if out.shape[0] != z.shape[0]:
+            out = out.expand(z.shape[0], *out.shape[1:])
+        fmt = torch.channels_last if z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous() \
+            else torch.contiguous_format
+        return out.contiguous(memory_format=fmt)
 
     def lipschitz(self):
         """g3 s (a_res + a_f g2 d c2 s g1 c1); see the module docstring."""

@@ -16,8 +16,19 @@
   trained and the straight-through gradient is the true gradient: training is projected gradient
   descent on gamma, as in the authors' code (clamp after the step), while the bound holds at every
   forward pass, also between a step and its projection.
+
+  Backward pass (:class:`_MeanOnlyGroupNormFn`, written out instead of autograd's chain of the
+  mean, the broadcast and the affine map). With G = dL/dy, S_bc = sum_hw G_bchw, and N = |group| HW,
+
+      dL/dx_bchw = gamma_c G_bchw - (1/N) sum_{c' in g(c)} gamma_c' S_bc'     (one pass over G)
+      dL/dgamma_c = sum_b (sum_hw G_bchw x_bchw - m_b,g(c) S_bc),   dL/dbeta_c = sum_b S_bc,
+
+  and each is computed only when the backward pass needs it (a vector-Jacobian product with respect to
+  the state skips the parameter terms).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -52,6 +63,107 @@ class _ClipStraightThrough(torch.autograd.Function):
 def clip_straight_through(x: torch.Tensor, bound: float) -> torch.Tensor:
     """clamp(x, -bound, bound) whose gradient w.r.t. x is 1 everywhere (see the module docstring)."""
     return _ClipStraightThrough.apply(x, bound)
+
+
+def _needed(ctx, index: int) -> bool:
+    """Whether the running backward pass needs the gradient of input ``index`` of a custom Function: it
+    must require grad and, where the engine can tell (torch._C._will_engine_execute_node), the
+    gradient's consumer must run in this pass (autograd.grad with respect to other inputs skips it)."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    try:
+        node = ctx.next_functions[index][0]
+        return node is not None and torch._C._will_engine_execute_node(node)
+    except (AttributeError, RuntimeError, IndexError):   # e.g. under torch.func transforms: assume needed
+        return True
+
+
+def _group_mean(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per sample, the mean of x over (group, spatial), broadcast back to (B, C, 1, ..., 1). Computed from
+    per-channel means (groups are equal-sized): a reduction that reads x in any memory format."""
+    b, c = x.shape[:2]
+    spatial = (1,) * (x.dim() - 2)
+    mean = x.mean(dim=tuple(range(2, x.dim()))).reshape(b, num_groups, c // num_groups).mean(dim=-1, keepdim=True)
+    return mean.expand(b, num_groups, c // num_groups).reshape((b, c) + spatial)
+
+
+def _mean_only_group_norm(x, gamma, beta, num_groups: int, scale: float) -> torch.Tensor:
+    """gamma (x - m) + beta with (C,) gamma and beta, or scale (x - m) without them (m: _group_mean)."""
+    mean = _group_mean(x, num_groups)
+    if gamma is None:
+        out = x - mean
+        return out if scale == 1.0 else out.mul_(scale) if not out.requires_grad else out * scale
+    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    gamma, beta = gamma.reshape(shape), beta.reshape(shape)
+    return torch.addcmul(beta - gamma * mean, x, gamma)
+
+
+class _MeanOnlyGroupNormFn(torch.autograd.Function):
+    """:func:`_mean_only_group_norm` with the backward pass of the module docstring (and its forward-mode
+    derivative, for torch.func.jvp)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, gamma, beta, num_groups, scale):
+        return _mean_only_group_norm(x, gamma, beta, num_groups, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, gamma, beta, num_groups, scale = inputs
+        ctx.num_groups, ctx.scale, ctx.affine = num_groups, scale, gamma is not None
+        ctx.x_shape, ctx.x_dtype = tuple(x.shape), x.dtype
+        kept = (x, gamma) if gamma is not None else (None, None)   # x only for the gradient of gamma
+        ctx.save_for_backward(*kept)
+        ctx.save_for_forward(*kept)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, gamma = ctx.saved_tensors
+        g = ctx.num_groups
+        b, c = ctx.x_shape[:2]
+        spatial_dims = tuple(range(2, len(ctx.x_shape)))
+        spatial = (1,) * len(spatial_dims)
+        shape = (1, c) + spatial
+        per_group = (c // g) * math.prod(ctx.x_shape[2:])
+        need_x = _needed(ctx, 0)
+        need_gamma = ctx.affine and _needed(ctx, 1)
+        need_beta = ctx.affine and _needed(ctx, 2)
+        if not (need_x or need_gamma or need_beta):
+            return None, None, None, None, None
+        sums = grad.sum(dim=spatial_dims)                                          # S_bc
+        gx = ggamma = gbeta = None
+        if need_x:
+            weighted = sums * gamma.reshape(1, c) if ctx.affine else sums * ctx.scale
+            corr = weighted.reshape(b, g, c // g).sum(dim=-1, keepdim=True) / per_group
+            corr = corr.expand(b, g, c // g).reshape((b, c) + spatial)
+            if ctx.affine:
+                gx = torch.addcmul(-corr, grad, gamma.reshape(shape))
+            else:
+                gx = grad - corr if ctx.scale == 1.0 else torch.add(-corr, grad, alpha=ctx.scale)
+            gx = gx.to(ctx.x_dtype)
+        if need_gamma:
+            mean = _group_mean(x, g).reshape(b, c)
+            ggamma = ((grad * x).sum(dim=(0,) + spatial_dims) - (mean * sums).sum(dim=0)).to(gamma.dtype)
+        if need_beta:
+            gbeta = sums.sum(dim=0).to(gamma.dtype)
+        return gx, ggamma, gbeta, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dgamma, dbeta, _num_groups, _scale):
+        x, gamma = ctx.saved_tensors
+        g = ctx.num_groups
+        shape = (1, ctx.x_shape[1]) + (1,) * (len(ctx.x_shape) - 2)
+        out = None
+        if dx is not None:   # linear in x: the same map with beta = 0
+            out = _mean_only_group_norm(dx, gamma, None if gamma is None else torch.zeros_like(gamma), g, ctx.scale)
+        if dgamma is not None:
+            term = dgamma.reshape(shape) * (x - _group_mean(x, g))
+            out = term if out is None else out + term
+        if dbeta is not None:
+            term = dbeta.reshape(shape).expand(ctx.x_shape)
+            out = term if out is None else out + term
+        return out
 
 
 class StandardGroupNorm(nn.GroupNorm):
@@ -98,19 +210,16 @@ class MeanOnlyGroupNorm(nn.Module):
         The scales let a neighbouring positive scalar fold in at no cost (s * relu(GN(x)) =
         relu(GN(x) with both scales s); GN(s * x) = GN(x) with gamma_scale s). With affine parameters the
         layer is evaluated as one pass, gamma' x + (beta' - gamma' mean_g x), after the mean."""
-        b, c = x.shape[:2]
-        g = self.num_groups
-        spatial = (1,) * (x.dim() - 2)
-        # Group means from per-channel means (groups are equal-sized): a reduction that reads x in any
-        # memory format, so channels_last inputs give channels_last outputs with no layout copy.
-        mean = x.mean(dim=tuple(range(2, x.dim()))).reshape(b, g, c // g).mean(dim=-1, keepdim=True)
-        mean = mean.expand(b, g, c // g).reshape((b, c) + spatial)
         if self.weight is None:
-            out = x - mean
-            return out if gamma_scale == 1.0 else out * gamma_scale
-        gamma = (self.effective_gamma() * gamma_scale).reshape((1, c) + spatial)
-        beta = (self.bias * beta_scale if beta_scale != 1.0 else self.bias).reshape((1, c) + spatial)
-        return torch.addcmul(beta - gamma * mean, x, gamma)
+            gamma = beta = None
+        else:
+            gamma = self.effective_gamma() * gamma_scale
+            beta = self.bias * beta_scale if beta_scale != 1.0 else self.bias
+        differentiable = torch.is_grad_enabled() and (x.requires_grad or (gamma is not None and (
+            gamma.requires_grad or beta.requires_grad)))
+        if not differentiable:
+            return _mean_only_group_norm(x, gamma, beta, self.num_groups, gamma_scale)
+        return _MeanOnlyGroupNormFn.apply(x, gamma, beta, self.num_groups, gamma_scale)
 
     def lipschitz(self) -> torch.Tensor | float:
         """max |gamma_eff| (a 0-d tensor), or 1 without affine."""

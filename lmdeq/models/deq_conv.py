@@ -60,6 +60,7 @@ class DEQConv2d(nn.Module):
             self.register_buffer("power_vector", vec / vec.norm())
         self._estimated_at = None
         self._frozen_weight = None
+        self._frozen_scaled = None
 
     # -- weights ---------------------------------------------------------------------------------------
     def unscaled_weight(self) -> torch.Tensor:
@@ -85,21 +86,34 @@ class DEQConv2d(nn.Module):
     @contextmanager
     def frozen(self):
         """Compute W_eff once and reuse it for every call inside the block (the many f-evaluations of one
-        solve); outside, W_eff is recomputed from the current weights and estimate at every call. Nested
-        blocks compute their own W_eff and restore the outer one on exit."""
-        outer = self._frozen_weight
+        solve), as well as each input-scaled weight scale * W_eff (:meth:`forward`), computed on first use
+        in the grad mode of the block's entry; outside, W_eff is recomputed from the current weights and
+        estimate at every call. Nested blocks compute their own W_eff and restore the outer one on exit."""
+        outer, outer_scaled = self._frozen_weight, self._frozen_scaled
         self._frozen_weight = None
         self._frozen_weight = self.effective_weight()
+        self._frozen_scaled = ({}, torch.is_grad_enabled())
         try:
             yield
         finally:
-            self._frozen_weight = outer
+            self._frozen_weight, self._frozen_scaled = outer, outer_scaled
+
+    def _scaled_weight(self, scale: float) -> torch.Tensor:
+        w = self.effective_weight()
+        if scale == 1.0:
+            return w
+        if self._frozen_scaled is None:
+            return w * scale
+        cache, grad = self._frozen_scaled
+        if scale not in cache:
+            with torch.set_grad_enabled(grad):
+                cache[scale] = w * scale
+        return cache[scale]
 
     def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """conv2d(scale * x, W_eff) = conv2d(x, scale * W_eff): a scalar on the input (the activation's s)
         costs a pass over the small weight instead of one over the activations."""
-        w = self.effective_weight()
-        return F.conv2d(x, w if scale == 1.0 else w * scale, stride=self.stride, padding=self.padding)
+        return F.conv2d(x, self._scaled_weight(scale), stride=self.stride, padding=self.padding)
 
     # -- norm estimate ---------------------------------------------------------------------------------
     def lipschitz(self) -> torch.Tensor | float:

@@ -113,10 +113,12 @@ class MDEQCell(nn.Module):
     @contextmanager
     def frozen_weights(self):
         """Within the block every conv uses its effective weight computed once on entry (see
-        DEQConv2d.frozen); gradients still reach the raw weights through that one computation."""
+        DEQConv2d.frozen) and every mean-only GroupNorm its scaled gamma and beta computed once
+        (MeanOnlyGroupNorm.frozen); gradients still reach the raw parameters through that one computation."""
         with ExitStack() as stack:
-            for conv in self.convs():
-                stack.enter_context(conv.frozen())
+            for module in self.modules():
+                if isinstance(module, (DEQConv2d, MeanOnlyGroupNorm)):
+                    stack.enter_context(module.frozen())
             yield
 
     def gamma_clipped_norms(self) -> List[MeanOnlyGroupNorm]:

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -197,6 +198,7 @@ class MeanOnlyGroupNorm(nn.Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        self._frozen = None
 
     def effective_gamma(self):
         """gamma clipped to [-gamma_max, gamma_max], straight-through gradient (None without affine)."""
@@ -210,16 +212,44 @@ class MeanOnlyGroupNorm(nn.Module):
         The scales let a neighbouring positive scalar fold in at no cost (s * relu(GN(x)) =
         relu(GN(x) with both scales s); GN(s * x) = GN(x) with gamma_scale s). With affine parameters the
         layer is evaluated as one pass, gamma' x + (beta' - gamma' mean_g x), after the mean."""
-        if self.weight is None:
-            gamma = beta = None
-        else:
-            gamma = self.effective_gamma() * gamma_scale
-            beta = self.bias * beta_scale if beta_scale != 1.0 else self.bias
+        gamma, beta = self._scaled_parameters(gamma_scale, beta_scale)
         differentiable = torch.is_grad_enabled() and (x.requires_grad or (gamma is not None and (
             gamma.requires_grad or beta.requires_grad)))
         if not differentiable:
             return _mean_only_group_norm(x, gamma, beta, self.num_groups, gamma_scale)
         return _MeanOnlyGroupNormFn.apply(x, gamma, beta, self.num_groups, gamma_scale)
+
+    def _scaled_parameters(self, gamma_scale: float, beta_scale: float):
+        """(gamma_scale * gamma_eff, beta_scale * beta), or (None, None) without affine; inside :meth:`frozen`
+        computed once per pair of scales."""
+        if self.weight is None:
+            return None, None
+
+        def compute():
+            return (self.effective_gamma() * gamma_scale,
+                    self.bias * beta_scale if beta_scale != 1.0 else self.bias)
+
+        if self._frozen is None:
+            return compute()
+        cache, grad = self._frozen
+        key = (gamma_scale, beta_scale)
+        if key not in cache:
+            with torch.set_grad_enabled(grad):
+                cache[key] = compute()
+        return cache[key]
+
+    @contextmanager
+    def frozen(self):
+        """Within the block the scaled parameters are computed once per pair of scales, in the grad mode of
+        the block's entry (so a first use inside a no-grad solve still keeps their graph for the tracked
+        evaluation), and reused by every call (the many f-evaluations of one solve); gradients reach
+        gamma and beta through that one computation. Nested blocks keep their own and restore the outer."""
+        outer = self._frozen
+        self._frozen = ({}, torch.is_grad_enabled())
+        try:
+            yield
+        finally:
+            self._frozen = outer
 
     def lipschitz(self) -> torch.Tensor | float:
         """max |gamma_eff| (a 0-d tensor), or 1 without affine."""

@@ -45,24 +45,25 @@ class ResidualBlock(nn.Module):
     def forward(self, z: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
         # Evaluated with the activations' slope s folded into the neighbouring affine maps, so that every
         # elementwise step is one pass: act1(gn1(y)) = relu(gn1(y) scaled by s), gn3(act3(m)) =
-        # gn3(relu(m)) with gamma scaled by s, and (1 - a_f) z + a_f v = lerp(z, v, a_f).
+        # gn3(relu(m)) with gamma scaled by s, and (1 - a_f) z + a_f v = lerp(z, v, a_f). The ReLUs act in
+        # place on fresh results whose producers do not keep them for their backward pass.
         s1, s3 = self.act1.s, self.act3.s
-        u = torch.relu(self.gn1(self.conv1(z), gamma_scale=s1, beta_scale=s1))
+        u = torch.relu_(self.gn1(self.conv1(z), gamma_scale=s1, beta_scale=s1))
         v = self.drop(self.conv2(u), add=injection)
         v = self.gn2(v)
         mixed = z + v if (self.a_res, self.a_f) == (1.0, 1.0) else torch.lerp(z, v, self.a_f)  # a_res = 1 - a_f
-        return self.gn3(torch.relu(mixed), gamma_scale=s3)
+        return self.gn3(torch.relu_(mixed), gamma_scale=s3)
 
     def forward_at_zero(self, z: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
         """b(z) for z = 0 (``z`` must be zeros; see the module docstring), computed from its first sample;
         the result has z's batch and memory format."""
         s1, s3 = self.act1.s, self.act3.s
         zero = z[:1]
-        u = torch.relu(self.gn1(self.conv1(zero), gamma_scale=s1, beta_scale=s1))
+        u = torch.relu_(self.gn1(self.conv1(zero), gamma_scale=s1, beta_scale=s1))
         v = self.drop(self.conv2(u), add=injection, shared=True)
         v = self.gn2(v)
         mixed = zero + v if (self.a_res, self.a_f) == (1.0, 1.0) else torch.lerp(zero, v, self.a_f)
-        out = self.gn3(torch.relu(mixed), gamma_scale=s3)
+        out = self.gn3(torch.relu_(mixed), gamma_scale=s3)
         if out.shape[0] != z.shape[0]:
             out = out.expand(z.shape[0], *out.shape[1:])
         fmt = torch.channels_last if z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous() \

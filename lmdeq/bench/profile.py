@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from .device import sync
 
-__all__ = ["PHASES", "OP_CLASSES", "profile_step", "op_class", "marked_modules"]
+__all__ = ["PHASES", "OP_CLASSES", "PHASE_ORDER", "profile_step", "op_class", "marked_modules"]
 
 # record_function names -> report names, in the order of a training step.
 PHASES = {
@@ -43,6 +43,8 @@ PHASES = {
     "bench::optimizer_step": "optimizer step",
     "bench::constraint_step": "constraint upkeep",
 }
+# Report order: each phase followed by its backward pass, then what no phase covers.
+PHASE_ORDER = tuple(p for label in PHASES.values() for p in (label, label + " backward")) + ("rest",)
 OP_CLASSES = ("convolution", "batch norm", "matrix product", "copy", "other operators", "framework")
 _BACKWARD_NODE = "autograd::engine::evaluate_function: "
 _OP_PREFIXES = ("aten::", "lmdeq_C::", "lmdeq::", "prims::", "mkldnn::", "triton", "cuda", "void ")

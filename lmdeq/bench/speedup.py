@@ -42,7 +42,7 @@ from torch.profiler import record_function
 
 from .device import device_slug, environment, load_average, load_record, sync
 from .interleave import interleaved_rounds, ratio_spread, spread
-from .profile import OP_CLASSES, marked_modules, profile_step
+from .profile import OP_CLASSES, PHASE_ORDER, marked_modules, profile_step
 from .report import bar_chart, fmt_spread, markdown_table
 
 __all__ = ["METHODS", "method_config", "measure", "run"]
@@ -308,7 +308,8 @@ def profile_table(rows: List[Dict]) -> str:
             lines.append(cells)
         return lines
 
-    phases = list(dict.fromkeys(p for r in rows for p in r["profile"]["phases_ms"]))
+    present = {p for r in rows for p in r["profile"]["phases_ms"]}
+    phases = [p for p in PHASE_ORDER if p in present]
     totals = [{"part": "wall / busy", **{h: f"{r['profile']['wall_ms']:.3g} / {r['profile']['busy_ms']:.3g}"
                                           for h, r in zip(heads, rows)}}]
     text = (f"One profiled training step ({rows[0]['profile']['clock']} clock), ms (share of busy time):\n\n"

@@ -79,24 +79,32 @@ def _needed(ctx, index: int) -> bool:
         return True
 
 
-def _group_mean(x: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Per sample, the mean of x over (group, spatial), broadcast back to (B, C, 1, ..., 1). Computed from
+def _group_means(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per sample, the means of x over (group, spatial), shape (B, num_groups, 1). Computed from
     per-channel means (groups are equal-sized): a reduction that reads x in any memory format."""
     b, c = x.shape[:2]
-    spatial = (1,) * (x.dim() - 2)
-    mean = x.mean(dim=tuple(range(2, x.dim()))).reshape(b, num_groups, c // num_groups).mean(dim=-1, keepdim=True)
-    return mean.expand(b, num_groups, c // num_groups).reshape((b, c) + spatial)
+    return x.mean(dim=tuple(range(2, x.dim()))).reshape(b, num_groups, c // num_groups).mean(dim=-1, keepdim=True)
+
+
+def _per_channel(m: torch.Tensor, shape) -> torch.Tensor:
+    """(B, G, 1) group values broadcast to their channels, shaped ``shape`` = (B, C, 1, ...)."""
+    b, g = m.shape[:2]
+    return m.expand(b, g, shape[1] // g).reshape(shape)
 
 
 def _mean_only_group_norm(x, gamma, beta, num_groups: int, scale: float) -> torch.Tensor:
-    """gamma (x - m) + beta with (C,) gamma and beta, or scale (x - m) without them (m: _group_mean)."""
-    mean = _group_mean(x, num_groups)
+    """gamma (x - m) + beta with (C,) gamma and beta, or scale (x - m) without them (m: the group means),
+    in as few operator calls as the math allows: the per-(sample, channel) offset beta - gamma m is one
+    addcmul on the (B, G, C/G) means, the output one addcmul over x."""
+    b, c = x.shape[:2]
+    g = num_groups
+    out_shape = (b, c) + (1,) * (x.dim() - 2)
+    means = _group_means(x, g)
     if gamma is None:
-        out = x - mean
+        out = x - _per_channel(means, out_shape)
         return out if scale == 1.0 else out.mul_(scale) if not out.requires_grad else out * scale
-    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
-    gamma, beta = gamma.reshape(shape), beta.reshape(shape)
-    return torch.addcmul(beta - gamma * mean, x, gamma)
+    offset = torch.addcmul(beta.reshape(1, g, c // g), gamma.reshape(1, g, c // g), means, value=-1.0)
+    return torch.addcmul(offset.reshape(out_shape), x, gamma.reshape((1, c) + out_shape[2:]))
 
 
 class _MeanOnlyGroupNormFn(torch.autograd.Function):
@@ -144,7 +152,7 @@ class _MeanOnlyGroupNormFn(torch.autograd.Function):
                 gx = grad - corr if ctx.scale == 1.0 else torch.add(-corr, grad, alpha=ctx.scale)
             gx = gx.to(ctx.x_dtype)
         if need_gamma:
-            mean = _group_mean(x, g).reshape(b, c)
+            mean = _per_channel(_group_means(x, g), (b, c))
             ggamma = ((grad * x).sum(dim=(0,) + spatial_dims) - (mean * sums).sum(dim=0)).to(gamma.dtype)
         if need_beta:
             gbeta = sums.sum(dim=0).to(gamma.dtype)
@@ -159,7 +167,7 @@ class _MeanOnlyGroupNormFn(torch.autograd.Function):
         if dx is not None:   # linear in x: the same map with beta = 0
             out = _mean_only_group_norm(dx, gamma, None if gamma is None else torch.zeros_like(gamma), g, ctx.scale)
         if dgamma is not None:
-            term = dgamma.reshape(shape) * (x - _group_mean(x, g))
+            term = dgamma.reshape(shape) * (x - _per_channel(_group_means(x, g), (x.shape[0],) + shape[1:]))
             out = term if out is None else out + term
         if dbeta is not None:
             term = dbeta.reshape(shape).expand(ctx.x_shape)

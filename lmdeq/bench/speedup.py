@@ -297,24 +297,25 @@ def profile_table(rows: List[Dict]) -> str:
     """Where one training step's time goes, per profiled row: phases (with their backward passes) and
     operator classes as ms and share of the busy time, then each row's top operators."""
     heads = [f"{r['weights']} {r['label']}" for r in rows]
+    keys = [f"col{i}" for i in range(len(rows))]
 
     def block(key, names):
         lines = []
         for name in names:
             cells = {"part": name}
-            for h, r in zip(heads, rows):
+            for k, r in zip(keys, rows):
                 ms = r["profile"][key].get(name)
-                cells[h] = None if ms is None else f"{ms:.3g} ({100 * ms / r['profile']['busy_ms']:.0f}%)"
+                cells[k] = None if ms is None else f"{ms:.3g} ({100 * ms / r['profile']['busy_ms']:.0f}%)"
             lines.append(cells)
         return lines
 
     present = {p for r in rows for p in r["profile"]["phases_ms"]}
     phases = [p for p in PHASE_ORDER if p in present]
-    totals = [{"part": "wall / busy", **{h: f"{r['profile']['wall_ms']:.3g} / {r['profile']['busy_ms']:.3g}"
-                                          for h, r in zip(heads, rows)}}]
+    totals = [{"part": "wall / busy", **{k: f"{r['profile']['wall_ms']:.3g} / {r['profile']['busy_ms']:.3g}"
+                                          for k, r in zip(keys, rows)}}]
     text = (f"One profiled training step ({rows[0]['profile']['clock']} clock), ms (share of busy time):\n\n"
-            + markdown_table(totals + block("phases_ms", phases), ["part"] + heads, ["phase"] + heads)
-            + "\n\n" + markdown_table(block("op_classes_ms", OP_CLASSES), ["part"] + heads,
+            + markdown_table(totals + block("phases_ms", phases), ["part"] + keys, ["phase"] + heads)
+            + "\n\n" + markdown_table(block("op_classes_ms", OP_CLASSES), ["part"] + keys,
                                       ["operator class"] + heads))
     for r in rows:
         ops = "; ".join(f"{op['name']} {op['self_ms']:.3g} ms x{op['calls']}" for op in r["profile"]["top_ops"])

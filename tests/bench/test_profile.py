@@ -113,3 +113,14 @@ def test_benchmark_reports_where_the_time_goes(tmp_path):
     plain = speedup.run(preset="cifar10-small", batch=2, steps=1, warmup=0, methods=("lmdeq",), out_dir=None,
                         log=lambda m: None)
     assert plain["rows"][0]["profile"] is None and "profiled" not in plain["table"]
+
+
+def test_profile_table_keeps_columns_apart_even_with_equal_labels():
+    def prof(ms):
+        return {"clock": "host", "wall_ms": 2 * ms, "busy_ms": ms, "phases_ms": {"forward solve": ms, "rest": 0.0},
+                "op_classes_ms": {c: 0.0 for c in OP_CLASSES}, "top_ops": []}
+
+    rows = [{"weights": "init", "label": "(c)", "profile": prof(10.0)},
+            {"weights": "init", "label": "(c)", "profile": prof(20.0)}]
+    text = speedup.profile_table(rows)
+    assert "| forward solve | 10 (100%) | 20 (100%) |" in text and "| wall / busy | 20 / 10 | 40 / 20 |" in text

@@ -43,9 +43,29 @@ from .cuda_graphs import GraphCache
 from .solvers import get_solver
 from .solvers.state import StateLayout
 
-__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem"]
+__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem", "is_solved_state", "adjoint_done"]
 
 BACKWARD_MODES = ("implicit", "jfb", "phantom", "none")
+_DONE = "_lmdeq_adjoint_done"
+
+
+def is_solved_state(t: torch.Tensor) -> bool:
+    """Whether ``t`` is (a part of) the solved state z* that :func:`deq_solve` passes to f for the tracked
+    evaluation f(z*) of the implicit backward mode (eager solves)."""
+    return hasattr(t, _DONE)
+
+
+def adjoint_done(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a solved state (:func:`is_solved_state`) whose adjoint solve in the running
+    backward pass has finished. The state is internal to deq_solve, so from then on the pass discards
+    any gradient with respect to it: an operator of f whose input is z* may skip computing that gradient
+    (the gradient into f's parameters through f(z*) still needs everything else)."""
+    return getattr(t, _DONE, False)
+
+
+def _mark_solved(parts, done: bool) -> None:
+    for t in parts:
+        setattr(t, _DONE, done)
 
 
 @dataclass(frozen=True)
@@ -152,8 +172,12 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
         # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
         # products run on: f is evaluated once for both (its graph is kept until the backward pass).
         star = [p.requires_grad_() for p in star]
+    state = layout.external(star)
+    if graph is None:
+        adjoint.states = [state] if torch.is_tensor(state) else list(state)
+        _mark_solved(adjoint.states, False)
     with record_function("lmdeq::tracked_f"):
-        tracked = layout.check_output(f(layout.external(star)))
+        tracked = layout.check_output(f(state))
     if graph is None:
         adjoint.linearisation = (star, tracked)
     out = _ImplicitGrad.apply(adjoint, *tracked)
@@ -177,6 +201,7 @@ class _Adjoint:
         self.solve, self.kwargs, self.on_backward = solve, kwargs, on_backward
         self.graph, self.tag, self.autocast = graph, tag, autocast
         self.linearisation = None
+        self.states = []   # the tensors f received for the tracked evaluation (eager), see adjoint_done
 
     def _linearise(self, f, star):
         with torch.enable_grad():
@@ -195,8 +220,10 @@ class _Adjoint:
         return layout.parts(g), info
 
     def __call__(self, v_parts):
+        _mark_solved(self.states, False)   # a repeated backward pass (retain_graph) needs dL/dz* again
         with record_function("lmdeq::adjoint_solve"):
             g, info = self._run(v_parts)
+        _mark_solved(self.states, True)
         if self.on_backward is not None:
             self.on_backward(info)
         return g

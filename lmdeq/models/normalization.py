@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .grad_needs import gradient_needed
+
 __all__ = ["MeanOnlyGroupNorm", "StandardGroupNorm", "group_norm"]
 
 
@@ -64,19 +66,6 @@ class _ClipStraightThrough(torch.autograd.Function):
 def clip_straight_through(x: torch.Tensor, bound: float) -> torch.Tensor:
     """clamp(x, -bound, bound) whose gradient w.r.t. x is 1 everywhere (see the module docstring)."""
     return _ClipStraightThrough.apply(x, bound)
-
-
-def _needed(ctx, index: int) -> bool:
-    """Whether the running backward pass needs the gradient of input ``index`` of a custom Function: it
-    must require grad and, where the engine can tell (torch._C._will_engine_execute_node), the
-    gradient's consumer must run in this pass (autograd.grad with respect to other inputs skips it)."""
-    if not ctx.needs_input_grad[index]:
-        return False
-    try:
-        node = ctx.next_functions[index][0]
-        return node is not None and torch._C._will_engine_execute_node(node)
-    except (AttributeError, RuntimeError, IndexError):   # e.g. under torch.func transforms: assume needed
-        return True
 
 
 def _group_means(x: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -135,9 +124,9 @@ class _MeanOnlyGroupNormFn(torch.autograd.Function):
         spatial = (1,) * len(spatial_dims)
         shape = (1, c) + spatial
         per_group = (c // g) * math.prod(ctx.x_shape[2:])
-        need_x = _needed(ctx, 0)
-        need_gamma = ctx.affine and _needed(ctx, 1)
-        need_beta = ctx.affine and _needed(ctx, 2)
+        need_x = gradient_needed(ctx, 0)
+        need_gamma = ctx.affine and gradient_needed(ctx, 1)
+        need_beta = ctx.affine and gradient_needed(ctx, 2)
         if not (need_x or need_gamma or need_beta):
             return None, None, None, None, None
         sums = grad.sum(dim=spatial_dims)                                          # S_bc

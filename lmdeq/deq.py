@@ -11,7 +11,10 @@ Backward modes (``backward=``):
   tracked evaluation f(z*); autograd then carries g into f's parameters and inputs. That evaluation is
   differentiable in z* as well, and the adjoint's vector-Jacobian products J_f^T g run on its graph, so
   f is evaluated with autograd once per step. No tensor hooks, so it is safe under
-  DistributedDataParallel and re-entrant backward.
+  DistributedDataParallel and re-entrant backward. The state f receives for that evaluation is marked
+  (:func:`is_solved_state`) and flagged once the adjoint solve is done (:func:`adjoint_done`): the rest of
+  the backward pass only needs the gradient into f's parameters and inputs, so an operator of f may skip
+  the gradient with respect to z* (the MDEQ's convolutions on z* do).
 * ``'jfb'`` — Jacobian-free backprop: dL/dtheta ~ v^T df/dtheta(z*) (one tracked f-evaluation).
 * ``'phantom'`` — ``phantom_steps`` damped tracked steps z <- (1 - phantom_tau) z + phantom_tau f(z) from z*.
 * ``'none'`` — return z* detached.

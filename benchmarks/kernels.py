@@ -10,11 +10,15 @@ cifar10-large) at batch 32 and 128, time (median):
                  backends available on the device; Triton only on GPU);
 * op 3 (b) on GPU also ``cuda-nograph`` / ``triton-nograph`` (LMDEQ_CUDA_GRAPHS=0).
 
-Reports median time, GB/s of the minimum traffic (each input read once, each output written once),
-on GPU the fraction of the device's copy bandwidth measured in the same run, the speedup over eager,
-and on GPU the kernel-launch API calls and kernels per call (torch.profiler). Writes
-benchmarks/results/kernels-<device>.json and .png. Usage:
-    python benchmarks/kernels.py [--device cpu|cuda] [--quick] [--compile-for all|none|large:128,...]
+The variants of one case alternate round by round (eager, compile, cpu, ... then again; ``--rounds``,
+default 3 on CPU, 1 on GPU where do_bench's own repeats are robust), each round one timer median per
+variant (:mod:`lmdeq.bench.interleave`). Reports the median over rounds with its spread (min, max,
+quartiles), the speedup over eager as the median of the per-round ratios, GB/s of the minimum traffic
+(each input read once, each output written once), on GPU the fraction of the device's copy bandwidth
+measured in the same run and the kernel-launch API calls and kernels per call (torch.profiler); the
+JSON records the allocator, threads and the machine's load at start and end (a warning when it was
+above the thread count). Writes benchmarks/results/kernels-<device>.json and .png. Usage:
+    python benchmarks/kernels.py [--device cpu|cuda] [--quick] [--rounds N] [--compile-for all|none|large:128,...]
 """
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -31,7 +34,8 @@ import torch
 
 from lmdeq import ops
 from lmdeq.allocator import configure_process
-from lmdeq.bench.device import device_slug, environment
+from lmdeq.bench.device import device_slug, environment, load_average, load_record
+from lmdeq.bench.interleave import interleaved, ratio_spread, spread
 from lmdeq.models import mdeq
 from lmdeq.ops import backends, reference
 
@@ -145,32 +149,40 @@ def op2_cases(device, dtype, batch, n):
     return {"anderson_gram_row": gram, "anderson_mix": mix}
 
 
-def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: List[torch.dtype]) -> dict:
+def interleaved_case(fns: Dict[str, Callable[[], object]], rounds: int,
+                     median_of: Callable[[Callable[[], object]], float]) -> Dict[str, dict]:
+    """Per variant of one case: ``median_of(fn)`` (a timer's median, ms) in ``rounds`` interleaved rounds;
+    returns {variant: {ms_all, spread, speedup (per-round ratios to the first variant, the baseline)}}."""
+    ms = interleaved({v: (lambda fn=fn: median_of(fn)) for v, fn in fns.items()}, rounds)
+    base = next(iter(fns))
+    return {v: {"ms_all": ms[v], "spread": spread(ms[v]), "speedup": ratio_spread(ms[base], ms[v])} for v in fns}
+
+
+def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: List[torch.dtype],
+        rounds: int) -> dict:
     """All measurements; ``compile_for`` limits the torch.compile baseline to {(size, batch)} (None: all)."""
     copy_bw = copy_bandwidth_gbps(device, quick)
     rows: List[dict] = []
     fused = fused_backends(device)
 
     def measure(op, size, batch, dtype, fns: Dict[str, Callable[[], object]], nbytes: int, extra=None):
-        """Time every variant of one case, interleaved over rounds (median per variant), so that a change
-        of machine load mid-case does not favour one variant; the first variant is the baseline."""
-        times: Dict[str, List[float]] = {v: [] for v in fns}
-        for _ in range(1 if device.type == "cuda" else 3):
-            for v, fn in fns.items():
-                times[v].append(median_ms(fn, device, quick))
-        eager_ms = statistics.median(times["eager"])
+        """Time every variant of one case, interleaved over rounds, so that a change of machine load
+        mid-case does not favour one variant; the first variant (eager) is the baseline."""
+        case = interleaved_case(fns, rounds, lambda fn: median_ms(fn, device, quick))
         for v, fn in fns.items():
-            ms = statistics.median(times[v])
+            ms = case[v]["spread"]["median"]
             row = dict(op=op, size=size, batch=batch, dtype=str(dtype).replace("torch.", ""), variant=v,
-                       median_ms=ms, speedup_vs_eager=eager_ms / ms)
+                       median_ms=ms, ms_spread=case[v]["spread"], ms_all=case[v]["ms_all"],
+                       speedup_vs_eager=case[v]["speedup"]["median"], speedup_spread=case[v]["speedup"])
             if nbytes:
                 row["GBps"] = nbytes / ms / 1e6
                 row["frac_copy_bw"] = row["GBps"] / copy_bw
             row.update(launches(fn, device))
             row.update(extra or {})
             rows.append(row)
-            print(f"  {op:26s} {size:5s} B={batch:<4d} {row['dtype']:8s} {v:15s} {ms:9.4f} ms  "
-                  f"x{row['speedup_vs_eager']:.2f}", flush=True)
+            print(f"  {op:26s} {size:5s} B={batch:<4d} {row['dtype']:8s} {v:15s} {ms:9.4f} ms "
+                  f"[{row['ms_spread']['min']:.4f}-{row['ms_spread']['max']:.4f}]  x{row['speedup_vs_eager']:.2f}",
+                  flush=True)
 
     def compare(op, size, batch, dtype, nbytes, eager, fused_fn, compilable):
         fns = {"eager": eager}
@@ -212,7 +224,7 @@ def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: L
             measure("power_iteration_matrices", size, 1, torch.float32, fns,
                     2 * n_iter * sum(m.numel() for m in mats) * 4, {"layers": len(mats), "n_iter": n_iter})
     return {"environment": environment(device), "copy_bandwidth_GBps": copy_bw, "threads": torch.get_num_threads(),
-            "build": backends.build_info(), "rows": rows}
+            "rounds": rounds, "timing": "interleaved rounds", "build": backends.build_info(), "rows": rows}
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -250,15 +262,21 @@ def plot(result: dict, path: Path) -> None:
 
 
 def summary(result: dict, device: torch.device) -> List[str]:
-    lines = [f"device: {result['environment']['device']}; copy bandwidth {result['copy_bandwidth_GBps']:.0f} GB/s",
-             f"{'op':26s} {'size':5s} {'B':>4s} {'dtype':8s} {'variant':15s} {'ms':>9s} {'GB/s':>8s} "
-             f"{'%copy':>6s} {'x eager':>8s} {'launch':>6s}"]
+    load = result["load"]
+    la = lambda v: "n/a" if not v else "/".join(f"{x:.2f}" for x in v)
+    lines = [f"device: {result['environment']['device']}; copy bandwidth {result['copy_bandwidth_GBps']:.0f} GB/s; "
+             f"allocator {result['environment']['allocator'].get('source')}; {result['threads']} threads; "
+             f"{result['rounds']} interleaved rounds per case; load average (1/5/15 min) start "
+             f"{la(load['loadavg_start'])}, end {la(load['loadavg_end'])}",
+             f"{'op':26s} {'size':5s} {'B':>4s} {'dtype':8s} {'variant':15s} {'ms':>9s} {'min-max ms':>19s} "
+             f"{'GB/s':>8s} {'%copy':>6s} {'x eager':>8s} {'launch':>6s}"]
     for r in result["rows"]:
         gbps = f"{r['GBps']:8.1f}" if "GBps" in r else " " * 8
         frac = f"{100 * r['frac_copy_bw']:5.0f}%" if "frac_copy_bw" in r else " " * 6
-        la = f"{r['launch_calls']:6d}" if r.get("launch_calls") is not None else " " * 6
+        launch = f"{r['launch_calls']:6d}" if r.get("launch_calls") is not None else " " * 6
+        mm = f"{r['ms_spread']['min']:.4f}-{r['ms_spread']['max']:.4f}"
         lines.append(f"{r['op']:26s} {r['size']:5s} {r['batch']:4d} {r['dtype']:8s} {r['variant']:15s} "
-                     f"{r['median_ms']:9.4f} {gbps} {frac} {r['speedup_vs_eager']:8.2f} {la}")
+                     f"{r['median_ms']:9.4f} {mm:>19s} {gbps} {frac} {r['speedup_vs_eager']:8.2f} {launch}")
     return lines
 
 
@@ -302,24 +320,33 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds per case (default: 3 on CPU, 1 on GPU)")
     parser.add_argument("--compile-for", default="all",
                         help="torch.compile baselines for these SIZE:BATCH cases, e.g. large:128 ('all', 'none')")
     parser.add_argument("--dtypes", default="float32", help="comma-separated, e.g. float32,bfloat16")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    load_start = load_average()
     device = torch.device(args.device)
+    rounds = args.rounds or (1 if device.type == "cuda" else 3)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     compile_for = None if args.compile_for == "all" else {
         (c.split(":")[0], int(c.split(":")[1])) for c in args.compile_for.split(",") if c and c != "none"}
     torch.manual_seed(0)
     with torch.no_grad():
-        result = run(device, args.quick, compile_for, dtypes)
+        result = run(device, args.quick, compile_for, dtypes, rounds)
+    result["load"] = load_record(load_start, load_average(), result["threads"])
     result["targets"] = targets(result, device)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"kernels-{device_slug(device)}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     plot(result, stem.with_suffix(".png"))
     print("\n".join(summary(result, device) + ["", "targets:"] + result["targets"]))
+    if result["load"]["warning"]:
+        print("WARNING: " + result["load"]["warning"])
     print(f"wrote {stem}.json and {stem}.png")
     return 0
 

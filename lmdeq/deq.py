@@ -11,7 +11,10 @@ Backward modes (``backward=``):
   tracked evaluation f(z*); autograd then carries g into f's parameters and inputs. That evaluation is
   differentiable in z* as well, and the adjoint's vector-Jacobian products J_f^T g run on its graph, so
   f is evaluated with autograd once per step. No tensor hooks, so it is safe under
-  DistributedDataParallel and re-entrant backward.
+  DistributedDataParallel and re-entrant backward. The state f receives for that evaluation is marked
+  (:func:`is_solved_state`) and flagged once the adjoint solve is done (:func:`adjoint_done`): the rest of
+  the backward pass only needs the gradient into f's parameters and inputs, so an operator of f may skip
+  the gradient with respect to z* (the MDEQ's convolutions on z* do).
 * ``'jfb'`` — Jacobian-free backprop: dL/dtheta ~ v^T df/dtheta(z*) (one tracked f-evaluation).
 * ``'phantom'`` — ``phantom_steps`` damped tracked steps z <- (1 - phantom_tau) z + phantom_tau f(z) from z*.
 * ``'none'`` — return z* detached.
@@ -46,11 +49,31 @@ from .ops import backends
 from .solvers import SolverInfo, get_solver
 from .solvers.state import StateLayout
 
-__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem", "GRAPHED_SOLVERS"]
+__all__ = ["deq_solve", "DEQ", "BACKWARD_MODES", "GraphedProblem", "GRAPHED_SOLVERS", "is_solved_state", "adjoint_done"]
 
 BACKWARD_MODES = ("implicit", "jfb", "phantom", "none")
 GRAPHED_SOLVERS = ("fixed_point",)
 _GRAPHED = tuple(get_solver(name) for name in GRAPHED_SOLVERS)
+_DONE = "_lmdeq_adjoint_done"
+
+
+def is_solved_state(t: torch.Tensor) -> bool:
+    """Whether ``t`` is (a part of) the solved state z* that :func:`deq_solve` passes to f for the tracked
+    evaluation f(z*) of the implicit backward mode (eager solves)."""
+    return hasattr(t, _DONE)
+
+
+def adjoint_done(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a solved state (:func:`is_solved_state`) whose adjoint solve in the running
+    backward pass has finished. The state is internal to deq_solve, so from then on the pass discards
+    any gradient with respect to it: an operator of f whose input is z* may skip computing that gradient
+    (the gradient into f's parameters through f(z*) still needs everything else)."""
+    return getattr(t, _DONE, False)
+
+
+def _mark_solved(parts, done: bool) -> None:
+    for t in parts:
+        setattr(t, _DONE, done)
 
 
 @dataclass(frozen=True)
@@ -167,8 +190,12 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
         # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
         # products run on: f is evaluated once for both (its graph is kept until the backward pass).
         star = [p.requires_grad_() for p in star]
+    state = layout.external(star)
+    if graph is None:
+        adjoint.states = [state] if torch.is_tensor(state) else list(state)
+        _mark_solved(adjoint.states, False)
     with record_function("lmdeq::tracked_f"):
-        tracked = layout.check_output(f(layout.external(star)))
+        tracked = layout.check_output(f(state))
     if graph is None:
         adjoint.linearisation = (star, tracked)
     out = _ImplicitGrad.apply(adjoint, *tracked)
@@ -192,6 +219,7 @@ class _Adjoint:
         self.solve, self.kwargs, self.on_backward = solve, kwargs, on_backward
         self.graph, self.tag, self.autocast = graph, tag, autocast
         self.linearisation = None
+        self.states = []   # the tensors f received for the tracked evaluation (eager), see adjoint_done
 
     def _linearise(self, f, star):
         with torch.enable_grad():
@@ -211,8 +239,10 @@ class _Adjoint:
         return layout.parts(g), info
 
     def __call__(self, v_parts):
+        _mark_solved(self.states, False)   # a repeated backward pass (retain_graph) needs dL/dz* again
         with record_function("lmdeq::adjoint_solve"):
             g, info = self._run(v_parts)
+        _mark_solved(self.states, True)
         if self.on_backward is not None:
             self.on_backward(info)
         return g

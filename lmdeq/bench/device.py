@@ -1,18 +1,17 @@
-"""Naming and timing helpers shared by the benchmarks: which device ran, with which versions, and a
-synchronised wall-clock timer."""
+"""Helpers shared by the benchmarks: which device ran, with which versions and allocator, how loaded the
+machine was (load average at the start and end of a run), and device synchronisation for timers."""
 from __future__ import annotations
 
+import os
 import platform
 import re
-import statistics
-import time
-from typing import Callable, List
+from typing import Dict, List, Optional
 
 import torch
 
 from ..allocator import allocator_state
 
-__all__ = ["device_name", "device_slug", "environment", "sync", "time_call"]
+__all__ = ["device_name", "device_slug", "environment", "sync", "load_average", "load_record"]
 
 
 def device_name(device: torch.device) -> str:
@@ -59,20 +58,28 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> List[float]:
-    """Wall-clock seconds of ``fn()`` per repeat, synchronising the device before reading the clock."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+def load_average() -> Optional[List[float]]:
+    """The 1, 5 and 15 minute load averages of the machine (None where the OS does not report them)."""
+    try:
+        return [float(v) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
-def median(xs: List[float]) -> float:
-    return statistics.median(xs)
+def load_record(start: Optional[List[float]], end: Optional[List[float]], threads: int) -> Dict:
+    """What a benchmark result records about the machine's load: the load averages at its start and end,
+    the thread count it ran with, and a warning (else None) when a 1-minute load average is above that
+    thread count, i.e. other work competed for the cores and the timings are not those of a quiet
+    machine."""
+    record = {"loadavg_start": start, "loadavg_end": end, "threads": threads, "cpu_count": os.cpu_count(),
+              "warning": None}
+    peaks = [la[0] for la in (start, end) if la]
+    if peaks and max(peaks) > threads:
+        record["warning"] = (f"machine load {max(peaks):.2f} (1-minute average, start {_fmt_load(start)}, end "
+                             f"{_fmt_load(end)}) is above the {threads} threads used: other work competed "
+                             f"for the cores, so these timings are not those of a quiet machine")
+    return record
+
+
+def _fmt_load(la: Optional[List[float]]) -> str:
+    return "n/a" if not la else f"{la[0]:.2f}"

@@ -1,9 +1,9 @@
 """Benchmark output: a Markdown table for stdout/README and a grouped bar chart (PNG)."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ["markdown_table", "bar_chart"]
+__all__ = ["markdown_table", "bar_chart", "fmt_spread"]
 
 
 def _fmt(v) -> str:
@@ -16,6 +16,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def fmt_spread(s: Dict[str, float]) -> str:
+    """A :func:`lmdeq.bench.interleave.spread` as 'median (IQR iqr; min-max)'."""
+    return f"{_fmt(s['median'])} (IQR {_fmt(s['iqr'])}; {_fmt(s['min'])}-{_fmt(s['max'])})"
+
+
 def markdown_table(rows: Sequence[Dict], columns: Sequence[str], headers: Sequence[str] = None) -> str:
     """Rows (dicts) as a Markdown table over ``columns`` (missing values print as '-')."""
     headers = list(headers or columns)
@@ -25,8 +30,11 @@ def markdown_table(rows: Sequence[Dict], columns: Sequence[str], headers: Sequen
     return "\n".join(lines)
 
 
-def bar_chart(path: str, title: str, groups: List[str], series: Dict[str, List[float]], ylabel: str) -> str:
-    """Grouped bars: one group per entry of ``groups``, one bar per series. Returns ``path``."""
+def bar_chart(path: str, title: str, groups: List[str], series: Dict[str, List[float]], ylabel: str,
+              errors: Optional[Dict[str, List[Dict[str, float]]]] = None) -> str:
+    """Grouped bars: one group per entry of ``groups``, one bar per series. ``errors[name]`` (optional):
+    one spread per bar (:func:`lmdeq.bench.interleave.spread`), drawn as a min-max whisker. Returns
+    ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +44,11 @@ def bar_chart(path: str, title: str, groups: List[str], series: Dict[str, List[f
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        bars = ax.bar(xs, values, width, label=name)
+        yerr = None
+        if errors and name in errors:
+            yerr = [[v - e["min"] for v, e in zip(values, errors[name])],
+                    [e["max"] - v for v, e in zip(values, errors[name])]]
+        bars = ax.bar(xs, values, width, label=name, yerr=yerr, capsize=3 if yerr else 0)
         ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=7, padding=2)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)

@@ -8,6 +8,12 @@ flat tensor, so both libraries solve the flattened problem (B, n) there and lmde
 state (its native MDEQ form). Every solve runs exactly ``max_iter`` steps (tol far below reach):
 ``max_iter`` f-evaluations, one more for Broyden (g(x0), then ``max_iter`` updates, in both libraries), so
 times compare at equal f-evals.
+
+Timing: per (problem, solver), the cases (lmdeq flat, lmdeq list, TorchDEQ flat) alternate round by
+round after one warm-up round (:mod:`lmdeq.bench.interleave`); each row reports the median ms and its
+spread, and the speed-up over TorchDEQ is the median (and spread) of the per-round ratios. The result
+records the allocator, thread count and machine load (with a warning when the load was above the
+thread count).
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import solvers
-from .device import device_slug, environment, median, time_call
+from .device import device_slug, environment, load_average, load_record, sync
+from .interleave import interleaved_rounds, ratio_spread, spread
 
 __all__ = ["run", "PROBLEMS"]
 
@@ -69,8 +76,10 @@ def _residual(f_flat, z):
 
 def run(device="cpu", batch: int = 32, max_iter: int = 18, repeats: int = 3, problems=None,
         out_dir: str = "benchmarks/results", log=None) -> Dict:
-    """Time every (lmdeq, TorchDEQ) solver pair on every problem; write JSON; return the result dict."""
+    """Time every (lmdeq, TorchDEQ) solver pair on every problem, ``repeats`` interleaved rounds each;
+    write JSON; return the result dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    load_start = load_average()
     try:
         import torchdeq.solver as tds
     except ImportError:
@@ -83,28 +92,39 @@ def run(device="cpu", batch: int = 32, max_iter: int = 18, repeats: int = 3, pro
         n = z0_flat.shape[1]
         for ours, theirs, kw in PAIRS:
             common = dict(max_iter=max_iter, tol=1e-30, stop_mode="abs", **kw)
-            cases = [("lmdeq", "flat", lambda: solvers.get_solver(ours)(f_flat, z0_flat, **common)),
-                     ("lmdeq", "list", lambda: solvers.get_solver(ours)(f_list, z0_list, **common))]
+            cases = {("lmdeq", "flat"): lambda: solvers.get_solver(ours)(f_flat, z0_flat, **common),
+                     ("lmdeq", "list"): lambda: solvers.get_solver(ours)(f_list, z0_list, **common)}
             if tds is not None:
-                cases.append(("torchdeq", "flat", lambda: tds.get_solver(theirs)(f_flat, z0_flat, **common)))
-            for lib, form, fn in cases:
+                cases[("torchdeq", "flat")] = lambda: tds.get_solver(theirs)(f_flat, z0_flat, **common)
+            with torch.no_grad():
+                times = interleaved_rounds(cases, repeats, warmup=1, sync=lambda: sync(device))
+            case_rows = {}
+            for (lib, form), fn in cases.items():
                 with torch.no_grad():
-                    times = time_call(fn, device, repeats=repeats)
                     z, _, info = fn()
                     zf = z if torch.is_tensor(z) else torch.cat([p.flatten(1) for p in z], dim=1)
                     res = _residual(f_flat, zf)
+                ms = [1e3 * t for t in times[(lib, form)]]
                 row = {"problem": pname, "floats_per_sample": n, "batch": batch, "solver": ours, "library": lib,
-                       "state": form, "ms": 1e3 * median(times), "f_evals": max_iter + (ours == "broyden"),
-                       "residual": res}
+                       "state": form, "ms": spread(ms)["median"], "ms_spread": spread(ms), "ms_all": ms,
+                       "f_evals": max_iter + (ours == "broyden"), "residual": res}
+                case_rows[(lib, form)] = row
                 rows.append(row)
-                log(f"{pname:11s} {ours:11s} {lib:8s} {form:4s} {row['ms']:9.2f} ms  residual {res:.3e}")
-    for row in rows:
-        if row["library"] == "lmdeq" and tds is not None:
-            ref = next(r for r in rows if r["library"] == "torchdeq" and r["problem"] == row["problem"]
-                       and r["solver"] == row["solver"])
-            row["speedup_vs_torchdeq"] = ref["ms"] / row["ms"]
-    result = {"benchmark": "solvers", "env": environment(device), "max_iter": max_iter, "repeats": repeats,
-              "rows": rows}
+            for (lib, form), row in case_rows.items():
+                if lib == "lmdeq" and ("torchdeq", "flat") in case_rows:
+                    ratio = ratio_spread(case_rows[("torchdeq", "flat")]["ms_all"], row["ms_all"])
+                    row["speedup_vs_torchdeq"] = ratio["median"]
+                    row["speedup_vs_torchdeq_spread"] = ratio
+                log(f"{pname:11s} {ours:11s} {lib:8s} {form:4s} {row['ms']:9.2f} ms (IQR "
+                    f"{row['ms_spread']['iqr']:.2f}, {row['ms_spread']['min']:.2f}-{row['ms_spread']['max']:.2f})  "
+                    f"residual {row['residual']:.3e}"
+                    + (f"  x{row['speedup_vs_torchdeq']:.2f} TorchDEQ" if "speedup_vs_torchdeq" in row else ""))
+    env = environment(device)
+    load = load_record(load_start, load_average(), env["threads"])
+    if load["warning"]:
+        log("WARNING: " + load["warning"])
+    result = {"benchmark": "solvers", "env": env, "load": load, "max_iter": max_iter, "repeats": repeats,
+              "timing": "interleaved rounds", "rows": rows}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, f"solvers-{device_slug(device)}.json")

@@ -15,12 +15,19 @@ Measured on one device, in one run, with the same batch, the same weights policy
   re-evaluation of f); channels_last memory format (default) and optionally bf16 autocast for f. On CPU (``'checked'``, where a
   read-back costs nothing) the solves stop at tol, capped by the a-priori count.
 
-Per method: ms per training step (forward solve + backward solve + optimiser step + constraint upkeep),
-ms per inference batch, forward/backward f-evaluations and final relative residuals (from the last
-timed step), peak device memory, and the ratios a/b, a/c, b/c; on random-init weights and, with
-``--weights CHECKPOINT`` (from ``lmdeq train``; repeatable, one per variant), on trained weights.
+Timing: the three models live side by side in one process; after the warm-up, their training steps
+alternate round by round (a b c, a b c, ...), then, in eval mode, their inference batches do, so a
+change of machine load hits every method alike (:mod:`lmdeq.bench.interleave`). Per method: the
+median ms per training step (forward solve + backward solve + optimiser step + constraint upkeep) and
+per inference batch with their spread (min, max, quartiles), forward/backward f-evaluations and final
+relative residuals (from the last timed step), on CUDA the step's peak memory; and the ratios a/b,
+a/c, b/c computed round by round (median and spread of t_a[k] / t_c[k]). On random-init weights and,
+with ``--weights CHECKPOINT`` (from ``lmdeq train``; repeatable, one per variant), on trained weights.
+The result records the allocator setting, the thread count and the machine's load average at the start
+and end, with a warning when the load was above the thread count.
 With ``--profile``, one more training step per method runs under torch.profiler and the report adds
-where its time goes (solve phases and top operators, :mod:`lmdeq.bench.profile`).
+where its time goes (phases with their backward passes, operator classes and top operators,
+:mod:`lmdeq.bench.profile`).
 """
 from __future__ import annotations
 
@@ -34,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from .device import device_slug, environment, median, time_call
-from .profile import PHASES, profile_step
-from .report import bar_chart, markdown_table
+from .device import device_slug, environment, load_average, load_record, sync
+from .interleave import interleaved_rounds, ratio_spread, spread
+from .profile import OP_CLASSES, PHASE_ORDER, marked_modules, profile_step
+from .report import bar_chart, fmt_spread, markdown_table
 
 __all__ = ["METHODS", "method_config", "measure", "run"]
 
@@ -86,65 +94,105 @@ def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:
     return None
 
 
-def measure(model, x, y, device, steps: int = 3, warmup: int = 1, lr: float = 1e-3,
-            autocast_dtype: Optional[torch.dtype] = None, profile: bool = False) -> Dict:
-    """Time training steps and inference batches of ``model`` on (x, y); solver stats from the last step.
-    ``profile``: one more training step, after the timed ones, under torch.profiler (see
-    :func:`lmdeq.bench.profile.profile_step`), reported as ``profile``."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else torch.autocast(device.type, enabled=False))
+class Method:
+    """One benchmark method: its model, optimiser (Adam), batch and autocast, as a training step and an
+    inference batch."""
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+    def __init__(self, model, x, y, lr: float = 1e-3, autocast_dtype: Optional[torch.dtype] = None):
+        self.model, self.x, self.y = model, x, y
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        device = x.device.type
+        self._autocast = (lambda: torch.autocast(device, dtype=autocast_dtype)) if autocast_dtype is not None \
+            else (lambda: torch.autocast(device, enabled=False))
+
+    def train_step(self) -> None:
+        model = self.model
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = model(self.x)
+        with record_function("bench::loss"):
+            loss = F.cross_entropy(logits.float(), self.y)
         loss.backward()
         with record_function("bench::optimizer_step"):
-            opt.step()
+            self.opt.step()
         if hasattr(model, "constraint_step"):
             with record_function("bench::constraint_step"):
                 model.constraint_step()
 
-    def infer():
-        with torch.no_grad(), autocast:
-            model(x)
+    def infer(self) -> None:
+        with torch.no_grad(), self._autocast():
+            self.model(self.x)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model.train()
-    train_times = time_call(train_step, device, repeats=steps, warmup=warmup)
-    train_info = dict(model.last_info)
-    peak_train = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    step_profile = profile_step(train_step, device) if profile else None
-    model.eval()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    infer_times = time_call(infer, device, repeats=steps, warmup=warmup)
-    eval_info = dict(model.last_info)
-    peak_eval = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {
-        "train_ms": 1e3 * median(train_times), "infer_ms": 1e3 * median(infer_times),
-        "train_ms_all": [1e3 * t for t in train_times], "infer_ms_all": [1e3 * t for t in infer_times],
-        "f_evals": train_info.get("f_nstep"), "b_evals": train_info.get("b_nstep"),
-        "f_residual": train_info.get("f_residual"), "b_residual": train_info.get("b_residual"),
-        "infer_f_evals": eval_info.get("f_nstep"), "infer_f_residual": eval_info.get("f_residual"),
-        "cuda_graph": bool(train_info.get("cuda_graph")) and bool(eval_info.get("cuda_graph")),
-        "graph_captures": eval_info.get("graph_captures"),  # all of them, warm-up included (model.graph_stats())
-        "peak_train_mib": peak_train, "peak_infer_mib": peak_eval,
-        "lipschitz_bound": model.lipschitz_bound() if hasattr(model, "lipschitz_bound") else None,
-        "profile": step_profile,
-    }
+    def marks(self):
+        """The model's parts outside the solve that the profile names (stem and injection, head)."""
+        return [(name, getattr(self.model, attr)) for name, attr in
+                (("bench::stem", "stem"), ("bench::stem", "injection"), ("bench::head", "head"))
+                if isinstance(getattr(self.model, attr, None), torch.nn.Module)]
 
 
-def _ratios(rows: List[Dict]) -> Dict[str, float]:
+def _peak_step_mib(fn, device) -> Optional[float]:
+    """CUDA: peak memory of one call of ``fn`` above what was allocated before it (MiB); else None."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def measure(methods: Dict[str, Method], device, steps: int = 3, warmup: int = 1, profile: bool = False) -> Dict:
+    """Interleaved timing of the methods' training steps, then of their inference batches (see the module
+    docstring); solver stats from each method's last timed step. ``profile``: one more training step
+    per method, after the timed ones, under torch.profiler (:func:`lmdeq.bench.profile.profile_step`).
+    Returns {method: fields}, with the per-round times in ``train_ms_all`` / ``infer_ms_all``."""
+    device = torch.device(device)
+    out = {name: {} for name in methods}
+    for m in methods.values():
+        m.model.train()
+    train = interleaved_rounds({n: m.train_step for n, m in methods.items()}, steps, warmup, lambda: sync(device))
+    for name, m in methods.items():
+        info = dict(m.model.last_info)
+        out[name].update(f_evals=info.get("f_nstep"), b_evals=info.get("b_nstep"),
+                         f_residual=info.get("f_residual"), b_residual=info.get("b_residual"),
+                         train_cuda_graph=bool(info.get("cuda_graph")),
+                         peak_train_mib=_peak_step_mib(m.train_step, device))
+        if profile:
+            with marked_modules(m.marks()):
+                out[name]["profile"] = profile_step(m.train_step, device)
+        else:
+            out[name]["profile"] = None
+    for m in methods.values():
+        m.model.eval()
+    infer = interleaved_rounds({n: m.infer for n, m in methods.items()}, steps, warmup, lambda: sync(device))
+    for name, m in methods.items():
+        info = dict(m.model.last_info)
+        row = out[name]
+        row.update(infer_f_evals=info.get("f_nstep"), infer_f_residual=info.get("f_residual"),
+                   peak_infer_mib=_peak_step_mib(m.infer, device),
+                   lipschitz_bound=m.model.lipschitz_bound() if hasattr(m.model, "lipschitz_bound") else None)
+        row["cuda_graph"] = row.pop("train_cuda_graph") and bool(info.get("cuda_graph"))
+        row["graph_captures"] = info.get("graph_captures")  # all of them, warm-up included (model.graph_stats())
+        for kind, times in (("train", train[name]), ("infer", infer[name])):
+            ms = [1e3 * t for t in times]
+            row[f"{kind}_ms_all"] = ms
+            row[f"{kind}_spread"] = spread(ms)
+            row[f"{kind}_ms"] = row[f"{kind}_spread"]["median"]
+    return out
+
+
+RATIOS = (("original", "authors", "a/b"), ("original", "lmdeq", "a/c"), ("authors", "lmdeq", "b/c"))
+
+
+def _ratios(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
+    """Per ratio name ('train a/c', ...): the spread of the per-round ratios of one interleaved run."""
     by = {r["method"]: r for r in rows}
     out = {}
-    for num, den, name in (("original", "authors", "a/b"), ("original", "lmdeq", "a/c"), ("authors", "lmdeq", "b/c")):
+    for num, den, name in RATIOS:
         if num in by and den in by:
-            out[f"train {name}"] = by[num]["train_ms"] / by[den]["train_ms"]
-            out[f"infer {name}"] = by[num]["infer_ms"] / by[den]["infer_ms"]
+            for kind in ("train", "infer"):
+                out[f"{kind} {name}"] = ratio_spread(by[num][f"{kind}_ms_all"], by[den][f"{kind}_ms_all"])
     return out
 
 
@@ -172,13 +220,15 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
         channels_last: bool = True, bf16: bool = False, check_every: Optional[int] = None,
         solve_mode: Optional[str] = None, cuda_graphs: bool = True, cudnn_benchmark: bool = True,
         profile: bool = False, out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
-    """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict. ``solve_mode`` of the
-    fast path defaults to 'apriori' on CUDA and 'checked' elsewhere. ``cudnn_benchmark`` (cuDNN's
+    """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict. ``steps``: timed
+    rounds (each method once per round), after ``warmup`` untimed rounds. ``solve_mode`` of the fast
+    path defaults to 'apriori' on CUDA and 'checked' elsewhere. ``cudnn_benchmark`` (cuDNN's
     convolution autotuner, on in the original MDEQ's configs) applies to every method alike and is
     restored afterwards."""
     from ..models import mdeq
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    load_start = load_average()
     device = torch.device(device)
     solve_mode = solve_mode or ("apriori" if device.type == "cuda" else "checked")
     x, y = _batch(batch, device, data, seed)
@@ -193,35 +243,45 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
     torch.backends.cudnn.benchmark = cudnn_benchmark
     try:
         for wset in weight_sets:
+            entries, sources = {}, {}
             for method in methods:
                 torch.manual_seed(seed)
                 model = mdeq(**method_config(method, preset, check_every, solve_mode, cuda_graphs))
-                source = "random init (seed %d)" % seed
+                sources[method] = "random init (seed %d)" % seed
                 if wset == "trained":
                     loaded = _load_weights(model, checkpoints)
                     if loaded is None:
                         log(f"{method}: no --weights checkpoint of this variant/preset; skipped on trained weights")
                         continue
-                    source = loaded
+                    sources[method] = loaded
                 model = model.to(device)
                 xm = x
                 fast = method == "lmdeq"
                 if fast and channels_last:
                     model = model.to(memory_format=torch.channels_last)
                     xm = x.contiguous(memory_format=torch.channels_last)
-                log(f"[{wset}] {LABELS[method]}: timing {steps} training steps and {steps} inference batches ...")
-                m = measure(model, xm, y, device, steps=steps, warmup=warmup,
-                            autocast_dtype=torch.bfloat16 if (fast and bf16) else None, profile=profile)
-                row = {"weights": wset, "weights_source": source, "method": method, "label": LABELS[method], **m}
-                rows.append(row)
-                log(f"    train {m['train_ms']:.1f} ms  infer {m['infer_ms']:.1f} ms  f/b evals "
-                    f"{m['f_evals']}/{m['b_evals']}  f_res {m['f_residual']}")
+                entries[method] = Method(model, xm, y, autocast_dtype=torch.bfloat16 if (fast and bf16) else None)
+            if not entries:
+                continue
+            log(f"[{wset}] {', '.join(LABELS[m] for m in entries)}: {warmup} warm-up and {steps} timed rounds of "
+                f"training steps, then of inference batches, interleaved ...")
+            measured = measure(entries, device, steps=steps, warmup=warmup, profile=profile)
+            for method, m in measured.items():
+                rows.append({"weights": wset, "weights_source": sources[method], "method": method,
+                             "label": LABELS[method], **m})
+                log(f"    {LABELS[method]}: train {fmt_spread(m['train_spread'])} ms  infer "
+                    f"{fmt_spread(m['infer_spread'])} ms  f/b evals {m['f_evals']}/{m['b_evals']}  "
+                    f"f_res {m['f_residual']}")
     finally:
         torch.backends.cudnn.benchmark = saved_cudnn_benchmark
     ratios = {w: _ratios([r for r in rows if r["weights"] == w]) for w in weight_sets}
-    result = {"benchmark": "speedup", "env": environment(device), "preset": preset, "batch": batch,
-              "steps": steps, "warmup": warmup, "data": data or "random N(0,1) images", "seed": seed,
-              "cudnn_benchmark": cudnn_benchmark,
+    env = environment(device)
+    load = load_record(load_start, load_average(), env["threads"])
+    if load["warning"]:
+        log("WARNING: " + load["warning"])
+    result = {"benchmark": "speedup", "env": env, "load": load, "preset": preset, "batch": batch,
+              "steps": steps, "warmup": warmup, "timing": "interleaved rounds", "data": data or "random N(0,1) images",
+              "seed": seed, "cudnn_benchmark": cudnn_benchmark,
               "fast_path": {"channels_last": channels_last, "bf16_autocast": bf16, "solve_mode": solve_mode,
                             "cuda_graphs": any(r["cuda_graph"] for r in rows if r["method"] == "lmdeq"),
                             "check_every": check_every},
@@ -235,20 +295,37 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
         groups = [f"{r['weights']}\n{r['method']}" for r in rows]
         bar_chart(stem + ".png", f"lmdeq speed-up, {preset}, batch {batch}, {result['env']['device']}",
                   groups, {"train ms/step": [r["train_ms"] for r in rows],
-                           "inference ms/batch": [r["infer_ms"] for r in rows]}, "milliseconds")
+                           "inference ms/batch": [r["infer_ms"] for r in rows]}, "milliseconds",
+                  errors={"train ms/step": [r["train_spread"] for r in rows],
+                          "inference ms/batch": [r["infer_spread"] for r in rows]})
         result["files"] = [stem + ".json", stem + ".png"]
     return result
 
 
 def profile_table(rows: List[Dict]) -> str:
-    """Where one training step's time goes, per profiled row: phases (ms), then each row's top operators."""
-    phases = list(PHASES.values()) + ["rest"]
-    flat = [{"weights": r["weights"], "label": r["label"], "clock": r["profile"]["clock"],
-             "wall_ms": r["profile"]["wall_ms"], "busy_ms": r["profile"]["busy_ms"], **r["profile"]["phases_ms"]}
-            for r in rows]
-    text = ("One profiled training step (ms; device time on GPU, host time on CPU):\n\n"
-            + markdown_table(flat, ["weights", "label", "clock", "wall_ms", "busy_ms"] + phases,
-                             ["weights", "method", "clock", "wall", "busy"] + phases))
+    """Where one training step's time goes, per profiled row: phases (with their backward passes) and
+    operator classes as ms and share of the busy time, then each row's top operators."""
+    heads = [f"{r['weights']} {r['label']}" for r in rows]
+    keys = [f"col{i}" for i in range(len(rows))]
+
+    def block(key, names):
+        lines = []
+        for name in names:
+            cells = {"part": name}
+            for k, r in zip(keys, rows):
+                ms = r["profile"][key].get(name)
+                cells[k] = None if ms is None else f"{ms:.3g} ({100 * ms / r['profile']['busy_ms']:.0f}%)"
+            lines.append(cells)
+        return lines
+
+    present = {p for r in rows for p in r["profile"]["phases_ms"]}
+    phases = [p for p in PHASE_ORDER if p in present]
+    totals = [{"part": "wall / busy", **{k: f"{r['profile']['wall_ms']:.3g} / {r['profile']['busy_ms']:.3g}"
+                                          for k, r in zip(keys, rows)}}]
+    text = (f"One profiled training step ({rows[0]['profile']['clock']} clock), ms (share of busy time):\n\n"
+            + markdown_table(totals + block("phases_ms", phases), ["part"] + keys, ["phase"] + heads)
+            + "\n\n" + markdown_table(block("op_classes_ms", OP_CLASSES), ["part"] + keys,
+                                      ["operator class"] + heads))
     for r in rows:
         ops = "; ".join(f"{op['name']} {op['self_ms']:.3g} ms x{op['calls']}" for op in r["profile"]["top_ops"])
         text += f"\n\ntop operators, {r['weights']} {r['label']}: {ops}"
@@ -256,19 +333,30 @@ def profile_table(rows: List[Dict]) -> str:
 
 
 def table(result: Dict) -> str:
-    """The Markdown report: per-method rows, then the ratios."""
-    cols = ["weights", "label", "train_ms", "infer_ms", "f_evals", "b_evals", "f_residual", "b_residual",
+    """The Markdown report: per-method rows (median, IQR, min-max), then the round-by-round ratios, the
+    profile if any, and the machine load."""
+    rows = [{**r, "train": fmt_spread(r["train_spread"]), "infer": fmt_spread(r["infer_spread"])}
+            for r in result["rows"]]
+    cols = ["weights", "label", "train", "infer", "f_evals", "b_evals", "f_residual", "b_residual",
             "infer_f_evals", "peak_train_mib", "lipschitz_bound"]
     heads = ["weights", "method", "train ms/step", "infer ms/batch", "fwd f-evals", "bwd evals", "fwd rel res",
-             "bwd rel res", "infer f-evals", "peak MiB (train)", "L bound"]
-    text = markdown_table(result["rows"], cols, heads)
-    ratio_rows = [{"weights": w, **r} for w, r in result["ratios"].items() if r]
+             "bwd rel res", "infer f-evals", "peak MiB (train step)", "L bound"]
+    text = markdown_table(rows, cols, heads)
+    ratio_rows = [{"weights": w, **{k: fmt_spread(v) for k, v in r.items()}} for w, r in result["ratios"].items() if r]
     if ratio_rows:  # none when a single method ran
-        keys = ["weights"] + sorted({k for r in ratio_rows for k in r if k != "weights"})
-        text += "\n\n" + markdown_table(ratio_rows, keys)
+        keys = ["weights"] + [f"{kind} {name}" for kind in ("train", "infer") for _, _, name in RATIOS
+                              if f"{kind} {name}" in ratio_rows[0]]
+        text += "\n\nRatios of the interleaved rounds, per round t_num / t_den:\n\n" + markdown_table(ratio_rows, keys)
     profiled = [r for r in result["rows"] if r.get("profile")]
     if profiled:
         text += "\n\n" + profile_table(profiled)
-    env = result["env"]
-    return (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; preset {result['preset']}, "
-            f"batch {result['batch']}, median of {result['steps']} steps\n\n" + text)
+    env, load = result["env"], result["load"]
+    la = lambda v: "n/a" if not v else "/".join(f"{x:.2f}" for x in v)
+    header = (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; allocator "
+              f"{'tuned' if env['allocator'].get('tuned') else 'glibc defaults'} ({env['allocator'].get('source')}); preset {result['preset']}, "
+              f"batch {result['batch']}; {result['warmup']} warm-up + {result['steps']} timed rounds, methods "
+              f"interleaved; cells: median (IQR; min-max)\nLoad average (1/5/15 min) at start {la(load['loadavg_start'])}, "
+              f"at end {la(load['loadavg_end'])}; {load['threads']} threads")
+    if load["warning"]:
+        header += f"\nWARNING: {load['warning']}"
+    return header + "\n\n" + text

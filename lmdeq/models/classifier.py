@@ -120,8 +120,7 @@ class MDEQClassifier(nn.Module):
         # memory format (channels_last when the model and input are), so f's outputs match it.
         fmt = torch.channels_last if injection.is_contiguous(memory_format=torch.channels_last) and \
             not injection.is_contiguous() else torch.contiguous_format
-        z0 = [torch.zeros(shape, dtype=x.dtype, device=injection.device).contiguous(memory_format=fmt)
-              for shape in self.cell.state_shapes(batch)]
+        z0 = self.cell.zero_state(batch, x.dtype, injection.device, fmt)   # f(z0) skips the convs of zero
         return self._cell_map(injection), z0, injection
 
     def _cell_map(self, injection: torch.Tensor):

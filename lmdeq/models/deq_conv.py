@@ -25,7 +25,52 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..deq import adjoint_done, is_solved_state
+from .grad_needs import gradient_needed
+
 __all__ = ["DEQConv2d"]
+
+
+class _StateConv2d(torch.autograd.Function):
+    """conv2d(x, w) (bias-free, square stride and padding) whose backward pass computes dL/dx only while
+    it is needed: not once x is a solved DEQ state whose adjoint solve is done (:func:`lmdeq.deq.
+    adjoint_done`), nor when the pass does not ask for it; dL/dw only when needed. Forward-mode
+    derivative for torch.func."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w, stride, padding):
+        return F.conv2d(x, w, stride=stride, padding=padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, stride, padding = inputs
+        ctx.save_for_backward(x, w)
+        ctx.save_for_forward(x, w)
+        ctx.state = x   # the object itself, whose adjoint flag the backward pass reads
+        ctx.stride, ctx.padding = stride, padding
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        need_x = gradient_needed(ctx, 0) and not adjoint_done(ctx.state)
+        need_w = gradient_needed(ctx, 1)
+        if not (need_x or need_w):
+            return None, None, None, None
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad, x, w, None, [ctx.stride] * 2, [ctx.padding] * 2, [1, 1], False, [0, 0], 1,
+            [need_x, need_w, False])
+        return gx, gw, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dw, _stride, _padding):
+        x, w = ctx.saved_tensors
+        out = None if dx is None else F.conv2d(dx, w, stride=ctx.stride, padding=ctx.padding)
+        if dw is not None:
+            term = F.conv2d(x, dw, stride=ctx.stride, padding=ctx.padding)
+            out = term if out is None else out + term
+        return out
 
 
 class DEQConv2d(nn.Module):
@@ -60,6 +105,7 @@ class DEQConv2d(nn.Module):
             self.register_buffer("power_vector", vec / vec.norm())
         self._estimated_at = None
         self._frozen_weight = None
+        self._frozen_scaled = None
 
     # -- weights ---------------------------------------------------------------------------------------
     def unscaled_weight(self) -> torch.Tensor:
@@ -85,21 +131,39 @@ class DEQConv2d(nn.Module):
     @contextmanager
     def frozen(self):
         """Compute W_eff once and reuse it for every call inside the block (the many f-evaluations of one
-        solve); outside, W_eff is recomputed from the current weights and estimate at every call. Nested
-        blocks compute their own W_eff and restore the outer one on exit."""
-        outer = self._frozen_weight
+        solve), as well as each input-scaled weight scale * W_eff (:meth:`forward`), computed on first use
+        in the grad mode of the block's entry; outside, W_eff is recomputed from the current weights and
+        estimate at every call. Nested blocks compute their own W_eff and restore the outer one on exit."""
+        outer, outer_scaled = self._frozen_weight, self._frozen_scaled
         self._frozen_weight = None
         self._frozen_weight = self.effective_weight()
+        self._frozen_scaled = ({}, torch.is_grad_enabled())
         try:
             yield
         finally:
-            self._frozen_weight = outer
+            self._frozen_weight, self._frozen_scaled = outer, outer_scaled
+
+    def _scaled_weight(self, scale: float) -> torch.Tensor:
+        w = self.effective_weight()
+        if scale == 1.0:
+            return w
+        if self._frozen_scaled is None:
+            return w * scale
+        cache, grad = self._frozen_scaled
+        if scale not in cache:
+            with torch.set_grad_enabled(grad):
+                cache[scale] = w * scale
+        return cache[scale]
 
     def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """conv2d(scale * x, W_eff) = conv2d(x, scale * W_eff): a scalar on the input (the activation's s)
-        costs a pass over the small weight instead of one over the activations."""
-        w = self.effective_weight()
-        return F.conv2d(x, w if scale == 1.0 else w * scale, stride=self.stride, padding=self.padding)
+        costs a pass over the small weight instead of one over the activations. On the DEQ's solved state
+        z* (lmdeq.deq.is_solved_state; outside autocast) the backward pass skips dL/dx once the adjoint
+        solve is done (:class:`_StateConv2d`)."""
+        w = self._scaled_weight(scale)
+        if is_solved_state(x) and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
+            return _StateConv2d.apply(x, w, self.stride, self.padding)
+        return F.conv2d(x, w, stride=self.stride, padding=self.padding)
 
     # -- norm estimate ---------------------------------------------------------------------------------
     def lipschitz(self) -> torch.Tensor | float:

@@ -34,11 +34,13 @@ class VariationalDropout2d(nn.Module):
         keep = torch.empty(batch, channels, 1, 1, device=device, dtype=dtype).bernoulli_(1.0 - self.p)
         self.mask = keep / (1.0 - self.p)
 
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """m * x, or m * x + add in one pass when ``add`` is given."""
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, shared: bool = False) -> torch.Tensor:
+        """m * x, or m * x + add in one pass when ``add`` is given. ``shared=True``: x is one sample (batch
+        1) that every sample of the mask's batch shares; the result broadcasts to that batch."""
         if not self.active():
             return x if add is None else x + add
-        if self.mask is None or self.mask.shape[:2] != x.shape[:2]:
+        batch_ok = x.shape[0] == 1 if shared else self.mask is not None and self.mask.shape[0] == x.shape[0]
+        if self.mask is None or self.mask.shape[1] != x.shape[1] or not batch_ok:
             raise RuntimeError("VariationalDropout2d: call reset_mask(batch, channels, ...) for this "
                                "batch before applying the layer")
         return x * self.mask if add is None else torch.addcmul(add, x, self.mask)

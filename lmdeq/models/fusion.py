@@ -47,7 +47,7 @@ class DownsamplePath(nn.Module):
         for t in range(self.levels):
             last = t == self.levels - 1
             x = self.convs[t](x, scale=1.0 if t == 0 else self.acts[t - 1].s)
-            x = self.norms[t](x, gamma_scale=scale, beta_scale=scale) if last else torch.relu(self.norms[t](x))
+            x = self.norms[t](x, gamma_scale=scale, beta_scale=scale) if last else torch.relu_(self.norms[t](x))
         return x
 
     def lipschitz(self):
@@ -88,8 +88,10 @@ class PostFusion(nn.Module):
         self.conv = options.conv(channels, channels, 1, weight_norm=options.weight_norm)
         self.norm = options.norm(max(1, options.num_groups // 2), channels, affine=False)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(torch.relu(y), scale=self.act.s))   # conv(s relu y) = (s W) * relu y
+    def forward(self, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``inplace=True``: y is a fresh tensor the caller gives up (the fused sum); the ReLU overwrites it."""
+        y = torch.relu_(y) if inplace else torch.relu(y)
+        return self.norm(self.conv(y, scale=self.act.s))   # conv(s relu y) = (s W) * relu y
 
     def lipschitz(self):
         return self.act.lipschitz() * self.conv.lipschitz() * self.norm.lipschitz()
@@ -145,7 +147,7 @@ class MultiscaleFusion(nn.Module):
                     y = term if y is None else y + term
             m_ii = self.coefficients[i][i]
             y = blocks[i] * m_ii if y is None else torch.add(y, blocks[i], alpha=m_ii)
-            out.append(self.post[i](y))
+            out.append(self.post[i](y, inplace=True))
         return out
 
     def path_bounds(self) -> List[List[object]]:

@@ -18,6 +18,11 @@ which is never larger than max_i P_i * ||L||_2 * max_j B_j (the plain product of
 Each factor comes from the layer's own ``lipschitz()`` (conv norm bounds min(cap, (1+margin) sigma_hat),
 |gamma| caps, s, alpha, beta, fusion weights, upsampling factors, and dropout's 1/(1-p) in training
 mode), so the bound holds for the current mode and dropout mask, given the conv-norm estimates.
+
+Zero state: :meth:`MDEQCell.zero_state` makes the initial iterate z = 0 and remembers it; f evaluated at
+exactly those tensors (same storage, never written since, not requiring grad) runs each block's
+``forward_at_zero``, whose convolutions of the zero state are skipped and whose sample-independent part
+is computed on one sample (residual_block.py): the same values as the full evaluation.
 """
 from __future__ import annotations
 
@@ -49,6 +54,29 @@ class MDEQCell(nn.Module):
         """Shapes of the state's branches: (B, C_i, r_i, r_i)."""
         return [(batch, c, r, r) for c, r in zip(self.channels, self.resolutions)]
 
+    def zero_state(self, batch: int, dtype=torch.float32, device=None,
+                   memory_format=torch.contiguous_format) -> List[torch.Tensor]:
+        """Zeros of :meth:`state_shapes` (the initial iterate); the cell keeps them (the latest call's) so
+        that f at exactly these tensors takes the zero-state path (see the module docstring)."""
+        zeros = [torch.zeros(shape, dtype=dtype, device=device).contiguous(memory_format=memory_format)
+                 for shape in self.state_shapes(batch)]
+        self._zero_state = (zeros, [t._version for t in zeros])
+        return list(zeros)
+
+    def is_zero_state(self, z: Sequence[torch.Tensor]) -> bool:
+        """Whether ``z`` is the latest :meth:`zero_state` (or views of it with the same shapes and strides),
+        unmodified and not requiring grad."""
+        kept = getattr(self, "_zero_state", None)
+        if kept is None or len(z) != len(kept[0]):
+            return False
+        try:
+            return all(isinstance(zi, torch.Tensor) and not zi.requires_grad and zi.data_ptr() == ref.data_ptr()
+                       and zi.shape == ref.shape and zi.stride() == ref.stride() and zi.dtype == ref.dtype
+                       and zi.device == ref.device and ref._version == version
+                       for zi, ref, version in zip(z, *kept))
+        except RuntimeError:   # tensors without storage (e.g. under function transforms)
+            return False
+
     def reset_dropout(self, batch: int, device, dtype) -> None:
         """Draw this forward pass's dropout masks (one per block)."""
         for block, c in zip(self.blocks, self.channels):
@@ -74,7 +102,8 @@ class MDEQCell(nn.Module):
                 d.mask = m
 
     def forward(self, z: Sequence[torch.Tensor], injection: torch.Tensor) -> List[torch.Tensor]:
-        b = [blk(zi, injection if i == 0 else None) for i, (blk, zi) in enumerate(zip(self.blocks, z))]
+        block = (lambda blk: blk.forward_at_zero) if self.is_zero_state(z) else (lambda blk: blk)
+        b = [block(blk)(zi, injection if i == 0 else None) for i, (blk, zi) in enumerate(zip(self.blocks, z))]
         return self.fusion(b)
 
     # -- constraints and the certified bound -----------------------------------------------------------
@@ -84,10 +113,12 @@ class MDEQCell(nn.Module):
     @contextmanager
     def frozen_weights(self):
         """Within the block every conv uses its effective weight computed once on entry (see
-        DEQConv2d.frozen); gradients still reach the raw weights through that one computation."""
+        DEQConv2d.frozen) and every mean-only GroupNorm its scaled gamma and beta computed once
+        (MeanOnlyGroupNorm.frozen); gradients still reach the raw parameters through that one computation."""
         with ExitStack() as stack:
-            for conv in self.convs():
-                stack.enter_context(conv.frozen())
+            for module in self.modules():
+                if isinstance(module, (DEQConv2d, MeanOnlyGroupNorm)):
+                    stack.enter_context(module.frozen())
             yield
 
     def gamma_clipped_norms(self) -> List[MeanOnlyGroupNorm]:

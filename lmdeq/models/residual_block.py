@@ -10,6 +10,11 @@ The injection does not depend on z, so in l2 (per sample)
 
 with c = conv norm bounds, g = GroupNorm bounds (max |gamma|), s = activation slope, d = dropout
 scaling (1/(1-p) in training mode, 1 in eval mode).
+
+At the zero state (the MDEQ's initial iterate) conv1 z = 0, so u and conv2 u are the same for every
+sample: :meth:`ResidualBlock.forward_at_zero` computes them on one sample and broadcasts at the first
+per-sample term (the injection or the dropout mask), the same function at a 1/B of the convolutions'
+cost.
 """
 from __future__ import annotations
 
@@ -38,15 +43,34 @@ class ResidualBlock(nn.Module):
         self.a_res, self.a_f = options.residual_coefficients()
 
     def forward(self, z: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
-        # Evaluated with the activations' slope s folded into the neighbouring affine maps, so that every
-        # elementwise step is one pass: act1(gn1(y)) = relu(gn1(y) scaled by s), gn3(act3(m)) =
-        # gn3(relu(m)) with gamma scaled by s, and (1 - a_f) z + a_f v = lerp(z, v, a_f).
-        s1, s3 = self.act1.s, self.act3.s
-        u = torch.relu(self.gn1(self.conv1(z), gamma_scale=s1, beta_scale=s1))
-        v = self.drop(self.conv2(u), add=injection)
-        v = self.gn2(v)
-        mixed = z + v if (self.a_res, self.a_f) == (1.0, 1.0) else torch.lerp(z, v, self.a_f)  # a_res = 1 - a_f
-        return self.gn3(torch.relu(mixed), gamma_scale=s3)
+        # Evaluated with the scalars folded into the neighbouring affine maps, so that every elementwise
+        # step is one pass: act1(gn1(y)) = relu(gn1(y) scaled by s), a_f gn2(.) = gn2(.) scaled by a_f,
+        # gn3(act3(m)) = gn3(relu(m)) with gamma scaled by s. The ReLUs act in place on fresh results whose
+        # producers do not keep them for their backward pass.
+        s1 = self.act1.s
+        u = torch.relu_(self.gn1(self.conv1(z), gamma_scale=s1, beta_scale=s1))
+        return self._mix(z, self.conv2(u), injection)
+
+    def forward_at_zero(self, z: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
+        """b(z) for z = 0 (``z`` must be zeros; see the module docstring), computed from its first sample;
+        the result has z's batch and memory format."""
+        s1 = self.act1.s
+        zero = z[:1]
+        u = torch.relu_(self.gn1(self.conv1(zero), gamma_scale=s1, beta_scale=s1))
+        out = self._mix(zero, self.conv2(u), injection, shared=True)
+        if out.shape[0] != z.shape[0]:
+            out = out.expand(z.shape[0], *out.shape[1:])
+        fmt = torch.channels_last if z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous() \
+            else torch.contiguous_format
+        return out.contiguous(memory_format=fmt)
+
+    def _mix(self, z: torch.Tensor, c: torch.Tensor, injection: torch.Tensor | None, shared: bool = False):
+        """gn3(act3(a_res z + a_f v)) with v = gn2(drop(c) + injection), c = conv2 u; a_f scales gn2 (so the
+        backward pass hands the incoming gradient to v unchanged). ``shared``: c is one sample shared by
+        the batch (forward_at_zero)."""
+        a_v = self.gn2(self.drop(c, add=injection, shared=shared), gamma_scale=self.a_f, beta_scale=self.a_f)
+        mixed = a_v + z if self.a_res == 1.0 else torch.add(a_v, z, alpha=self.a_res)
+        return self.gn3(torch.relu_(mixed), gamma_scale=self.act3.s)
 
     def lipschitz(self):
         """g3 s (a_res + a_f g2 d c2 s g1 c1); see the module docstring."""

@@ -1,5 +1,6 @@
 """The speed-up benchmark's --quick path runs end to end and reports consistent fields (no timing
-thresholds), and the sync-free solve gives the same result as the checked solve."""
+thresholds), the methods' steps alternate round by round (fake steps), ratios come from the rounds, the
+load is recorded, and the sync-free solve gives the same result as the checked solve."""
 import json
 import math
 
@@ -23,6 +24,8 @@ def test_rows_and_fields(result):
     for r in rows:
         assert r["weights"] == "init"
         assert r["train_ms"] > 0 and r["infer_ms"] > 0 and len(r["train_ms_all"]) == 1
+        assert r["train_spread"]["median"] == r["train_ms"] == r["train_ms_all"][0]
+        assert r["infer_spread"]["n"] == 1 and r["infer_spread"]["iqr"] == 0.0
         assert isinstance(r["f_evals"], int) and r["f_evals"] >= 1
         assert isinstance(r["b_evals"], int) and r["b_evals"] >= 1
         assert math.isfinite(r["f_residual"]) and math.isfinite(r["b_residual"])
@@ -38,7 +41,12 @@ def test_rows_and_fields(result):
     assert result["fast_path"]["channels_last"] is True
     ratios = result["ratios"]["init"]
     assert set(ratios) == {f"{k} {r}" for k in ("train", "infer") for r in ("a/b", "a/c", "b/c")}
-    assert ratios["train a/c"] == pytest.approx(by["original"]["train_ms"] / by["lmdeq"]["train_ms"])
+    assert ratios["train a/c"]["median"] == pytest.approx(by["original"]["train_ms"] / by["lmdeq"]["train_ms"])
+    load = result["load"]
+    assert load["threads"] == torch.get_num_threads() == result["env"]["threads"]
+    assert len(load["loadavg_start"]) == 3 and len(load["loadavg_end"]) == 3
+    assert result["env"]["allocator"]["source"] in ("mallopt", "environment", "off", "unsupported", "default")
+    assert result["timing"] == "interleaved rounds"
 
 
 def test_files_written(result):
@@ -81,20 +89,88 @@ def test_cli_fast_path_options(tmp_path, capsys):
 def test_cudnn_benchmark_applies_to_every_method_and_is_restored(flag, monkeypatch):
     seen = []
 
-    def fake_measure(model, x, y, device, **kw):
+    def fake_measure(methods, device, **kw):
         seen.append(torch.backends.cudnn.benchmark)
-        return {"train_ms": 1.0, "infer_ms": 1.0, "f_evals": 1, "b_evals": 1, "f_residual": 0.0, "cuda_graph": False}
+        one = {"train_ms_all": [1.0], "infer_ms_all": [1.0], "train_spread": speedup.spread([1.0]),
+               "infer_spread": speedup.spread([1.0]), "train_ms": 1.0, "infer_ms": 1.0, "f_evals": 1,
+               "b_evals": 1, "f_residual": 0.0, "cuda_graph": False}
+        return {name: dict(one) for name in methods}
 
     monkeypatch.setattr(speedup, "measure", fake_measure)
     before = torch.backends.cudnn.benchmark
     result = speedup.run(preset="cifar10-small", batch=2, cudnn_benchmark=flag, out_dir=None, log=lambda m: None)
-    assert seen == [flag] * 3 and result["cudnn_benchmark"] is flag
+    assert seen == [flag] and result["cudnn_benchmark"] is flag   # one interleaved measurement of all three
+    assert [r["method"] for r in result["rows"]] == list(speedup.METHODS)
     assert torch.backends.cudnn.benchmark is before
 
 
 def test_cli_rejects_unknown_method(tmp_path, capsys):
     assert main(["bench", "--quick", "--methods", "fast", "--out", str(tmp_path)]) == 2
     assert "lmdeq bench: error: --methods" in capsys.readouterr().err
+
+
+class FakeModel(torch.nn.Module):
+    def __init__(self, name, calls):
+        super().__init__()
+        self.name, self.calls = name, calls
+
+    @property
+    def last_info(self):
+        return {"f_nstep": len(self.name), "b_nstep": 1, "f_residual": 0.0, "b_residual": 0.0}
+
+
+class FakeMethod:
+    """A benchmark method whose steps only log (mode, name)."""
+
+    def __init__(self, name, calls):
+        self.model = FakeModel(name, calls)
+        self.name, self.calls = name, calls
+
+    def train_step(self):
+        self.calls.append(("train" if self.model.training else "eval?", self.name))
+
+    def infer(self):
+        self.calls.append(("infer" if not self.model.training else "train?", self.name))
+
+    def marks(self):
+        return []
+
+
+def test_measure_interleaves_training_then_inference_rounds():
+    calls = []
+    methods = {n: FakeMethod(n, calls) for n in ("original", "authors", "lmdeq")}
+    out = speedup.measure(methods, torch.device("cpu"), steps=3, warmup=1)
+    names = ["original", "authors", "lmdeq"]
+    assert calls == [("train", n) for _ in range(4) for n in names] + [("infer", n) for _ in range(4) for n in names]
+    assert set(out) == set(names)
+    for n in names:
+        assert len(out[n]["train_ms_all"]) == 3 and len(out[n]["infer_ms_all"]) == 3
+        assert out[n]["train_spread"]["n"] == 3 and out[n]["train_ms"] == out[n]["train_spread"]["median"]
+        assert out[n]["f_evals"] == len(n) and out[n]["profile"] is None
+
+
+def test_ratios_are_per_round():
+    rows = [{"method": "original", "train_ms_all": [100.0, 200.0, 300.0], "infer_ms_all": [10.0, 10.0, 10.0]},
+            {"method": "lmdeq", "train_ms_all": [10.0, 40.0, 20.0], "infer_ms_all": [1.0, 2.0, 5.0]}]
+    ratios = speedup._ratios(rows)
+    assert set(ratios) == {"train a/c", "infer a/c"}   # only the pairs that ran
+    assert ratios["train a/c"] == speedup.spread([10.0, 5.0, 15.0])
+    assert ratios["infer a/c"]["median"] == 5.0 and ratios["infer a/c"]["min"] == 2.0
+
+
+def test_load_warning_when_the_load_is_above_the_thread_count(tmp_path, monkeypatch):
+    loads = iter([[0.5, 0.5, 0.5], [3.5, 1.0, 0.7]])
+    monkeypatch.setattr(speedup, "load_average", lambda: next(loads))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    logged = []
+    result = speedup.run(preset="cifar10-small", batch=2, steps=1, warmup=0, methods=("lmdeq",), out_dir=None,
+                         log=logged.append)
+    load = result["load"]
+    assert load["loadavg_start"] == [0.5, 0.5, 0.5] and load["loadavg_end"] == [3.5, 1.0, 0.7]
+    assert "3.50" in load["warning"] and "2 threads" in load["warning"]
+    assert "WARNING" in result["table"] and any("WARNING" in m for m in logged)
+    quiet = speedup.load_record([0.2, 0.2, 0.2], [1.9, 1.0, 0.5], 2)
+    assert quiet["warning"] is None
 
 
 def test_sync_free_solve_matches_checked_solve():

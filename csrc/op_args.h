@@ -7,16 +7,13 @@
 #include <string>
 #include <vector>
 
-namespace lmdeq {
+#include "numerics.h"
 
-constexpr double kNormEps = 1e-12;  // the eps of F.normalize / clamp_min in the reference
+namespace lmdeq {
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
-
-// float32 accumulation for every storage dtype except float64.
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline std::string indexed(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
 

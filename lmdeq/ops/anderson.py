@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..numerics import acc_dtype
 from . import backends, reference, validation
 from .dispatch import eager_fast_path
 from .layout import unit_inner_stride
@@ -80,7 +81,7 @@ def _gram_row_op(X: Tensor, F: Tensor, k: int) -> Tensor:
 def _(X, F, k):
     _check_history(_GRAM, X, F)
     _check_k(_GRAM, k, X.shape[1])
-    return X.new_empty(X.shape[:2], dtype=reference.acc_dtype(X.dtype))
+    return X.new_empty(X.shape[:2], dtype=acc_dtype(X.dtype))
 
 
 @torch.library.custom_op("lmdeq::anderson_mix", mutates_args=())

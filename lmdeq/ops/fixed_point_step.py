@@ -15,6 +15,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..numerics import acc_dtype
 from . import backends, reference, validation
 from .dispatch import eager_fast_path
 from .layout import sample_rows, with_layout_of
@@ -70,7 +71,7 @@ def _run(zs: List[Tensor], fzs: List[Tensor], tau: float) -> Tuple[List[Tensor],
 
 def _fake(zs: List[Tensor], fzs: List[Tensor]) -> Tuple[List[Tensor], Tensor, Tensor]:
     outs = [torch.empty_like(sample_rows(z, fz)[0]) for z, fz in zip(zs, fzs)]
-    acc = reference.acc_dtype(zs[0].dtype)
+    acc = acc_dtype(zs[0].dtype)
     B = zs[0].shape[0]
     return outs, zs[0].new_empty(B, dtype=acc), zs[0].new_empty(B, dtype=acc)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.reference import acc_dtype
+from ..numerics import acc_dtype
 from .state import StateLayout, check_positive_int, check_solver_args
 from .info import Result, SolverError, SolverInfo
 from .tracking import DIVERGE_FACTOR, outcome_code

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.reference import acc_dtype
+from ..numerics import acc_dtype
 from .state import check_positive_int, check_solver_args, warn_once, warn_unknown_options
 from .tracking import start_solve
 

@@ -15,7 +15,7 @@ from typing import Callable, List, Sequence
 
 import torch
 
-from ..ops.reference import acc_dtype
+from ..numerics import acc_dtype
 
 __all__ = ["StateLayout", "check_solver_args", "check_positive_int", "step_count", "warn_unknown_options",
            "UnknownOptionWarning", "KNOWN_OPTIONS", "warn_once"]

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..ops.reference import acc_dtype
+from ..numerics import acc_dtype
 from .info import Result, SolverError, SolverInfo
 from .state import StateLayout
 

@@ -21,9 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lmdeq.ops.reference import acc_dtype
+from ..numerics import acc_dtype
 
-from .dtypes import tl_acc, tl_dtype
+from .dtypes import EPS, tl_acc, tl_dtype
 
 FIELDS = 5  # per layer: weight pointer, rows, cols, offset in u_work, offset in t_work
 MAX_TABLES = 32  # device tables kept (least recently used dropped)
@@ -67,7 +67,7 @@ def _forward_kernel(layers, tile_layer, tile_index, t_work, u_work, DTYPE: tl.co
         c = c0 + tl.arange(0, BLOCK_C)
         t = tl.load(t_work + t_off + c, mask=c < cols, other=0.0)
         sq += t * t
-    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), 1e-12)
+    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), EPS)
     r = tl.load(tile_index + p) * BLOCK_R + tl.arange(0, BLOCK_R)
     acc = tl.zeros([BLOCK_R], ACC)
     for c0 in range(0, cols, BLOCK_C):
@@ -89,7 +89,7 @@ def _finalize_kernel(layers, u_work, out, sigmas, DTYPE: tl.constexpr, ACC: tl.c
         u = tl.load(u_work + u_off + r, mask=r < rows, other=0.0)
         sq += u * u
     nrm = tl.sqrt(tl.sum(sq, axis=0))
-    denom = tl.maximum(nrm, 1e-12)
+    denom = tl.maximum(nrm, EPS)
     for r0 in range(0, rows, BLOCK):
         r = r0 + tl.arange(0, BLOCK)
         u = tl.load(u_work + u_off + r, mask=r < rows, other=0.0)

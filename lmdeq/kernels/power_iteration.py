@@ -26,6 +26,7 @@ from ..numerics import acc_dtype
 from .dtypes import EPS, tl_acc, tl_dtype
 
 FIELDS = 5  # per layer: weight pointer, rows, cols, offset in u_work, offset in t_work
+_FIELDS = tl.constexpr(FIELDS)  # the same, readable inside the kernels
 MAX_TABLES = 32  # device tables kept (least recently used dropped)
 _TABLES: "OrderedDict[tuple, tuple]" = OrderedDict()
 T_ROWS, T_COLS = 32, 64  # transposed kernel: column tile, rows per step
@@ -34,7 +35,7 @@ F_ROWS, F_COLS = 16, 128  # forward kernel: row tile, columns per step
 
 @triton.jit
 def _layer(layers, l, DTYPE: tl.constexpr):
-    base = layers + l * 5
+    base = layers + l * _FIELDS
     w = tl.load(base).to(tl.pointer_type(DTYPE))
     return w, tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 4)
 
@@ -111,7 +112,7 @@ def _layer_table(mats: List[torch.Tensor], device: torch.device) -> tuple:
     u_off = t_off = 0
     for l, W in enumerate(mats):
         rows, cols = W.shape
-        layers += [W.data_ptr(), rows, cols, u_off, t_off]
+        layers += [W.data_ptr(), rows, cols, u_off, t_off]  # the FIELDS entries of layer l
         for tiles, n, size in ((t_tiles, cols, T_COLS), (f_tiles, rows, F_ROWS)):
             count = triton.cdiv(n, size)
             tiles[0].extend([l] * count)

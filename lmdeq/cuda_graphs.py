@@ -41,6 +41,8 @@ from typing import Any, Callable, Hashable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import checks
+
 __all__ = ["GraphedCall", "GraphCache", "enabled_by_env", "disabled_reason"]
 
 Fn = Callable[[List[Tensor]], Tuple[List[Tensor], Any]]
@@ -178,9 +180,7 @@ class GraphCache:
     """
 
     def __init__(self, max_graphs: int = 8, call_type=GraphedCall):
-        if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
-            raise ValueError(f"max_graphs must be an int >= 1, got {max_graphs!r}")
-        self.max_graphs = max_graphs
+        self.max_graphs = checks.integer("max_graphs", max_graphs, 1)
         self.call_type = call_type
         self._calls: "OrderedDict[Hashable, Any]" = OrderedDict()
         self.captures = 0

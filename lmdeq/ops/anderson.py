@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..numerics import acc_dtype
 from . import backends, reference, validation
 from .dispatch import eager_fast_path
@@ -36,15 +37,15 @@ def _check_history(op: str, X: Tensor, Fh: Tensor) -> None:
 
 def _check_k(op: str, k: int, m: int) -> None:
     if not 0 <= k < m:
-        raise ValueError(f"{op}: argument 'k' must be in [0, m) = [0, {m}), got {k}")
+        raise ConfigError(f"{op}: argument 'k' must be in [0, m) = [0, {m}), got {k}")
 
 
 def _check_alpha(op: str, alpha: Tensor, X: Tensor) -> None:
     validation.float_tensor(op, "alpha", alpha)
     if alpha.device != X.device:
-        raise ValueError(f"{op}: argument 'alpha' is on {alpha.device} but 'X' is on {X.device}")
+        raise ConfigError(f"{op}: argument 'alpha' is on {alpha.device} but 'X' is on {X.device}")
     if tuple(alpha.shape) != tuple(X.shape[:2]):
-        raise ValueError(f"{op}: argument 'alpha' must have shape (B, m) = {tuple(X.shape[:2])}, "
+        raise ConfigError(f"{op}: argument 'alpha' must have shape (B, m) = {tuple(X.shape[:2])}, "
                          f"got {tuple(alpha.shape)}")
 
 

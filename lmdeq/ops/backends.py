@@ -39,6 +39,8 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["BACKENDS", "ENV_VAR", "choose", "extension", "build_info", "requested", "unavailable_reason",
            "triton_kernels", "run_triton", "device_guard", "arch_runs_on"]
 
@@ -229,7 +231,7 @@ def unavailable_reason(backend: str, device: Union[str, torch.device]) -> Option
         why = _triton_reason(device_type)
         return None if why is None else f"triton: {why}"
     if backend not in ("cuda", "cpu"):
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     ext, why = _load_extension()
     if ext is None:
         return f"{backend}: {why}"
@@ -250,7 +252,7 @@ def requested() -> str:
     """The value of LMDEQ_BACKEND ('auto' when unset)."""
     value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if value != "auto" and value not in BACKENDS:
-        raise ValueError(f"{ENV_VAR}={value!r} is not one of auto, {', '.join(BACKENDS)}")
+        raise ConfigError(f"{ENV_VAR}={value!r} is not one of auto, {', '.join(BACKENDS)}")
     return value
 
 

@@ -15,6 +15,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..numerics import acc_dtype
 from . import backends, reference, validation
 from .dispatch import eager_fast_path
@@ -39,19 +40,19 @@ def _check(op: str, zs: Sequence[Tensor], fzs: Sequence[Tensor], multi: bool) ->
 def _explain(op: str, zs: Sequence[Tensor], fzs: Sequence[Tensor], multi: bool) -> None:
     validation.same_length(op, zs=zs, fzs=fzs)
     if not zs:
-        raise ValueError(f"{op}: argument 'zs' must hold at least one tensor")
+        raise ConfigError(f"{op}: argument 'zs' must hold at least one tensor")
     for i, (z, fz) in enumerate(zip(zs, fzs)):
         zname, fname = (f"zs[{i}]", f"fzs[{i}]") if multi else ("z", "fz")
         validation.float_tensor(op, zname, z)
         validation.float_tensor(op, fname, fz)
         if z.dim() < 1:
-            raise ValueError(f"{op}: argument '{zname}' must have a batch dimension, got a 0-d tensor")
+            raise ConfigError(f"{op}: argument '{zname}' must have a batch dimension, got a 0-d tensor")
         validation.same_dtype_device(op, fname, fz, zname, z)
         validation.same_shape(op, fname, fz, zname, z)
         if i > 0:
             validation.same_dtype_device(op, zname, z, "zs[0]", zs[0])
             if z.shape[0] != zs[0].shape[0]:
-                raise ValueError(f"{op}: argument '{zname}' has batch size {z.shape[0]} but 'zs[0]' has "
+                raise ConfigError(f"{op}: argument '{zname}' has batch size {z.shape[0]} but 'zs[0]' has "
                                  f"{zs[0].shape[0]}")
     raise AssertionError(f"{op}: _check rejected arguments that _explain accepts")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from .. import checks
+
 __all__ = ["iterations_for"]
 
 
@@ -26,14 +28,10 @@ def iterations_for(lipschitz: float, tol: float, r0: float, tau: float = 1.0) ->
     Returns:
         N >= 1 (at least one step is taken so the returned point is f-evaluated).
     """
-    if not (0.0 <= lipschitz < 1.0):
-        raise ValueError(f"lipschitz must be in [0, 1) for a guaranteed count, got {lipschitz!r}")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    if not (r0 >= 0) or math.isinf(r0):
-        raise ValueError(f"r0 must be a finite number >= 0, got {r0!r}")
-    if not (0.0 < tau <= 1.0):
-        raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+    lipschitz = checks.number("lipschitz", lipschitz, 0, 1, high_open=True)
+    tol = checks.number("tol", tol, 0, low_open=True)
+    r0 = checks.number("r0", r0, 0)
+    tau = checks.damping("tau", tau)
     q = 1.0 - tau + tau * lipschitz
     if r0 <= tol:
         return 1

@@ -72,7 +72,7 @@ def method_config(method: str, preset: str, check_every: Optional[int] = None, s
     if method == "lmdeq":
         kw = dict(preset=preset, lipschitz=True, solve_mode=solve_mode, cuda_graphs=cuda_graphs)
         if check_every is not None:
-            kw.update(solver_kwargs={"check_every": check_every}, b_solver_kwargs={"check_every": check_every})
+            kw.update(f_solver_kwargs={"check_every": check_every}, b_solver_kwargs={"check_every": check_every})
         return kw
     if method in VARIANTS:
         return dict(preset=preset, lipschitz=True, constraint=_VARIANT_CONSTRAINT[method], f_max_iter=18,

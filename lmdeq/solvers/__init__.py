@@ -17,7 +17,7 @@ from .authors_anderson import authors_anderson
 from .broyden import broyden
 from .fixed_point import fixed_point
 from .info import Result, SolverError, SolverInfo, result_of
-from .iterations import iterations_for
+from .iterations import adjoint_apriori_iterations, apriori_iterations, iterations_for
 from .state import STOP_MODES, StateLayout, UnknownOptionWarning
 from .torchdeq_contract import TORCHDEQ_SOLVERS
 
@@ -40,5 +40,6 @@ def get_solver(name):
     return SOLVERS[key]
 
 
-__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "get_solver", "SOLVERS", "TORCHDEQ_SOLVERS",
+__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "apriori_iterations", "adjoint_apriori_iterations",
+           "get_solver", "SOLVERS", "TORCHDEQ_SOLVERS",
            "Result", "SolverError", "SolverInfo", "result_of", "UnknownOptionWarning", "StateLayout", "STOP_MODES"]

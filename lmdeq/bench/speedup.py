@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from ..errors import ConfigError
 from .device import device_slug, environment, fmt_loads, load_average, load_record, sync
 from .interleave import interleaved_rounds, ratio_spread, spread
 from .profile import OP_CLASSES, PHASE_ORDER, marked_modules, profile_step
@@ -77,7 +78,7 @@ def method_config(method: str, preset: str, check_every: Optional[int] = None, s
     if method in VARIANTS:
         return dict(preset=preset, lipschitz=True, constraint=_VARIANT_CONSTRAINT[method], f_max_iter=18,
                     b_max_iter=20, solve_mode="checked")
-    raise ValueError(f"method must be one of {METHODS + VARIANTS}, got {method!r}")
+    raise ConfigError(f"method must be one of {METHODS + VARIANTS}, got {method!r}")
 
 
 def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:

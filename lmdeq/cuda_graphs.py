@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from . import checks
+from .errors import first_line
 
 __all__ = ["GraphedCall", "GraphCache", "enabled_by_env", "disabled_reason"]
 
@@ -221,7 +222,7 @@ class GraphCache:
             try:
                 call = self.call_type(fn, inputs, inputs[0].device)
             except Exception as err:  # noqa: BLE001 - any failure means: not capturable, run eagerly
-                self.failures.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+                self.failures.append(first_line(err))
                 _disable(self.failures[-1])
                 return fn(list(inputs))
             finally:

@@ -42,7 +42,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["BACKENDS", "ENV_VAR", "choose", "extension", "build_info", "requested", "unavailable_reason",
-           "triton_kernels", "run_triton", "device_guard", "arch_runs_on"]
+           "triton_kernels", "triton_interpreted", "run_triton", "device_guard", "arch_runs_on"]
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 ENV_VAR = "LMDEQ_BACKEND"
@@ -125,7 +125,7 @@ def _triton_reason(device_type: str) -> Optional[str]:
     if device_type == "cuda":
         return None
     if device_type == "cpu":
-        if _triton_interpreted():
+        if triton_interpreted():
             import numpy
             import triton
 
@@ -134,7 +134,7 @@ def _triton_reason(device_type: str) -> Optional[str]:
     return f"no Triton kernels for {device_type} tensors"
 
 
-def _triton_interpreted() -> bool:
+def triton_interpreted() -> bool:
     """Whether the Triton kernels run (or, once imported, will run) in the interpreter."""
     kernels = sys.modules.get("lmdeq.kernels")
     if kernels is not None:

@@ -31,7 +31,7 @@ def test_unknown_backend_is_rejected(monkeypatch):
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
-    monkeypatch.setattr(backends, "_triton_interpreted", lambda: False)
+    monkeypatch.setattr(backends, "triton_interpreted", lambda: False)
     assert "TRITON_INTERPRET=1" in backends.unavailable_reason("triton", "cpu")
 
 
@@ -50,7 +50,7 @@ def test_interpreter_defect_makes_triton_unavailable_on_cpu(monkeypatch):
     import numpy
     import triton
 
-    monkeypatch.setattr(backends, "_triton_interpreted", lambda: True)
+    monkeypatch.setattr(backends, "triton_interpreted", lambda: True)
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "2.4.1")
     assert "triton-lang/triton#9171" in backends.unavailable_reason("triton", "cpu")

@@ -1,8 +1,10 @@
 """lmdeq: fast, provably convergent deep equilibrium models.
 
-Layers (bottom up): ``lmdeq.ops`` (fused kernels behind custom ops) -> ``lmdeq.solvers``
-(fixed point, Anderson, Broyden; TorchDEQ's solver contract) -> ``lmdeq.deq`` (DEQ layer with
-implicit / JFB / phantom gradients) -> ``lmdeq.models`` (Lipschitz MDEQ with a certified bound).
+Layers (bottom up; the whole map is in the README's Layout section and tests/test_layers.py): shared facts
+(``lmdeq.numerics``, ``lmdeq.checks``, ``lmdeq.errors``) -> ``lmdeq.kernels`` (Triton) and ``lmdeq._C`` (C++/CUDA)
+-> ``lmdeq.ops`` (fused kernels behind custom ops) -> ``lmdeq.solvers`` (fixed point, Anderson, Broyden;
+TorchDEQ's solver contract) -> ``lmdeq.deq`` (DEQ layer; gradients by ``Implicit`` / ``JFB`` / ``Phantom``) ->
+``lmdeq.models`` (Lipschitz MDEQ with a certified bound) -> training, benchmarks, command line.
 """
 __version__ = "0.1.0"
 

@@ -214,3 +214,28 @@ def test_torchrun_cli_elastic_restart_resumes_from_last_pt(runs, tmp_path):
 
     assert run_ranks(reference, 2) == [0, 0]
     assert compare_runs(tmp_path / "reference", tmp_path / "elastic") == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpus_nccl_with_sync_bn_equal_one_gpu(tmp_path):
+    """On 2 GPUs (nccl), --sync-bn normalises over the global batch, so even training-mode BatchNorm gives the
+    single-GPU run's weights (to GPU rounding: cuDNN and SyncBatchNorm reduce in other orders)."""
+    write_image_folder(tmp_path / "data" / "train")
+    sets = [a for k, v in {**TINY_MDEQ, "cuda_graphs": False}.items()
+            for a in ("--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}")]
+    argv = ["-m", "lmdeq.cli", "train", "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
+            "--epochs", "2", "--batch-size", "6", "--val-fraction", "0.25", "--lr", "0.01", "--no-progress",
+            "--device", "cuda", *sets]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for cmd in ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *argv,
+                 "--sync-bn", "--out", str(tmp_path / "two")], [sys.executable, *argv, "--out", str(tmp_path / "one")]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from lmdeq.models import mdeq
+
+    seed_everything(0)
+    init = _flat(mdeq("cifar10-small", **{**TINY_MDEQ, "cuda_graphs": False}).state_dict())
+    a = _flat(load_checkpoint(tmp_path / "two" / "last.pt")["model_state"])
+    b = _flat(load_checkpoint(tmp_path / "one" / "last.pt")["model_state"])
+    assert float((a - b).norm() / (b - init).norm()) < 1e-4

@@ -41,7 +41,7 @@ from . import replicas
 from .batches import check_shardable, train_batches
 from .checkpoint import capture_rng_state, restore_rng_state
 from .config import TrainConfig
-from .distributed import SINGLE, Dist
+from .distributed import ELASTIC_RUN_ID, SINGLE, Dist
 from .evaluate import evaluate
 from .faults import fault_point
 from .hooks import SOLVER_KEYS, certified_bound, model_config, solver_stats, solves_unconverged
@@ -133,7 +133,7 @@ class Trainer:
             "lipschitz_bound_eval": self.bound_eval,
             "rng": capture_rng_state(),
             "world_size": self.dist.world,
-            "elastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+            "elastic_run_id": os.environ.get(ELASTIC_RUN_ID),  # lets a torchrun restart continue this run
         }
 
     def load_state_dict(self, ckpt: dict) -> None:

@@ -3,12 +3,14 @@
 A documented error (:class:`lmdeq.errors.LmdeqError`: a bad argument, file, data set, checkpoint or run
 directory) is printed as one line, ``lmdeq <command>: error: ...``, with exit status 2; warnings of the
 library (skipped images, unconverged solves, a repaired run directory) as ``lmdeq <command>: warning: ...``;
-Ctrl-C as one line with exit status 130. Any other exception is a bug and keeps its traceback.
+Ctrl-C as one line with exit status 130. Any other exception is a bug and keeps its traceback. Under
+torchrun (``torchrun ... -m lmdeq.cli train ...``) each rank's error line names the rank.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import LmdeqError
@@ -43,13 +45,26 @@ def one_line(err: BaseException) -> str:
     return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
+def _rank() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) of a process started by torchrun; (0, 1) otherwise (or when they do not parse)."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
 def run_command(args: argparse.Namespace, prog: str) -> int:
-    """Run ``args.handler(args)``: an LmdeqError becomes one line on stderr and exit status 2."""
+    """Run ``args.handler(args)``: an LmdeqError becomes one line on stderr and exit status 2. Under torchrun,
+    ranks other than 0 name themselves in their lines (``lmdeq train [rank 1/4]: ...``) and print only
+    errors: their warnings would repeat rank 0's."""
+    rank, world = _rank()
+    if world > 1 and rank != 0:
+        prog = f"{prog} [rank {rank}/{world}]"
     _handler.prog = prog
     logger = logging.getLogger("lmdeq")
     if _handler not in logger.handlers:
         logger.addHandler(_handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if rank == 0 else logging.ERROR)
     try:
         rc = args.handler(args)
     except LmdeqError as err:

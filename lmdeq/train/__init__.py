@@ -7,7 +7,9 @@ train/validation images), ``augment`` + ``batches`` (seeded per-epoch batches), 
 per-step cosine cycles), ``hooks`` (optional model hooks), ``model`` (build and check the model, load
 weights), ``evaluate``, ``metrics`` (JSONL), ``checkpoint`` (safe loads, RNG state), ``rundir`` (the run
 directory: lock, epoch-end commit, repair after a crash), ``trainer`` (the loop), ``run`` (entry points),
-``cli``. User-facing errors are the classes of :mod:`lmdeq.errors`.
+``cli``; for data-parallel runs under torchrun, ``distributed`` (process group, rank devices, collectives that
+fail together) and ``replicas`` (DDP wrapping, SyncBatchNorm, identical model state on every rank).
+User-facing errors are the classes of :mod:`lmdeq.errors`.
 """
 from .config import TrainConfig
 from .evaluate import evaluate

@@ -4,6 +4,10 @@ An epoch's whole plan (sample order, crop offsets, flips) is drawn up front from
 ``derive_seed(seed, "epoch", epoch)``: the batches depend on nothing but (data, seed, epoch, batch
 size), not on the number of loader workers or on the global RNG, so a resumed run sees exactly the
 batches an uninterrupted run would.
+
+In a data-parallel run every rank draws the same plan and takes its shard of each global batch
+(``shard=(rank, world)``: the contiguous positions :func:`~lmdeq.train.distributed.shard_bounds` gives it),
+so the union of the ranks' shards is exactly the batch a single process trains on.
 """
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from .augment import crop_flip
+from .distributed import shard_bounds
 from .images import LabelledImages
 from .split import derive_seed
 
@@ -35,16 +41,20 @@ def epoch_plan(n: int, seed: int, epoch: int, augment: bool, padding: int) -> Ep
 
 
 class _PlannedBatches(torch.utils.data.Dataset):
-    """Item k: the k-th batch (uint8 images, labels) of the plan (or of the data in order)."""
+    """Item k: the k-th batch (uint8 images, labels) of the plan (or of the data in order), or this rank's
+    shard of it."""
 
-    def __init__(self, data: LabelledImages, batch_size: int, plan: EpochPlan | None, padding: int):
-        self.data, self.batch_size, self.plan, self.padding = data, batch_size, plan, padding
+    def __init__(self, data: LabelledImages, batch_size: int, plan: EpochPlan | None, padding: int,
+                 shard: tuple[int, int] = (0, 1)):
+        self.data, self.batch_size, self.plan, self.padding, self.shard = data, batch_size, plan, padding, shard
 
     def __len__(self):
         return math.ceil(len(self.data) / self.batch_size)
 
     def __getitem__(self, k):
         lo, hi = k * self.batch_size, min((k + 1) * self.batch_size, len(self.data))
+        a, b = shard_bounds(hi - lo, *self.shard)
+        lo, hi = lo + a, lo + b
         if self.plan is None:
             return self.data.images[lo:hi], self.data.labels[lo:hi]
         idx = self.plan.order[lo:hi]
@@ -54,7 +64,7 @@ class _PlannedBatches(torch.utils.data.Dataset):
         return images, self.data.labels[idx]
 
 
-def _check(data: LabelledImages, batch_size: int, workers: int):
+def _check(data: LabelledImages, batch_size: int, workers: int, shard=(0, 1)):
     if not isinstance(data, LabelledImages):
         raise TypeError(f"data must be LabelledImages, got {type(data).__name__}")
     if len(data) == 0:
@@ -63,6 +73,9 @@ def _check(data: LabelledImages, batch_size: int, workers: int):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative int, got {workers!r}")
+    rank, world = shard
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
 
 
 def _loader(batches: _PlannedBatches, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
@@ -72,11 +85,13 @@ def _loader(batches: _PlannedBatches, workers: int, pin_memory: bool) -> torch.u
 
 
 def train_batches(data: LabelledImages, batch_size: int, seed: int, epoch: int, augment: bool = True,
-                  padding: int = 4, workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Shuffled (and, with ``augment``, randomly cropped and flipped) batches of epoch ``epoch``."""
-    _check(data, batch_size, workers)
+                  padding: int = 4, workers: int = 0, pin_memory: bool = False,
+                  shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
+    """Shuffled (and, with ``augment``, randomly cropped and flipped) batches of epoch ``epoch``; with
+    ``shard=(rank, world)`` only that rank's share of each batch (see the module docstring)."""
+    _check(data, batch_size, workers, shard)
     plan = epoch_plan(len(data), seed, epoch, augment, padding)
-    return _loader(_PlannedBatches(data, batch_size, plan, padding), workers, pin_memory)
+    return _loader(_PlannedBatches(data, batch_size, plan, padding, shard), workers, pin_memory)
 
 
 def eval_batches(data: LabelledImages, batch_size: int, workers: int = 0,
@@ -84,3 +99,26 @@ def eval_batches(data: LabelledImages, batch_size: int, workers: int = 0,
     """The data in stored order, unaugmented."""
     _check(data, batch_size, workers)
     return _loader(_PlannedBatches(data, batch_size, None, 0), workers, pin_memory)
+
+
+def check_shardable(n: int, batch_size: int, world: int) -> None:
+    """ConfigError unless every global batch of an epoch over ``n`` images gives each of ``world`` ranks at
+    least one image (the last batch holds ``n mod batch_size`` images when that is not 0); it names batch
+    sizes that work."""
+    def smallest(b):
+        return min(b, n) if n % b == 0 or n < b else n % b
+
+    if world <= 1 or smallest(batch_size) >= world:
+        return
+    last = smallest(batch_size)
+    near = [b for b in range(max(world, batch_size - 64), batch_size + 65) if smallest(b) >= world]
+    hint = ""
+    if near:
+        below = [b for b in near if b < batch_size]
+        above = [b for b in near if b > batch_size]
+        picks = ([below[-1]] if below else []) + ([above[0]] if above else [])
+        hint = f" (e.g. --batch-size {' or '.join(map(str, picks))})"
+    raise ConfigError(f"batch_size: {world} processes split every global batch into {world} shards, but with {n} "
+                      f"training images and --batch-size {batch_size} a batch of the epoch holds only {last} image(s); "
+                      f"choose a batch size for which every batch has at least {world} images{hint}, or change "
+                      "--limit-train")

@@ -16,6 +16,7 @@ from ..allocator import configure_process
 from ..argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
 from ..errors import ConfigError
 from .config import TrainConfig
+from .distributed import BACKENDS
 from .metrics import fmt_number, json_number
 
 # CLI destination -> TrainConfig field, for the flags that set the training config.
@@ -59,6 +60,8 @@ def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="fail on the first image file that cannot be decoded (default: skip such files and report "
                         "how many, with the first few paths)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--dist-backend", choices=BACKENDS, default="auto",
+                   help="under torchrun: the torch.distributed backend (default: auto = nccl on CUDA, gloo on the CPU)")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +107,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "continues only into a new --out (a fork)")
     r.add_argument("--bound-every", type=_positive_int, default=50,
                    help="recompute the certified bound L every this many steps (default: 50)")
+    r.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the whole global batch (torch's SyncBatchNorm, CUDA "
+                        "only; default: each process normalises with its shard's statistics)")
     _add_runtime_arguments(p)
 
 
@@ -147,43 +153,56 @@ def summary_line(summary: dict, out: str | None) -> str:
             f"certified Lipschitz bound L = {cert}; run directory {out}")
 
 
+def _default_out(cfg: TrainConfig) -> str:
+    return f"runs/{cfg.preset}-{'lipschitz' if cfg.lipschitz else 'original'}-seed{cfg.seed}"
+
+
 def handle_train(args: argparse.Namespace) -> int:
-    from .checkpoint import RUN, load_checkpoint
-    from .run import resume_path, run_training
+    from .distributed import distributed
+    from .run import elastic_resume, load_run_checkpoint, resolve_device, resume_path, run_training
     from .trainer import LAST
 
-    resume = None
-    saved = None
-    if args.resume is not None:
-        if args.resume:
-            resume = resume_path(args.resume)
-        elif args.out:
-            resume = Path(args.out) / LAST
-        else:
-            raise ConfigError("--resume without a path needs --out (the run directory)")
-        saved = load_checkpoint(resume, kind=RUN)["train_config"]
-    cfg = config_from_args(args, saved)
-    out = args.out or (str(resume.parent) if resume is not None else
-                       f"runs/{cfg.preset}-{'lipschitz' if cfg.lipschitz else 'original'}-seed{cfg.seed}")
-    try:
-        summary = run_training(cfg, device=args.device, workers=args.workers, out_dir=out, resume=resume,
-                               cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every,
-                               strict=args.strict)
-    except KeyboardInterrupt:
-        kept = (f"{Path(out) / LAST} holds the last completed epoch; continue with: lmdeq train --resume --out {out}"
-                if (Path(out) / LAST).exists() else "no epoch was completed")
-        print(f"lmdeq train: interrupted; {kept}", file=sys.stderr, flush=True)
-        return 130
-    print(summary_line(summary, out))
+    with distributed(resolve_device(args.device), args.dist_backend) as (dist, _device):
+        resume = None
+        if args.resume is not None:
+            if args.resume:
+                resume = resume_path(args.resume)
+            elif args.out:
+                resume = Path(args.out) / LAST
+            else:
+                raise ConfigError("--resume without a path needs --out (the run directory)")
+        out = args.out or (str(resume.parent) if resume is not None else _default_out(config_from_args(args)))
+        restarted = elastic_resume(out, dist)  # a worker group torchrun restarted continues its own run
+        resume = restarted if restarted is not None else resume
+        saved = None
+        if resume is not None:
+            saved = dist.from_main(lambda: load_run_checkpoint(resume)["train_config"])
+        cfg = config_from_args(args, saved)
+        try:
+            summary = run_training(cfg, device=args.device, workers=args.workers, out_dir=out, resume=resume,
+                                   cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every,
+                                   strict=args.strict, dist_backend=args.dist_backend, sync_bn=args.sync_bn)
+        except KeyboardInterrupt:
+            if dist.is_main:
+                kept = (f"{Path(out) / LAST} holds the last completed epoch; continue with: lmdeq train --resume "
+                        f"--out {out}" if (Path(out) / LAST).exists() else "no epoch was completed")
+                print(f"lmdeq train: interrupted; {kept}", file=sys.stderr, flush=True)
+            return 130
+        if dist.is_main:
+            print(summary_line(summary, out))
     return 0
 
 
 def handle_eval(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .run import run_evaluation
 
     result = run_evaluation(args.checkpoint, data=args.data, split=args.split, limit=args.limit,
                             batch_size=args.batch_size, device=args.device, workers=args.workers,
-                            cache_dir=args.cache_dir, progress=args.progress, strict=args.strict)
+                            cache_dir=args.cache_dir, progress=args.progress, strict=args.strict,
+                            dist_backend=args.dist_backend)
+    if not is_main_process():
+        return 0  # rank 0 prints the result, which every rank holds
     if args.json:
         print(json.dumps({k: json_number(v) if isinstance(v, float) else v for k, v in result.items()}))
         return 0

@@ -2,7 +2,11 @@
 
 ``LMDEQ_FAULT_AT=<point>`` (or ``<point>@<n>``: its n-th occurrence, default 1) makes the process
 SIGKILL itself when it reaches that point, so a test can stop a run at an exact instant instead of by
-luck of timing. Unset (always, outside tests) it costs one environment lookup per point. The points:
+luck of timing. Qualifiers, each ``;key=value`` after the point, restrict it to some processes of a
+distributed run: ``rank=<r>`` (only the process whose ``RANK`` is r) and ``attempt=<k>`` (only while
+torchrun's ``TORCHELASTIC_RESTART_COUNT`` is k, so a worker group restarted by torchrun runs on), e.g.
+``step@3;rank=1;attempt=0``. Unset (always, outside tests) it costs one environment lookup per point.
+The points:
 
 * ``step``: after an optimiser step (and its constraint upkeep);
 * ``epoch-end``: the epoch's record is computed, nothing of the epoch is written yet;
@@ -18,16 +22,30 @@ import os
 import signal
 
 ENV = "LMDEQ_FAULT_AT"
+QUALIFIERS = {"rank": "RANK", "attempt": "TORCHELASTIC_RESTART_COUNT"}  # qualifier -> the variable it tests
+_DEFAULTS = {"RANK": "0", "TORCHELASTIC_RESTART_COUNT": "0"}
 _seen: dict[str, int] = {}
 
 
+def _applies_here(qualifiers: list[str]) -> bool:
+    for q in qualifiers:
+        key, _, value = q.partition("=")
+        var = QUALIFIERS.get(key.strip())
+        if var is None:
+            raise ValueError(f"{ENV}: unknown qualifier {q!r} (known: {sorted(QUALIFIERS)})")
+        if os.environ.get(var, _DEFAULTS[var]) != value.strip():
+            return False
+    return True
+
+
 def fault_point(name: str) -> None:
-    """SIGKILL this process if ``LMDEQ_FAULT_AT`` names this point (and occurrence)."""
+    """SIGKILL this process if ``LMDEQ_FAULT_AT`` names this point (and occurrence, and process)."""
     target = os.environ.get(ENV)
     if not target:
         return
-    point, _, nth = target.partition("@")
-    if point != name:
+    spec, *qualifiers = target.split(";")
+    point, _, nth = spec.partition("@")
+    if point != name or not _applies_here(qualifiers):
         return
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] == (int(nth) if nth else 1):

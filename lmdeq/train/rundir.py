@@ -266,7 +266,8 @@ def _untimed(records: list[dict]) -> list[dict]:
 
 def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> list[str]:
     """How the run directory ``other`` differs from ``reference`` (empty: the same run, bit for bit, up to
-    wall-clock timings): file names, every tensor and number of last.pt and best.pt, metrics.jsonl. Used to
+    wall-clock timings and the ids of the run and of its torchrun job): file names, every tensor and number of
+    last.pt and best.pt, metrics.jsonl. Used to
     check that a killed and resumed run ended exactly like an uninterrupted one."""
     from .metrics import read_jsonl
 
@@ -281,7 +282,7 @@ def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> list
         a, b = load_checkpoint(ref / name), load_checkpoint(got / name)
         for key in sorted(set(a) | set(b)):
             va, vb = a.get(key), b.get(key)
-            if key in ("run_id", "forked_from"):
+            if key in ("run_id", "forked_from", "elastic_run_id"):
                 continue
             if key == "history":
                 va, vb = _untimed(va), _untimed(vb)

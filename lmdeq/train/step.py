@@ -5,6 +5,13 @@ the time-to-accuracy benchmark (``lmdeq.bench.tta_run``), so both train exactly 
     (a non-finite loss raises before any parameter moves)
     zero_grad; loss.backward(); optional global grad-norm clipping; optimizer.step(); scheduler.step();
     model.constraint_step() (when the model has one)
+
+Data-parallel (``dist`` with more than one rank, ``forward`` the DistributedDataParallel wrapper): each
+rank gets its shard of the global batch of N images, n_r of them. The ranks sum (loss_r n_r, hits_r, n_r)
+before the backward pass, so every rank knows the global batch's mean loss (and all of them raise
+together when it is not finite). Rank r backpropagates c_r loss_r with c_r = n_r W / N; DDP averages the
+W ranks' gradients, which gives sum_r (n_r / N) grad(loss_r) = grad of the global batch's mean loss: the
+gradient a single process computes on the whole batch, whatever the shard sizes.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import torch.nn.functional as F
 from ..errors import NonFiniteError
 from .augment import normalize
 from .evaluate import check_logits
+from .distributed import Dist
 from .hooks import apply_constraint
 
 __all__ = ["StepResult", "train_step"]
@@ -27,33 +35,48 @@ __all__ = ["StepResult", "train_step"]
 class StepResult:
     loss: float              # the batch's mean cross-entropy before the step
     correct: int             # top-1 hits of the batch (logits before the step)
-    batch: int               # images in the batch
+    batch: int               # images in the batch (the global batch, in a data-parallel step)
+    shard: int = 0           # of which this rank trained on this many (= batch in a single process)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, images: torch.Tensor,
                labels: torch.Tensor, device: torch.device, num_classes: int, grad_clip: float = 0.0,
                nonfinite_error: Callable[[float], Exception] | None = None,
-               memory_format: torch.memory_format = torch.contiguous_format) -> StepResult:
+               memory_format: torch.memory_format = torch.contiguous_format,
+               forward: torch.nn.Module | None = None, dist: Dist | None = None) -> StepResult:
     """Train ``model`` on one batch of uint8 ``images`` (B, 3, H, W) and ``labels`` (B,).
 
     ``nonfinite_error(loss)`` builds the exception raised for a NaN/Inf loss (default: NonFiniteError);
     ``memory_format`` is the layout the normalised batch is given to the model in (channels_last for a
-    channels_last model)."""
+    channels_last model). ``forward``: the module that runs the forward pass (default ``model``; the
+    DistributedDataParallel wrapper of ``model`` in a data-parallel step, with ``dist`` and this rank's
+    shard as ``images``/``labels``: see the module docstring)."""
     x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
     y = labels.to(device, non_blocking=True)
-    logits = model(x)
-    check_logits(logits, y.shape[0], num_classes)
+    logits = (model if forward is None else forward)(x)
+    n = int(y.shape[0])
+    check_logits(logits, n, num_classes)
     loss = F.cross_entropy(logits.float(), y)
-    loss_value = loss.item()
+    parallel = dist is not None and dist.enabled
+    if parallel:
+        hits = (logits.detach().argmax(dim=1) == y).sum()
+        sums = dist.all_sum(torch.stack([loss.detach().double() * n, hits.double(),
+                                         torch.tensor(float(n), dtype=torch.float64, device=loss.device)]))
+        loss_sum, correct, total = sums.tolist()
+        loss_value, correct, total = loss_sum / total, int(correct), int(total)
+    else:
+        loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise (nonfinite_error(loss_value) if nonfinite_error is not None
                else NonFiniteError(f"the training loss is {loss_value}"))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * (n * dist.world / total) if parallel else loss).backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
     apply_constraint(model)
+    if parallel:
+        return StepResult(loss_value, correct, total, n)
     correct = int((logits.detach().argmax(dim=1) == y).sum().item())
-    return StepResult(loss_value, correct, int(y.shape[0]))
+    return StepResult(loss_value, correct, n, n)

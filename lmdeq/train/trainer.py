@@ -11,12 +11,24 @@ included (batches are a function of (seed, epoch); every other state is in the c
 
 Solves that miss their tolerance are counted per epoch (``unconverged_steps``: the fraction of training
 steps that ran on one, in metrics.jsonl) and warned about at every epoch end where it is not zero.
+
+Data-parallel (``dist`` with W > 1 ranks, under torchrun): the global batch stays ``cfg.batch_size``;
+every rank trains on its shard of each global batch (:mod:`lmdeq.train.batches`) through
+DistributedDataParallel, and a W-process run follows the single-process run's trajectory (equal up to
+rounding where the model's forward pass treats samples independently: BatchNorm in evaluation mode or
+synchronised, no dropout, solves of a fixed iteration count). The progress bar and metrics.jsonl show
+the loss, accuracy and solver statistics of the whole global batch (summed over the ranks); validation
+runs on a shard per rank and sums the counts. Only rank 0 takes the run directory's lock, commits and
+prints; every rank keeps the same run state (:mod:`lmdeq.train.replicas`). The RNG of rank r > 0
+(dropout masks of its shard) is seeded from (seed, rank, epoch) at each epoch start, so a resume
+restores every rank exactly; rank 0's RNG is the one saved in ``last.pt``.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import os
 import time
 import uuid
 from pathlib import Path
@@ -25,16 +37,19 @@ from typing import Callable
 import torch
 
 from ..errors import DataError, NonFiniteError
-from .batches import train_batches
+from . import replicas
+from .batches import check_shardable, train_batches
 from .checkpoint import capture_rng_state, restore_rng_state
 from .config import TrainConfig
+from .distributed import ELASTIC_RUN_ID, SINGLE, Dist
 from .evaluate import evaluate
 from .faults import fault_point
-from .hooks import certified_bound, model_config, solver_stats, solves_unconverged
+from .hooks import SOLVER_KEYS, certified_bound, model_config, solver_stats, solves_unconverged
 from .images import LabelledImages
 from .metrics import MeanMeter, fmt_number, json_number
 from .optim import build_optimizer, build_scheduler, cycle_bounds
 from .rundir import BEST_FILE as BEST, LAST, METRICS, commit_epoch, locked, reconcile
+from .split import derive_seed
 from .step import train_step
 
 __all__ = ["Trainer", "LAST", "BEST", "METRICS"]
@@ -49,23 +64,31 @@ class Trainer:
     is locked while :meth:`fit` runs.
     ``bound_every``: the certified bound L is recomputed every this many steps (for the progress
     bar) and at every epoch end, on a fixed schedule so that display settings cannot change a run.
-    ``on_epoch_end(record)``: called after each epoch's commit and log line.
+    ``on_epoch_end(record)``: called after each epoch's commit and log line (on every rank).
+    ``dist``: this process's place in a data-parallel run (see the module docstring; ``device`` is then
+    this rank's device); progress bars and ``print_fn`` are used on rank 0 only.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, train_data: LabelledImages,
                  val_data: LabelledImages | None, device: torch.device, workers: int = 0,
                  out_dir: str | Path | None = None, progress: bool = True, bound_every: int = 50,
-                 on_epoch_end: Callable[[dict], None] | None = None, print_fn: Callable[[str], None] = print):
+                 on_epoch_end: Callable[[dict], None] | None = None, print_fn: Callable[[str], None] = print,
+                 dist: Dist = SINGLE):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if val_data is not None and val_data.classes != train_data.classes:
             raise ValueError(f"validation classes {val_data.classes} differ from training classes {train_data.classes}")
         if isinstance(bound_every, bool) or not isinstance(bound_every, int) or bound_every < 1:
             raise ValueError(f"bound_every must be a positive int, got {bound_every!r}")
-        self.model, self.cfg, self.device = model, cfg, device
+        if not isinstance(dist, Dist):
+            raise TypeError(f"dist must be a lmdeq.train.distributed.Dist, got {type(dist).__name__}")
+        check_shardable(len(train_data), cfg.batch_size, dist.world)
+        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        self.forward_model = model  # what runs the training forward pass: the DDP wrapper once fit() starts
         self.train_data, self.val_data = train_data, val_data
-        self.workers, self.progress, self.bound_every = workers, progress, bound_every
-        self.on_epoch_end, self.print = on_epoch_end, print_fn
+        self.workers, self.progress, self.bound_every = workers, progress and dist.is_main, bound_every
+        self.on_epoch_end = on_epoch_end
+        self.print = print_fn if dist.is_main else (lambda _line: None)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
         self.optimizer = build_optimizer(model, cfg)
@@ -109,6 +132,8 @@ class Trainer:
             "lipschitz_bound": self.bound,
             "lipschitz_bound_eval": self.bound_eval,
             "rng": capture_rng_state(),
+            "world_size": self.dist.world,
+            "elastic_run_id": os.environ.get(ELASTIC_RUN_ID),  # lets a torchrun restart continue this run
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -146,6 +171,12 @@ class Trainer:
             best = ckpt["model_state"] if best is None else best
             self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in best.items()}
         self.bound, self.bound_eval = ckpt["lipschitz_bound"], ckpt["lipschitz_bound_eval"]
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != self.dist.world and self.dist.is_main:
+            log.warning("resume: the run so far trained in %d process(es), now %d: the global batches and the lr "
+                        "schedule continue unchanged, but shard-dependent state (BatchNorm statistics without "
+                        "--sync-bn, dropout masks) differs from a run kept at %d", saved_world, self.dist.world,
+                        saved_world)
         restore_rng_state(ckpt["rng"])
 
     # -- training ------------------------------------------------------------------------------
@@ -155,13 +186,29 @@ class Trainer:
                 "b_nstep": fmt_number(last.get("b_nstep"), ".3g"), "b_res": fmt_number(last.get("b_residual"), ".2e"),
                 "L": fmt_number(self.bound, ".4f")}
 
+    def _across_ranks(self, stats: dict, verdict: bool | None, shard: int) -> tuple[dict, bool | None]:
+        """This step's solver statistics and unconverged-solve verdict over the whole global batch: each
+        statistic the shard-size-weighted mean over the ranks that report it; unconverged when any rank's
+        solve was, None unless every rank could tell."""
+        if not self.dist.enabled:
+            return stats, verdict
+        local = ([shard * stats[k] if k in stats else 0.0 for k in SOLVER_KEYS]
+                 + [float(shard) if k in stats else 0.0 for k in SOLVER_KEYS]
+                 + [float(verdict is True), float(verdict is not None)])
+        total = self.dist.all_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+        m = len(SOLVER_KEYS)
+        out = {k: total[i] / total[m + i] for i, k in enumerate(SOLVER_KEYS) if total[m + i] > 0}
+        judged = total[2 * m + 1] == self.dist.world
+        return out, (total[2 * m] > 0) if judged else None
+
     def train_epoch(self) -> dict:
         """One pass over the training images; returns the epoch's means (loss, acc, solver stats) and
         ``unconverged_steps`` (fraction of steps on an unconverged solve; None if the model does not say)."""
-        self.model.train()
+        self.forward_model.train()
         epoch = self.epoch + 1
         loader = train_batches(self.train_data, self.cfg.batch_size, self.cfg.seed, epoch, self.cfg.augment,
-                               workers=self.workers, pin_memory=self.device.type == "cuda")
+                               workers=self.workers, pin_memory=self.device.type == "cuda",
+                               shard=(self.dist.rank, self.dist.world))
         meter, last = MeanMeter(), {}
         unconverged, judged, steps = 0, 0, 0
         start = time.perf_counter()
@@ -176,12 +223,13 @@ class Trainer:
                                   len(self.train_data.classes), self.cfg.grad_clip,
                                   lambda v: NonFiniteError(f"training diverged: the loss is {v} at epoch {epoch}, "
                                                            f"step {self.step + 1}; {self._kept()} (try a lower "
-                                                           "--lr or --grad-clip)"))
+                                                           "--lr or --grad-clip)"),
+                                  forward=self.forward_model, dist=self.dist)
                 self.step += 1
                 steps += 1
                 info = getattr(self.model, "last_info", None) or {}
-                last = solver_stats(self.model, info=info)
-                verdict = solves_unconverged(self.model, info)
+                last, verdict = self._across_ranks(solver_stats(self.model, info=info),
+                                                   solves_unconverged(self.model, info), done.shard)
                 if verdict is not None:
                     judged += 1
                     unconverged += verdict
@@ -201,7 +249,8 @@ class Trainer:
         return out
 
     def _record(self, train: dict, val: dict | None) -> dict:
-        rec = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+        rec = {"epoch": self.epoch, "step": self.step, "world_size": self.dist.world,
+               "lr": self.optimizer.param_groups[0]["lr"],
                "train_loss": train.get("loss"), "train_acc": train.get("acc"), "train_time_s": train["time_s"],
                "images_per_s": len(self.train_data) / train["time_s"] if train["time_s"] > 0 else None}
         for k in ("f_nstep", "f_residual", "b_nstep", "b_residual"):
@@ -251,21 +300,38 @@ class Trainer:
             return "no epoch was committed"
         return f"{self.out_dir / LAST} keeps the state after epoch {self.epoch}"
 
+    def _start_replicas(self) -> None:
+        """Data-parallel: wrap the model in DDP (once) and start every rank from rank 0's state."""
+        if not self.dist.enabled:
+            return
+        if self.forward_model is self.model:
+            self.forward_model = replicas.wrap(self.model, self.dist, self.device)
+        replicas.broadcast_state(self.model, self.dist)
+
+    def _open_run_dir(self, stack: contextlib.ExitStack) -> None:
+        """Rank 0: lock the run directory (for the duration of ``stack``) and repair what a crash left."""
+        if self.out_dir is not None:
+            stack.enter_context(locked(self.out_dir))
+            reconcile(self.out_dir, self.state_dict())
+
     def fit(self) -> dict:
         """Train from the current epoch to ``cfg.epochs``; returns a summary of the run."""
-        run_lock = locked(self.out_dir) if self.out_dir is not None else contextlib.nullcontext()
-        with run_lock:
-            if self.out_dir is not None:
-                reconcile(self.out_dir, self.state_dict())
+        with contextlib.ExitStack() as stack:
+            self.dist.from_main(lambda: self._open_run_dir(stack))
+            self._start_replicas()
             start = time.perf_counter()
             while self.epoch < self.cfg.epochs:
+                if not self.dist.is_main:  # rank 0's RNG continues (it is saved in last.pt)
+                    torch.manual_seed(derive_seed(self.cfg.seed, "rank", self.dist.rank, self.epoch + 1))
                 train = self.train_epoch()
                 self.epoch += 1
+                replicas.broadcast_buffers(self.model, self.dist)
+                replicas.check_in_sync(self.model, self.dist, f"after epoch {self.epoch}")
                 self._check_weights_finite()
                 val = None
                 if self.val_data is not None:
                     val = evaluate(self.model, self.val_data, self.cfg.eval_batch_size, self.device, self.workers,
-                                   self.progress, desc=f"val {self.epoch}")
+                                   self.progress, desc=f"val {self.epoch}", dist=self.dist)
                 self.bound = certified_bound(self.model, training=True)
                 self.bound_eval = certified_bound(self.model, training=False)
                 if val is not None and (self.best_val_acc is None or val["acc"] > self.best_val_acc):
@@ -274,10 +340,11 @@ class Trainer:
                                           for k, v in self.model.state_dict().items()}
                 rec = self._record(train, val)
                 self.history.append(rec)
-                if self.out_dir is not None:
-                    commit_epoch(self.out_dir, self.state_dict())
+                self.dist.agree(lambda: commit_epoch(self.out_dir, self.state_dict()),
+                                run=self.dist.is_main and self.out_dir is not None)
                 self.print(self._epoch_line(rec))
-                self._warn_unconverged(rec)
+                if self.dist.is_main:
+                    self._warn_unconverged(rec)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(rec)
         return {"epochs": self.epoch, "steps": self.step, "final": self.history[-1] if self.history else None,

@@ -3,7 +3,7 @@
 // CUDA); the per-iteration normalisation of all layers is one multi-tensor kernel (normalize_tensors.h).
 //   v_l <- v_l / max(||v_l||, eps);  n_iter times: v_l <- A_l^T A_l v_l / max(||A_l^T A_l v_l||, eps)
 //   sigma_l = ||A_l v_l||  (a lower estimate of ||A_l||_2)
-// A_l^T is conv_transpose2d with the output padding that restores v_l's spatial size.
+// A_l^T is conv_transpose2d with the output padding that restores v_l's spatial size (numerics.h).
 #include <torch/library.h>
 
 #include <tuple>
@@ -51,9 +51,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> conv_power_iteration(at::TensorL
     TORCH_CHECK(paddings[l] >= 0, op, ": argument 'paddings[", l, "]' must be >= 0, got ", paddings[l]);
     for (int d = 0; d < 2; ++d) {
       const int64_t in = vs[l].size(2 + d), k = weights[l].size(2 + d), s = strides[l], p = paddings[l];
-      const int64_t out = (in + 2 * p - k) / s + 1;
       TORCH_CHECK(in + 2 * p >= k, op, ": argument '", vn, "' is spatially smaller than the kernel of '", wn, "'");
-      out_pad[l].push_back(in - ((out - 1) * s - 2 * p + k));
+      out_pad[l].push_back(conv_transpose_output_padding(in, conv_output_size(in, k, s, p), k, s, p));
     }
     v.push_back(vs[l].contiguous().clone());
   }

@@ -15,7 +15,6 @@
 #define LMDEQ_STR(x) LMDEQ_STR2(x)
 
 TORCH_LIBRARY(lmdeq_C, m) {
-  m.def("fixed_point_update(Tensor z, Tensor fz, float tau) -> (Tensor, Tensor, Tensor)");
   m.def("fixed_point_update_multi(Tensor[] zs, Tensor[] fzs, float tau) -> (Tensor[], Tensor, Tensor)");
   m.def("anderson_gram_row(Tensor X, Tensor F, int k) -> Tensor");
   m.def("anderson_mix(Tensor X, Tensor F, Tensor alpha, float tau) -> Tensor");

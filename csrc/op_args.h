@@ -7,16 +7,13 @@
 #include <string>
 #include <vector>
 
-namespace lmdeq {
+#include "numerics.h"
 
-constexpr double kNormEps = 1e-12;  // the eps of F.normalize / clamp_min in the reference
+namespace lmdeq {
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
-
-// float32 accumulation for every storage dtype except float64.
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline std::string indexed(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
 
@@ -75,13 +72,12 @@ inline SampleRows sample_rows(const at::Tensor& a, const at::Tensor& b) {
   return r;
 }
 
-// Checks of fixed_point_update_multi's arguments (also used by the single-tensor form with one entry).
-inline void check_fixed_point_args(at::TensorList zs, at::TensorList fzs, at::DeviceType type, const char* op,
-                                   bool multi) {
+// Checks of fixed_point_update_multi's arguments.
+inline void check_fixed_point_args(at::TensorList zs, at::TensorList fzs, at::DeviceType type, const char* op) {
   TORCH_CHECK(!zs.empty(), op, ": argument 'zs' must hold at least one tensor");
   TORCH_CHECK(zs.size() == fzs.size(), op, ": 'zs' has ", zs.size(), " tensors but 'fzs' has ", fzs.size());
   for (size_t i = 0; i < zs.size(); ++i) {
-    const std::string zn = multi ? indexed("zs", i) : "z", fn = multi ? indexed("fzs", i) : "fz";
+    const std::string zn = indexed("zs", i), fn = indexed("fzs", i);
     check_float(zs[i], op, zn);
     check_float(fzs[i], op, fn);
     check_device(zs[i], type, op, zn);

@@ -1,13 +1,15 @@
 """lmdeq: fast, provably convergent deep equilibrium models.
 
-Layers (bottom up): ``lmdeq.ops`` (fused kernels behind custom ops) -> ``lmdeq.solvers``
-(fixed point, Anderson, Broyden; TorchDEQ's solver contract) -> ``lmdeq.deq`` (DEQ layer with
-implicit / JFB / phantom gradients) -> ``lmdeq.models`` (Lipschitz MDEQ with a certified bound).
+Layers (bottom up; the whole map is in the README's Layout section and tests/test_layers.py): shared facts
+(``lmdeq.numerics``, ``lmdeq.checks``, ``lmdeq.errors``) -> ``lmdeq.kernels`` (Triton) and ``lmdeq._C`` (C++/CUDA)
+-> ``lmdeq.ops`` (fused kernels behind custom ops) -> ``lmdeq.solvers`` (fixed point, Anderson, Broyden;
+TorchDEQ's solver contract) -> ``lmdeq.deq`` (DEQ layer; gradients by ``Implicit`` / ``JFB`` / ``Phantom``) ->
+``lmdeq.models`` (Lipschitz MDEQ with a certified bound) -> training, benchmarks, command line.
 """
 __version__ = "0.1.0"
 
 from . import ops, solvers  # noqa: E402
 from .allocator import tune_cpu_allocator  # noqa: E402
-from .deq import DEQ, deq_solve  # noqa: E402
+from .deq import DEQ, JFB, Implicit, Phantom, deq_solve  # noqa: E402
 
-__all__ = ["DEQ", "deq_solve", "ops", "solvers", "tune_cpu_allocator", "__version__"]
+__all__ = ["DEQ", "deq_solve", "Implicit", "JFB", "Phantom", "ops", "solvers", "tune_cpu_allocator", "__version__"]

@@ -27,6 +27,9 @@ import os
 import platform
 from typing import Optional
 
+from . import checks
+from .errors import ConfigError
+
 __all__ = ["tune_cpu_allocator", "configure_process", "allocator_state", "describe", "ENV_VAR",
            "DEFAULT_MMAP_THRESHOLD", "DEFAULT_TRIM_THRESHOLD"]
 
@@ -57,14 +60,13 @@ def tune_cpu_allocator(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
     """Pin glibc's mmap and trim thresholds in this process (see the module docstring); returns
     :func:`allocator_state`. A no-op, saying why, where the C library is not glibc. Call it before the
     first large tensor is allocated; calling it again re-applies the given values."""
-    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0 (bytes), got {value!r}")
+    mmap_threshold = checks.integer("mmap_threshold (bytes)", mmap_threshold, 0)
+    trim_threshold = checks.integer("trim_threshold (bytes)", trim_threshold, 0)
     if mmap_threshold > DEFAULT_MMAP_THRESHOLD:
-        raise ValueError(f"mmap_threshold must be <= {DEFAULT_MMAP_THRESHOLD} (glibc's limit on 64-bit), "
+        raise ConfigError(f"mmap_threshold must be <= {DEFAULT_MMAP_THRESHOLD} (glibc's limit on 64-bit), "
                          f"got {mmap_threshold}")
     if trim_threshold >= 2**31:
-        raise ValueError(f"trim_threshold must be < 2**31 (mallopt takes an int), got {trim_threshold}")
+        raise ConfigError(f"trim_threshold must be < 2**31 (mallopt takes an int), got {trim_threshold}")
     libc = _glibc()
     if libc is None:
         _state.update(tuned=False, source="unsupported", reason="not Linux with glibc: allocator left as is")

@@ -41,6 +41,9 @@ from typing import Any, Callable, Hashable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import checks
+from .errors import first_line
+
 __all__ = ["GraphedCall", "GraphCache", "enabled_by_env", "disabled_reason"]
 
 Fn = Callable[[List[Tensor]], Tuple[List[Tensor], Any]]
@@ -178,9 +181,7 @@ class GraphCache:
     """
 
     def __init__(self, max_graphs: int = 8, call_type=GraphedCall):
-        if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
-            raise ValueError(f"max_graphs must be an int >= 1, got {max_graphs!r}")
-        self.max_graphs = max_graphs
+        self.max_graphs = checks.integer("max_graphs", max_graphs, 1)
         self.call_type = call_type
         self._calls: "OrderedDict[Hashable, Any]" = OrderedDict()
         self.captures = 0
@@ -221,7 +222,7 @@ class GraphCache:
             try:
                 call = self.call_type(fn, inputs, inputs[0].device)
             except Exception as err:  # noqa: BLE001 - any failure means: not capturable, run eagerly
-                self.failures.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+                self.failures.append(first_line(err))
                 _disable(self.failures[-1])
                 return fn(list(inputs))
             finally:

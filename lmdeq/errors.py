@@ -9,7 +9,14 @@ keeps its traceback.
 from __future__ import annotations
 
 __all__ = ["LmdeqError", "ConfigError", "ConfigTypeError", "DataError", "DataNotFoundError",
-           "DataUnavailableError", "CheckpointError", "RunDirectoryError", "RunLockedError", "NonFiniteError"]
+           "DataUnavailableError", "CheckpointError", "RunDirectoryError", "RunLockedError", "NonFiniteError",
+           "first_line"]
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when it has none."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 class LmdeqError(Exception):

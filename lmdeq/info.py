@@ -18,7 +18,7 @@ def _triton_version() -> str:
         import triton
     except ImportError:
         return "not installed"
-    interp = "on" if os.environ.get("TRITON_INTERPRET") == "1" else "off"
+    interp = "on" if backends.triton_interpreted() else "off"
     return f"{triton.__version__} (interpreter {interp})"
 
 

@@ -170,7 +170,6 @@ bench() {  # bench ARGS...: one `lmdeq bench` run with the common settings
 # ---- steps -------------------------------------------------------------------------------------------------
 step_build() {
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-  ln -sfn ../kernels lmdeq/kernels  # as installed: lmdeq.kernels is kernels/
   if [ "${SKIP_BUILD:-$SMOKE}" = 1 ]; then  # (the smoke run builds only when asked: SKIP_BUILD=0)
     echo "SKIP_BUILD=1: using the lmdeq._C already in the tree"
     return 0

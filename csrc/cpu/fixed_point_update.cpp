@@ -1,4 +1,4 @@
-// CPU kernel of the fused fixed-point update (single and multi-tensor forms), one pass over memory:
+// CPU kernel of the fused fixed-point update over a list state (one tensor is a list of one), one pass:
 //   z_next = (1 - tau) z + tau fz,   res[b]^2 = sum_i ||fz_i,b - z_i,b||^2,   fzn[b]^2 = sum_i ||fz_i,b||^2
 // (i over the tensors of a list state). Each (tensor, sample, chunk) task reads z and fz once, writes
 // z_next once and leaves two partial sums; samples add their partials in a fixed order.
@@ -41,9 +41,10 @@ void update_chunk(const scalar_t* z, const scalar_t* f, scalar_t* out, int64_t n
   *f2 = fl.sum();
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> update_impl(at::TensorList zs, at::TensorList fzs,
-                                                                        double tau, const char* op, bool multi) {
-  check_fixed_point_args(zs, fzs, at::kCPU, op, multi);
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> fixed_point_update_multi(at::TensorList zs,
+                                                                                     at::TensorList fzs, double tau) {
+  const char* op = "lmdeq_C::fixed_point_update_multi";
+  check_fixed_point_args(zs, fzs, at::kCPU, op);
   const int64_t B = zs[0].size(0);
   const size_t T = zs.size();
   std::vector<SampleRows> rows;
@@ -92,22 +93,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> update_impl(at::Tens
   return {outs, res, fzn};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fixed_point_update(const at::Tensor& z, const at::Tensor& fz,
-                                                                  double tau) {
-  auto [outs, res, fzn] = update_impl({z}, {fz}, tau, "lmdeq_C::fixed_point_update", false);
-  return {outs[0], res, fzn};
-}
-
-std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> fixed_point_update_multi(at::TensorList zs,
-                                                                                     at::TensorList fzs, double tau) {
-  return update_impl(zs, fzs, tau, "lmdeq_C::fixed_point_update_multi", true);
-}
 
 }  // namespace
 }  // namespace cpu
 }  // namespace lmdeq
 
 TORCH_LIBRARY_IMPL(lmdeq_C, CPU, m) {
-  m.impl("fixed_point_update", &lmdeq::cpu::fixed_point_update);
   m.impl("fixed_point_update_multi", &lmdeq::cpu::fixed_point_update_multi);
 }

@@ -1,4 +1,4 @@
-// CUDA kernel of the fused fixed-point update (single and multi-tensor forms):
+// CUDA kernel of the fused fixed-point update over a list state (one tensor is a list of one):
 //   z_next = (1 - tau) z + tau fz,   res[b]^2 = sum_i ||fz_i,b - z_i,b||^2,   fzn[b]^2 = sum_i ||fz_i,b||^2
 // Pass 1: one block per (sample, chunk of kChunk elements of one tensor) reads z and fz once (16-byte
 // loads when aligned), writes z_next once and stores two fp32 partial sums (fp64 for fp64). Up to
@@ -113,9 +113,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> update_impl(at::TensorList zs, at::TensorList fzs,
-                                                                        double tau, const char* op, bool multi) {
-  check_fixed_point_args(zs, fzs, at::kCUDA, op, multi);
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> fixed_point_update_multi(at::TensorList zs,
+                                                                                     at::TensorList fzs, double tau) {
+  const char* op = "lmdeq_C::fixed_point_update_multi";
+  check_fixed_point_args(zs, fzs, at::kCUDA, op);
   const c10::cuda::CUDAGuard guard(zs[0].device());
   const int64_t B = zs[0].size(0);
   const size_t T = zs.size();
@@ -178,22 +179,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> update_impl(at::Tens
   return {outs, res, fzn};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fixed_point_update(const at::Tensor& z, const at::Tensor& fz,
-                                                                  double tau) {
-  auto [outs, res, fzn] = update_impl({z}, {fz}, tau, "lmdeq_C::fixed_point_update", false);
-  return {outs[0], res, fzn};
-}
-
-std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> fixed_point_update_multi(at::TensorList zs,
-                                                                                     at::TensorList fzs, double tau) {
-  return update_impl(zs, fzs, tau, "lmdeq_C::fixed_point_update_multi", true);
-}
 
 }  // namespace
 }  // namespace cuda
 }  // namespace lmdeq
 
 TORCH_LIBRARY_IMPL(lmdeq_C, CUDA, m) {
-  m.impl("fixed_point_update", &lmdeq::cuda::fixed_point_update);
   m.impl("fixed_point_update_multi", &lmdeq::cuda::fixed_point_update_multi);
 }

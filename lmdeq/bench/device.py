@@ -83,3 +83,8 @@ def load_record(start: Optional[List[float]], end: Optional[List[float]], thread
 
 def _fmt_load(la: Optional[List[float]]) -> str:
     return "n/a" if not la else f"{la[0]:.2f}"
+
+
+def fmt_loads(la: Optional[List[float]]) -> str:
+    """The 1/5/15-minute load averages as '1.00/0.80/0.50' ('n/a' where none were read)."""
+    return "n/a" if not la else "/".join(f"{x:.2f}" for x in la)

@@ -15,6 +15,8 @@ import statistics
 import time
 from typing import Callable, Dict, List, Mapping, Sequence
 
+from .. import checks
+
 __all__ = ["interleaved", "interleaved_rounds", "spread", "round_ratios", "ratio_spread"]
 
 
@@ -23,10 +25,8 @@ def interleaved(measurements: Mapping[str, Callable[[], float]], rounds: int, wa
     """``rounds`` values of every ``measurements[name]()`` (a call that measures something and returns
     it, e.g. a timer's median): first ``warmup`` rounds whose values are dropped, then the kept rounds;
     a round calls the methods once each in the order of the mapping."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    rounds = checks.integer("rounds", rounds, 1)
+    warmup = checks.integer("warmup", warmup, 0)
     if not measurements:
         raise ValueError("the methods to compare must name at least one method")
     for _ in range(warmup):

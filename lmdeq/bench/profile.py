@@ -28,6 +28,7 @@ from typing import Callable, Dict, Sequence, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from .. import checks
 from .device import sync
 
 __all__ = ["PHASES", "OP_CLASSES", "PHASE_ORDER", "profile_step", "op_class", "marked_modules"]
@@ -122,8 +123,7 @@ def profile_step(step: Callable[[], object], device: torch.device, top: int = 8)
     phase of :data:`PHASES` with its backward where it has one, and ``rest``; they sum to busy_ms),
     ``op_classes_ms`` (:data:`OP_CLASSES`, also summing to busy_ms) and the ``top`` operators by self
     time."""
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    top = checks.integer("top", top, 1)
     device = torch.device(device)
     on_device = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])

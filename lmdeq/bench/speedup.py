@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from .device import device_slug, environment, load_average, load_record, sync
+from ..errors import ConfigError
+from .device import device_slug, environment, fmt_loads, load_average, load_record, sync
 from .interleave import interleaved_rounds, ratio_spread, spread
 from .profile import OP_CLASSES, PHASE_ORDER, marked_modules, profile_step
 from .report import bar_chart, fmt_spread, markdown_table
@@ -72,12 +73,12 @@ def method_config(method: str, preset: str, check_every: Optional[int] = None, s
     if method == "lmdeq":
         kw = dict(preset=preset, lipschitz=True, solve_mode=solve_mode, cuda_graphs=cuda_graphs)
         if check_every is not None:
-            kw.update(solver_kwargs={"check_every": check_every}, b_solver_kwargs={"check_every": check_every})
+            kw.update(f_solver_kwargs={"check_every": check_every}, b_solver_kwargs={"check_every": check_every})
         return kw
     if method in VARIANTS:
         return dict(preset=preset, lipschitz=True, constraint=_VARIANT_CONSTRAINT[method], f_max_iter=18,
                     b_max_iter=20, solve_mode="checked")
-    raise ValueError(f"method must be one of {METHODS + VARIANTS}, got {method!r}")
+    raise ConfigError(f"method must be one of {METHODS + VARIANTS}, got {method!r}")
 
 
 def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:
@@ -351,12 +352,11 @@ def table(result: Dict) -> str:
     if profiled:
         text += "\n\n" + profile_table(profiled)
     env, load = result["env"], result["load"]
-    la = lambda v: "n/a" if not v else "/".join(f"{x:.2f}" for x in v)
     header = (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; allocator "
               f"{'tuned' if env['allocator'].get('tuned') else 'glibc defaults'} ({env['allocator'].get('source')}); preset {result['preset']}, "
               f"batch {result['batch']}; {result['warmup']} warm-up + {result['steps']} timed rounds, methods "
-              f"interleaved; cells: median (IQR; min-max)\nLoad average (1/5/15 min) at start {la(load['loadavg_start'])}, "
-              f"at end {la(load['loadavg_end'])}; {load['threads']} threads")
+              f"interleaved; cells: median (IQR; min-max)\nLoad average (1/5/15 min) at start {fmt_loads(load['loadavg_start'])}, "
+              f"at end {fmt_loads(load['loadavg_end'])}; {load['threads']} threads")
     if load["warning"]:
         header += f"\nWARNING: {load['warning']}"
     return header + "\n\n" + text

@@ -33,6 +33,8 @@ from typing import Dict, List
 
 import torch
 
+from .. import checks
+
 __all__ = ["PROTOCOLS", "add_arguments", "build_parser", "run", "main"]
 
 PROTOCOLS = {
@@ -131,12 +133,12 @@ def _settings(args, device) -> Dict:
          "targets": sorted(set((args.targets or list(DEFAULT_TARGETS)) + (args.target or [])))}
     for key, flag in (("batch_size", "--batch"), ("epochs", "--epochs"), ("evals_per_epoch", "--evals-per-epoch"),
                       ("limit_train", "--limit-train"), ("limit_val", "--limit-val")):
-        if s[key] is not None and s[key] < 1:
-            raise ValueError(f"{flag} must be >= 1, got {s[key]}")
-    if s["budget_minutes"] is not None and not s["budget_minutes"] > 0:
-        raise ValueError(f"--budget-minutes must be > 0, got {s['budget_minutes']}")
-    if not all(0.0 < t < 1.0 for t in s["targets"]):
-        raise ValueError(f"--target must be in (0, 1), got {s['targets']}")
+        if s[key] is not None:
+            checks.integer(flag, s[key], 1)
+    if s["budget_minutes"] is not None:
+        checks.number("--budget-minutes", s["budget_minutes"], 0, low_open=True)
+    for t in s["targets"]:
+        checks.number("--target", t, 0, 1, low_open=True, high_open=True)
     s["methods"] = _method_names(args.methods, args.variants)
     return s
 

@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .. import checks
 from ..errors import NonFiniteError
 from ..train.batches import train_batches
 from ..train.checkpoint import capture_rng_state, restore_rng_state, seed_everything
@@ -55,8 +56,8 @@ class MethodSpec:
 def interval_bounds(steps_per_epoch: int, evals_per_epoch: int) -> List[int]:
     """Steps into an epoch after which a method is evaluated: ``evals_per_epoch`` near-equal intervals,
     the last one ending the epoch (fewer when an epoch has fewer steps)."""
-    if steps_per_epoch < 1 or evals_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch and evals_per_epoch must be >= 1, got {steps_per_epoch}, {evals_per_epoch}")
+    steps_per_epoch = checks.integer("steps_per_epoch", steps_per_epoch, 1)
+    evals_per_epoch = checks.integer("evals_per_epoch", evals_per_epoch, 1)
     return sorted({max(1, round(k * steps_per_epoch / evals_per_epoch)) for k in range(1, evals_per_epoch + 1)})
 
 

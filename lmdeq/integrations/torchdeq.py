@@ -27,6 +27,7 @@ import runpy
 import sys
 from contextlib import contextmanager
 
+from .. import checks
 from ..solvers import SOLVERS, TORCHDEQ_SOLVERS
 
 __all__ = ["register", "unregister", "registered", "main", "NAMES", "TORCHDEQ_NAMES"]
@@ -52,8 +53,7 @@ def _registry() -> dict:
 
 
 def _entries(replace: bool) -> dict:
-    if not isinstance(replace, bool):
-        raise TypeError(f"replace must be a bool, got {type(replace).__name__}")
+    checks.boolean("replace", replace)
     return {**NAMES, **(TORCHDEQ_NAMES if replace else {})}
 
 

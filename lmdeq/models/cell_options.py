@@ -30,6 +30,17 @@ class CellOptions:
     conv_cap: float | None = None
     sigma_margin: float = 0.0
 
+    @classmethod
+    def from_config(cls, cfg: dict) -> "CellOptions":
+        """The options of a resolved model config: the paper's knobs for the Lipschitz variant, whose convs are
+        capped inside f only with ``constraint='certified'`` ('released' caps after the step, 'none' never)."""
+        lipschitz = cfg["lipschitz"]
+        knobs = {k: cfg[k] for k in ("s", "gamma_max", "alpha", "beta", "conv_cap", "sigma_margin") if lipschitz}
+        if lipschitz and cfg["constraint"] != "certified":
+            knobs["conv_cap"] = None
+        return cls(lipschitz=lipschitz, expansion=cfg["expansion"], num_groups=cfg["num_groups"],
+                   dropout=cfg["dropout"], weight_norm=cfg["weight_norm"], **knobs)
+
     def residual_coefficients(self):
         """(a_res, a_f) in b = a_res z + a_f F(z): (1, 1) originally, (1 - alpha, alpha) Lipschitz."""
         return (1.0 - self.alpha, self.alpha) if self.lipschitz else (1.0, 1.0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import checks
+
 __all__ = ["VariationalDropout2d"]
 
 
@@ -18,9 +20,7 @@ class VariationalDropout2d(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = checks.number("dropout", p, 0, 1, high_open=True)
         self.mask = None
 
     def active(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .. import ops
+from .. import checks, ops
 from .deq_conv import DEQConv2d
 
 __all__ = ["update_norm_estimates"]
@@ -21,8 +21,7 @@ __all__ = ["update_norm_estimates"]
 @torch.no_grad()
 def update_norm_estimates(convs: Sequence[DEQConv2d], n_iter: int) -> None:
     """Run ``n_iter`` warm-started power iterations for each capped conv and store the estimates."""
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be an int >= 1, got {n_iter!r}")
+    n_iter = checks.integer("n_iter", n_iter, 1)
     capped = [c for c in convs if c.cap is not None]
     spatial = [c for c in capped if c.kernel_size > 1]
     pointwise = [c for c in capped if c.kernel_size == 1]

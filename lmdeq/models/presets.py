@@ -1,9 +1,15 @@
-"""MDEQ presets, their hyperparameters, validation, and the ``mdeq()`` factory.
+"""MDEQ presets and their hyperparameters: data, and the validation of a model config.
 
-``mdeq(preset, lipschitz=True, **overrides)`` resolves a full, JSON-serialisable config (preset,
-variant, architecture, solver, and for the Lipschitz variant the paper's knobs) and builds an
-:class:`~lmdeq.models.classifier.MDEQClassifier`; ``mdeq(**model.config)`` rebuilds the same model.
-Every key is checked: an unknown or misspelt override is an error, never silently ignored.
+:func:`resolve_config` (``preset``, ``lipschitz=True``, ``**overrides``) gives the full, JSON-serialisable config
+(preset, variant, architecture, solves, and for the Lipschitz variant the paper's knobs) that
+:func:`lmdeq.models.mdeq` builds a model from; ``mdeq(**model.config)`` rebuilds the same model. Every key is
+checked: an unknown or misspelt override is an error, never silently ignored.
+
+The solves are configured in the flat spelling of :func:`lmdeq.deq_solve`'s arguments (:mod:`lmdeq.deq.flat`):
+``f_solver``, ``f_max_iter``, ``f_tol``, ``f_stop_mode``, ``f_solver_kwargs`` for the forward solve; ``backward``
+and ``b_solver``, ``b_max_iter``, ``b_tol``, ``b_stop_mode``, ``b_solver_kwargs``, ``b_x0`` for the implicit
+backward. The older keys ``solver``, ``solver_kwargs`` and ``stop_mode`` (which set the stop mode of both solves)
+are accepted with a DeprecationWarning (:data:`RENAMED_KEYS`).
 
 Original MDEQ (``lipschitz=False``, Bai et al. 2020, locuslab/deq experiments/cifar/cls_mdeq_LARGE.yaml and
 cls_mdeq_TINY.yaml): Broyden forward and backward, relative tolerance 1e-3, 18/20 iterations (both presets),
@@ -16,7 +22,7 @@ Lipschitz MDEQ (``lipschitz=True``, Sato & Iiduka, AISTATS 2026; the authors' re
 s = 0.4, gamma_max = 1.0, alpha = 0.5, beta = 0.3, conv_cap = 2.0. Default solver: plain fixed-point
 iteration, the cheapest per step, which the certified bound L < 1 guarantees to converge; with
 ``f_max_iter=None`` / ``b_max_iter=None`` the iteration limit is the a-priori count for L (see
-:mod:`lmdeq.models.apriori`), and ``solve_mode='apriori'`` runs exactly that count with no
+:func:`lmdeq.solvers.apriori_iterations`), and ``solve_mode='apriori'`` runs exactly that count with no
 convergence checks. The authors' solver as released is ``mdeq(..., **AUTHORS_SOLVER)``
 (:func:`lmdeq.solvers.authors_anderson`, adjoint from 0) and their constraint as released
 ``constraint='released'`` (see :data:`CONSTRAINTS`). ``cuda_graphs=True`` (default) replays each
@@ -25,12 +31,16 @@ fixed-count solve (``solve_mode='apriori'``) as one CUDA graph on CUDA devices.
 from __future__ import annotations
 
 import copy
-import math
 
+from .. import checks
 from ..deq import BACKWARD_MODES
-from ..solvers import get_solver
+from ..deq.backward import ADJOINT_STARTS
+from ..deprecation import deprecated
+from ..errors import ConfigError, ConfigTypeError
+from ..solvers import STOP_MODES, get_solver
 
-__all__ = ["PRESETS", "AUTHORS_SOLVER", "CONSTRAINTS", "mdeq", "resolve_config", "original_warmup_steps"]
+__all__ = ["PRESETS", "AUTHORS_SOLVER", "CONSTRAINTS", "SOLVE_MODES", "RENAMED_KEYS", "resolve_config",
+           "original_warmup_steps"]
 
 PRESETS = {
     "cifar10-large": dict(channels=[32, 64, 128, 256], expansion=5, num_groups=8, dropout=0.3,
@@ -54,17 +64,22 @@ CONSTRAINTS = ("certified", "released", "none")
 
 # The authors' solver as released (iiduka-researches/Lipschitz_mdeq cls_mdeq_LARGE.yaml: Anderson m = 6,
 # lam = 1e-4, 18/20 iterations, rel tol 1e-3; the adjoint solve starts at 0).
-AUTHORS_SOLVER = dict(solver="authors_anderson", b_solver="authors_anderson", f_max_iter=18, b_max_iter=20,
-                      f_tol=1e-3, b_tol=1e-3, stop_mode="rel", solver_kwargs={"m": 6, "lam": 1e-4},
-                      b_solver_kwargs={"m": 6, "lam": 1e-4}, b_x0="zeros")
+AUTHORS_SOLVER = dict(f_solver="authors_anderson", b_solver="authors_anderson", f_max_iter=18, b_max_iter=20,
+                      f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel", b_stop_mode="rel",
+                      f_solver_kwargs={"m": 6, "lam": 1e-4}, b_solver_kwargs={"m": 6, "lam": 1e-4}, b_x0="zeros")
+SOLVE_MODES = ("checked", "apriori")
+
+# Keys of older configs (checkpoints, scripts): each sets the keys listed (DeprecationWarning).
+RENAMED_KEYS = {"solver": ("f_solver",), "solver_kwargs": ("f_solver_kwargs",),
+                "stop_mode": ("f_stop_mode", "b_stop_mode")}
 
 _ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels")
-_COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, f_tol=1e-3, b_tol=1e-3, stop_mode="rel",
-                        solver_kwargs={}, b_solver_kwargs={}, b_x0="v", backward="implicit", solve_mode="checked",
-                        cuda_graphs=True, unrolled_warmup_steps=0, unrolled_layers=UNROLLED_LAYERS)
+_COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel",
+                        b_stop_mode="rel", f_solver_kwargs={}, b_solver_kwargs={}, b_x0="v", backward="implicit",
+                        solve_mode="checked", cuda_graphs=True, unrolled_warmup_steps=0,
+                        unrolled_layers=UNROLLED_LAYERS)
 _LIPSCHITZ_DEFAULTS = dict(s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0, constraint="certified",
-                           sigma_margin=0.05,
-                           power_iters=2, init_power_iters=30, solver="fixed_point",
+                           sigma_margin=0.05, power_iters=2, init_power_iters=30, f_solver="fixed_point",
                            b_solver="fixed_point", f_max_iter=None, b_max_iter=None)
 _LIPSCHITZ_ONLY = ("s", "gamma_max", "alpha", "beta", "conv_cap", "constraint", "sigma_margin", "power_iters",
                    "init_power_iters")
@@ -79,76 +94,78 @@ def _defaults(preset: str, lipschitz: bool) -> dict:
         cfg.update(_LIPSCHITZ_DEFAULTS)
     else:
         f_iter, b_iter = spec["original_iters"]
-        cfg.update(solver="broyden", b_solver="broyden", f_max_iter=f_iter, b_max_iter=b_iter, b_x0="zeros")
+        cfg.update(f_solver="broyden", b_solver="broyden", f_max_iter=f_iter, b_max_iter=b_iter, b_x0="zeros")
     return cfg
+
+
+def _check_preset(preset) -> None:
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
 
 
 def original_warmup_steps(preset: str, total_steps: int) -> int:
     """The original recipe's unrolled warm-up scaled to a schedule of ``total_steps`` optimiser steps:
     round(total_steps * PRETRAIN_STEPS / recipe length), e.g. 3,000 of 19,550 steps for MDEQ-small."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+    _check_preset(preset)
+    total_steps = checks.integer("total_steps", total_steps, 1)
     pretrain, length = PRESETS[preset]["original_warmup"]
     return round(total_steps * pretrain / length)
 
 
+def _renamed(overrides: dict) -> dict:
+    """``overrides`` with the keys of :data:`RENAMED_KEYS` spelt as today (a DeprecationWarning each)."""
+    out = dict(overrides)
+    for old, new in RENAMED_KEYS.items():
+        if old not in out:
+            continue
+        clash = [k for k in new if k in out]
+        if clash:
+            raise ConfigTypeError(f"mdeq override {old!r} is the deprecated spelling of {list(new)}: give only "
+                                  f"{' and '.join(new)}, not also {old!r}")
+        deprecated(f"mdeq: the config key {old!r} is deprecated; use {' and '.join(repr(k) for k in new)}")
+        value = out.pop(old)
+        for k in new:
+            out[k] = copy.deepcopy(value)
+    return out
+
+
 def resolve_config(preset: str, lipschitz: bool = True, **overrides) -> dict:
     """The full config for ``preset`` and variant with ``overrides`` applied, validated."""
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if not isinstance(lipschitz, bool):
-        raise TypeError(f"lipschitz must be a bool, got {type(lipschitz).__name__}")
+    _check_preset(preset)
+    checks.boolean("lipschitz", lipschitz)
+    overrides = _renamed(overrides)
     cfg = _defaults(preset, lipschitz)
     if not lipschitz:
         misplaced = sorted(k for k in overrides if k in _LIPSCHITZ_ONLY)
         if misplaced:
-            raise ValueError(f"{misplaced} only apply to the Lipschitz variant (lipschitz=True)")
+            raise ConfigError(f"{misplaced} only apply to the Lipschitz variant (lipschitz=True)")
     unknown = sorted(k for k in overrides if k not in cfg)
     if unknown:
-        raise TypeError(f"unknown mdeq override(s) {unknown}; valid keys: {sorted(cfg)}")
+        raise ConfigTypeError(f"unknown mdeq override(s) {unknown}; valid keys: {sorted(cfg)}")
     cfg.update(copy.deepcopy(overrides))
     _validate(cfg)
     return cfg
 
 
-def mdeq(preset: str, lipschitz: bool = True, **overrides):
-    """Build the MDEQ classifier ``preset`` (see :data:`PRESETS`), original or Lipschitz variant."""
-    from .classifier import MDEQClassifier  # classifier imports this module
+def __getattr__(name):
+    """``lmdeq.models.presets.mdeq``, deprecated: the factory lives with the model (lmdeq.models.mdeq)."""
+    if name == "mdeq":
+        deprecated("lmdeq.models.presets.mdeq is deprecated: use lmdeq.models.mdeq")
+        from .classifier import mdeq
 
-    return MDEQClassifier(resolve_config(preset, lipschitz, **overrides))
+        return mdeq
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- validation ----------------------------------------------------------------------------------------
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _positive_int(cfg, key, minimum=1):
-    if not _is_int(cfg[key]) or cfg[key] < minimum:
-        raise ValueError(f"{key} must be an int >= {minimum}, got {cfg[key]!r}")
-
-
-def _number_in(cfg, key, low, high, low_open=False):
-    v = cfg[key]
-    ok = _is_number(v) and (v > low if low_open else v >= low) and (high is None or v <= high)
-    if not ok:
-        bracket = "(" if low_open else "["
-        top = "inf)" if high is None else f"{high}]"
-        raise ValueError(f"{key} must be a number in {bracket}{low}, {top}, got {v!r}")
-
-
 def _int_list(cfg, key, length=None):
     v = cfg[key]
-    if not isinstance(v, (list, tuple)) or not v or not all(_is_int(c) and c >= 1 for c in v):
-        raise ValueError(f"{key} must be a non-empty list of positive ints, got {v!r}")
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigTypeError(f"{key} must be a non-empty list of positive ints, got {v!r}")
+    for i, c in enumerate(v):
+        checks.integer(f"{key}[{i}]", c, 1)
     if length is not None and len(v) != length:
-        raise ValueError(f"{key} must have one entry per branch ({length}), got {len(v)}")
+        raise ConfigError(f"{key} must have one entry per branch ({length}), got {len(v)}")
     cfg[key] = list(v)
 
 
@@ -156,72 +173,66 @@ def _validate(cfg: dict) -> None:
     _int_list(cfg, "channels")
     n = len(cfg["channels"])
     if not 2 <= n <= 5:
-        raise ValueError(f"channels must list 2 to 5 branches (32x32 input, resolution halves per branch), got {n}")
+        raise ConfigError(f"channels must list 2 to 5 branches (32x32 input, resolution halves per branch), got {n}")
     _int_list(cfg, "head_channels", length=n)
     for key in ("expansion", "num_groups", "final_channels", "num_classes"):
-        _positive_int(cfg, key)
+        checks.integer(key, cfg[key], 1)
     groups = cfg["num_groups"]
     for c in cfg["channels"]:
         if c % groups or (c * cfg["expansion"]) % groups or c % max(1, groups // 2):
-            raise ValueError(f"channels ({c}), channels * expansion and channels after fusion must be "
-                             f"divisible by num_groups ({groups}) and num_groups // 2")
-    _number_in(cfg, "dropout", 0.0, None)
-    if cfg["dropout"] >= 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {cfg['dropout']!r}")
+            raise ConfigError(f"channels ({c}), channels * expansion and channels after fusion must be "
+                              f"divisible by num_groups ({groups}) and num_groups // 2")
+    checks.number("dropout", cfg["dropout"], 0, 1, high_open=True)
     for key in ("weight_norm", "cuda_graphs"):
-        if not isinstance(cfg[key], bool):
-            raise TypeError(f"{key} must be a bool, got {type(cfg[key]).__name__}")
-    _positive_int(cfg, "unrolled_warmup_steps", minimum=0)
-    _positive_int(cfg, "unrolled_layers")
-    if cfg["lipschitz"] and cfg["constraint"] not in CONSTRAINTS:
-        raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {cfg['constraint']!r}")
-    _validate_solver(cfg)
+        checks.boolean(key, cfg[key])
+    checks.integer("unrolled_warmup_steps", cfg["unrolled_warmup_steps"], 0)
+    checks.integer("unrolled_layers", cfg["unrolled_layers"], 1)
     if cfg["lipschitz"]:
-        _number_in(cfg, "s", 0.0, None, low_open=True)
-        _number_in(cfg, "gamma_max", 0.0, None, low_open=True)
-        _number_in(cfg, "alpha", 0.0, 1.0)
-        _number_in(cfg, "beta", 0.0, 1.0)
-        _number_in(cfg, "conv_cap", 0.0, None, low_open=True)
-        _number_in(cfg, "sigma_margin", 0.0, None)
-        _positive_int(cfg, "power_iters")
-        _positive_int(cfg, "init_power_iters")
+        checks.choice("constraint", cfg["constraint"], CONSTRAINTS)
+    _validate_solves(cfg)
+    if cfg["lipschitz"]:
+        for key in ("s", "gamma_max", "conv_cap"):
+            checks.number(key, cfg[key], 0, low_open=True)
+        checks.number("alpha", cfg["alpha"], 0, 1)
+        checks.number("beta", cfg["beta"], 0, 1)
+        checks.number("sigma_margin", cfg["sigma_margin"], 0)
+        checks.integer("power_iters", cfg["power_iters"], 1)
+        checks.integer("init_power_iters", cfg["init_power_iters"], 1)
 
 
-def _validate_solver(cfg: dict) -> None:
-    for key in ("solver", "b_solver"):
+def _validate_solves(cfg: dict) -> None:
+    for key in ("f_solver", "b_solver"):
         if not isinstance(cfg[key], str):
-            raise TypeError(f"{key} must be a solver name (str), got {type(cfg[key]).__name__}")
+            raise ConfigTypeError(f"{key} must be a solver name (str), got {type(cfg[key]).__name__}")
         get_solver(cfg[key])
     for key in ("f_max_iter", "b_max_iter"):
         if cfg[key] is None and not cfg["lipschitz"]:
-            raise ValueError(f"{key}=None (the a-priori count) needs the certified bound of lipschitz=True")
+            raise ConfigError(f"{key}=None (the a-priori count) needs the certified bound of lipschitz=True")
         if cfg[key] is not None:
-            _positive_int(cfg, key)
-    _number_in(cfg, "f_tol", 0.0, None, low_open=True)
-    _number_in(cfg, "b_tol", 0.0, None, low_open=True)
-    if cfg["stop_mode"] not in ("abs", "rel"):
-        raise ValueError(f"stop_mode must be 'abs' or 'rel', got {cfg['stop_mode']!r}")
-    if cfg["b_x0"] not in ("v", "zeros"):
-        raise ValueError(f"b_x0 must be 'v' (start the adjoint at the upstream gradient) or 'zeros', got {cfg['b_x0']!r}")
-    for key in ("solver_kwargs", "b_solver_kwargs"):
+            checks.integer(key, cfg[key], 1)
+    for key in ("f_tol", "b_tol"):
+        checks.number(key, cfg[key], 0, low_open=True)
+    for key in ("f_stop_mode", "b_stop_mode"):
+        checks.choice(key, cfg[key], STOP_MODES)
+    checks.choice("b_x0", cfg["b_x0"], ADJOINT_STARTS)   # the adjoint's start: v (the upstream gradient) or 0
+    for key in ("f_solver_kwargs", "b_solver_kwargs"):
         if not isinstance(cfg[key], dict):
-            raise TypeError(f"{key} must be a dict, got {type(cfg[key]).__name__}")
-    if cfg["backward"] not in BACKWARD_MODES:
-        raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {cfg['backward']!r}")
-    mode = cfg["solve_mode"]
-    if mode not in ("checked", "apriori"):
-        raise ValueError(f"solve_mode must be 'checked' or 'apriori', got {mode!r}")
-    needs_bound = mode == "apriori" or cfg["f_max_iter"] is None or cfg["b_max_iter"] is None
-    if needs_bound and cfg["lipschitz"] and cfg["constraint"] != "certified":
-        raise ValueError(f"constraint={cfg['constraint']!r} certifies no bound, so there is no a-priori iteration "
-                         "count: set f_max_iter and b_max_iter, and solve_mode='checked'")
-    if needs_bound and cfg["stop_mode"] != "rel":
-        raise ValueError("the a-priori iteration count (solve_mode='apriori' or *_max_iter=None) is derived "
-                         "for stop_mode='rel' from the zero initial state; set stop_mode='rel'")
+            raise ConfigTypeError(f"{key} must be a dict, got {type(cfg[key]).__name__}")
+    checks.choice("backward", cfg["backward"], BACKWARD_MODES)
+    mode = checks.choice("solve_mode", cfg["solve_mode"], SOLVE_MODES)
+    f_count = mode == "apriori" or cfg["f_max_iter"] is None   # counts from the certified bound
+    b_count = mode == "apriori" or cfg["b_max_iter"] is None
+    if (f_count or b_count) and cfg["lipschitz"] and cfg["constraint"] != "certified":
+        raise ConfigError(f"constraint={cfg['constraint']!r} certifies no bound, so there is no a-priori iteration "
+                          "count: set f_max_iter and b_max_iter, and solve_mode='checked'")
+    wrong = [k for k, needed in (("f_stop_mode", f_count), ("b_stop_mode", b_count)) if needed and cfg[k] != "rel"]
+    if wrong:
+        raise ConfigError("the a-priori iteration count (solve_mode='apriori' or *_max_iter=None) is derived for "
+                          f"stop_mode='rel' from the zero initial state; set {' and '.join(k + '=rel' for k in wrong)}")
     if mode == "apriori":
         if not cfg["lipschitz"]:
-            raise ValueError("solve_mode='apriori' needs the certified bound of lipschitz=True")
-        if cfg["solver"] != "fixed_point" or cfg["b_solver"] != "fixed_point":
-            raise ValueError("solve_mode='apriori' counts Picard steps: solver and b_solver must be 'fixed_point'")
-    if (mode == "apriori" or cfg["b_max_iter"] is None) and cfg["b_x0"] != "v":
-        raise ValueError("the a-priori adjoint count is derived for the adjoint started at v: set b_x0='v'")
+            raise ConfigError("solve_mode='apriori' needs the certified bound of lipschitz=True")
+        if cfg["f_solver"] != "fixed_point" or cfg["b_solver"] != "fixed_point":
+            raise ConfigError("solve_mode='apriori' counts Picard steps: f_solver and b_solver must be 'fixed_point'")
+    if b_count and cfg["b_x0"] != "v":
+        raise ConfigError("the a-priori adjoint count is derived for the adjoint started at v: set b_x0='v'")

@@ -8,7 +8,7 @@ the choice and why other backends are unavailable.
 """
 from . import backends, reference
 from .anderson import anderson_gram_row, anderson_mix
-from .fixed_point_step import fixed_point_update, fixed_point_update_multi
+from .fixed_point_update import fixed_point_update, fixed_point_update_multi
 from .power_iteration import conv_power_iteration, power_iteration_matrices
 
 OP_NAMES = (

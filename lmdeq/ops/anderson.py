@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+from ..numerics import acc_dtype
 from . import backends, reference, validation
 from .dispatch import eager_fast_path
 from .layout import unit_inner_stride
@@ -35,15 +37,15 @@ def _check_history(op: str, X: Tensor, Fh: Tensor) -> None:
 
 def _check_k(op: str, k: int, m: int) -> None:
     if not 0 <= k < m:
-        raise ValueError(f"{op}: argument 'k' must be in [0, m) = [0, {m}), got {k}")
+        raise ConfigError(f"{op}: argument 'k' must be in [0, m) = [0, {m}), got {k}")
 
 
 def _check_alpha(op: str, alpha: Tensor, X: Tensor) -> None:
     validation.float_tensor(op, "alpha", alpha)
     if alpha.device != X.device:
-        raise ValueError(f"{op}: argument 'alpha' is on {alpha.device} but 'X' is on {X.device}")
+        raise ConfigError(f"{op}: argument 'alpha' is on {alpha.device} but 'X' is on {X.device}")
     if tuple(alpha.shape) != tuple(X.shape[:2]):
-        raise ValueError(f"{op}: argument 'alpha' must have shape (B, m) = {tuple(X.shape[:2])}, "
+        raise ConfigError(f"{op}: argument 'alpha' must have shape (B, m) = {tuple(X.shape[:2])}, "
                          f"got {tuple(alpha.shape)}")
 
 
@@ -80,7 +82,7 @@ def _gram_row_op(X: Tensor, F: Tensor, k: int) -> Tensor:
 def _(X, F, k):
     _check_history(_GRAM, X, F)
     _check_k(_GRAM, k, X.shape[1])
-    return X.new_empty(X.shape[:2], dtype=reference.acc_dtype(X.dtype))
+    return X.new_empty(X.shape[:2], dtype=acc_dtype(X.dtype))
 
 
 @torch.library.custom_op("lmdeq::anderson_mix", mutates_args=())

@@ -39,8 +39,10 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["BACKENDS", "ENV_VAR", "choose", "extension", "build_info", "requested", "unavailable_reason",
-           "triton_kernels", "run_triton", "device_guard", "arch_runs_on"]
+           "triton_kernels", "triton_interpreted", "run_triton", "device_guard", "arch_runs_on"]
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 ENV_VAR = "LMDEQ_BACKEND"
@@ -123,7 +125,7 @@ def _triton_reason(device_type: str) -> Optional[str]:
     if device_type == "cuda":
         return None
     if device_type == "cpu":
-        if _triton_interpreted():
+        if triton_interpreted():
             import numpy
             import triton
 
@@ -132,7 +134,7 @@ def _triton_reason(device_type: str) -> Optional[str]:
     return f"no Triton kernels for {device_type} tensors"
 
 
-def _triton_interpreted() -> bool:
+def triton_interpreted() -> bool:
     """Whether the Triton kernels run (or, once imported, will run) in the interpreter."""
     kernels = sys.modules.get("lmdeq.kernels")
     if kernels is not None:
@@ -229,7 +231,7 @@ def unavailable_reason(backend: str, device: Union[str, torch.device]) -> Option
         why = _triton_reason(device_type)
         return None if why is None else f"triton: {why}"
     if backend not in ("cuda", "cpu"):
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     ext, why = _load_extension()
     if ext is None:
         return f"{backend}: {why}"
@@ -250,7 +252,7 @@ def requested() -> str:
     """The value of LMDEQ_BACKEND ('auto' when unset)."""
     value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if value != "auto" and value not in BACKENDS:
-        raise ValueError(f"{ENV_VAR}={value!r} is not one of auto, {', '.join(BACKENDS)}")
+        raise ConfigError(f"{ENV_VAR}={value!r} is not one of auto, {', '.join(BACKENDS)}")
     return value
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import cuda_graphs
+from ..errors import ConfigError
 from . import backends, reference, validation
 from .dispatch import eager_fast_path
 
@@ -53,9 +54,9 @@ def _check_matrices(weights, us, n_iter: int) -> None:
     validation.integer(_MAT, "n_iter", n_iter, 1)
     for i, (W, u) in enumerate(zip(weights, us)):
         if W.dim() < 2:
-            raise ValueError(f"{_MAT}: argument 'weights[{i}]' must have at least 2 dims, got shape {tuple(W.shape)}")
+            raise ConfigError(f"{_MAT}: argument 'weights[{i}]' must have at least 2 dims, got shape {tuple(W.shape)}")
         if tuple(u.shape) != (W.shape[0],):
-            raise ValueError(f"{_MAT}: argument 'us[{i}]' must have shape ({W.shape[0]},), got {tuple(u.shape)}")
+            raise ConfigError(f"{_MAT}: argument 'us[{i}]' must have shape ({W.shape[0]},), got {tuple(u.shape)}")
 
 
 def _check_convs(weights, vs, strides, paddings, n_iter: int) -> None:
@@ -65,13 +66,13 @@ def _check_convs(weights, vs, strides, paddings, n_iter: int) -> None:
     for i, (W, v, s, p) in enumerate(zip(weights, vs, strides, paddings)):
         validation.rank(_CONV, f"weights[{i}]", W, 4, "(C_out, C_in, kH, kW)")
         if v.dim() != 4 or v.shape[0] != 1 or v.shape[1] != W.shape[1]:
-            raise ValueError(f"{_CONV}: argument 'vs[{i}]' must have shape (1, {W.shape[1]}, H, W), "
+            raise ConfigError(f"{_CONV}: argument 'vs[{i}]' must have shape (1, {W.shape[1]}, H, W), "
                              f"got {tuple(v.shape)}")
         validation.integer(_CONV, f"strides[{i}]", s, 1)
         validation.integer(_CONV, f"paddings[{i}]", p, 0)
         for d in (2, 3):
             if v.shape[d] + 2 * p < W.shape[d]:
-                raise ValueError(f"{_CONV}: argument 'vs[{i}]' (shape {tuple(v.shape)}) is spatially smaller than "
+                raise ConfigError(f"{_CONV}: argument 'vs[{i}]' (shape {tuple(v.shape)}) is spatially smaller than "
                                  f"the kernel of 'weights[{i}]' (shape {tuple(W.shape)}) with padding {p}")
 
 

@@ -1,7 +1,8 @@
 """Plain-PyTorch reference implementations of lmdeq's ops: the source of truth.
 
-Every kernel (Triton in ``kernels/``, C++/CUDA in ``csrc/``) is tested against these functions.
-They accept any floating dtype; reductions accumulate in float32 (float64 for float64 inputs).
+Every kernel (Triton in ``lmdeq/kernels/``, C++/CUDA in ``csrc/``) is tested against these functions.
+They accept any floating dtype; reductions accumulate in float32 (float64 for float64 inputs), the rule of
+:func:`lmdeq.numerics.acc_dtype` (re-exported here with ``conv_transpose_output_padding``).
 Norms are per sample: a sample is everything but the leading batch dimension.
 """
 from __future__ import annotations
@@ -11,10 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..numerics import NORM_EPS, acc_dtype, conv_transpose_output_padding
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulation dtype of a storage dtype: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["acc_dtype", "conv_transpose_output_padding", "fixed_point_update", "fixed_point_update_multi",
+           "anderson_gram_row", "anderson_mix", "power_iteration_matrices", "conv_power_iteration"]
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -82,8 +83,8 @@ def power_iteration_matrices(weights, us, n_iter: int = 1):
     for W, u in zip(weights, us):
         W2 = W.reshape(W.shape[0], -1)
         for _ in range(n_iter):
-            v = F.normalize(W2.t() @ u, dim=0, eps=1e-12)
-            u = F.normalize(W2 @ v, dim=0, eps=1e-12)
+            v = F.normalize(W2.t() @ u, dim=0, eps=NORM_EPS)
+            u = F.normalize(W2 @ v, dim=0, eps=NORM_EPS)
         sigmas.append(torch.dot(u, W2 @ v))
         new_us.append(u)
     return torch.stack(sigmas), new_us
@@ -99,21 +100,13 @@ def conv_power_iteration(weights, vs, strides, paddings, n_iter: int = 1):
     """
     sigmas, new_vs = [], []
     for W, v, s, p in zip(weights, vs, strides, paddings):
-        v = v / v.norm().clamp_min(1e-12)
+        v = v / v.norm().clamp_min(NORM_EPS)
         for _ in range(n_iter):
             u = F.conv2d(v, W, stride=s, padding=p)
             out_pad = conv_transpose_output_padding(v.shape[-2:], u.shape[-2:], W.shape[-2:], s, p)
             w = F.conv_transpose2d(u, W, stride=s, padding=p, output_padding=out_pad)
-            v = w / w.norm().clamp_min(1e-12)
+            v = w / w.norm().clamp_min(NORM_EPS)
         sigmas.append(F.conv2d(v, W, stride=s, padding=p).norm())
         new_vs.append(v)
     return torch.stack(sigmas), new_vs
 
-
-def conv_transpose_output_padding(in_hw, out_hw, k_hw, stride, padding):
-    """Output padding for conv_transpose2d so that it maps out_hw back exactly to in_hw."""
-    s = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    p = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    return tuple(
-        int(in_hw[i] - ((out_hw[i] - 1) * s[i] - 2 * p[i] + k_hw[i])) for i in range(2)
-    )

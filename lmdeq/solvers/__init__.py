@@ -8,15 +8,17 @@ abs = ||f(z) - z||, rel = abs / ||f(z)||. ``info`` (:class:`SolverInfo`) holds t
 TorchDEQ's keys (abs_lowest, rel_lowest, abs_trace, rel_trace, nstep, sradius) plus converged,
 f_evals and an outcome code ``result`` (see :mod:`lmdeq.solvers.info`). ``max_iter=0`` returns x0
 without evaluating func. :data:`TORCHDEQ_SOLVERS` holds the same solvers under TorchDEQ's four
-names with TorchDEQ's exact info layout (:mod:`lmdeq.solvers.torchdeq_contract`).
+names with TorchDEQ's exact info layout (:mod:`lmdeq.solvers.torchdeq_contract`). :class:`StateLayout` is
+the structure of a state (tensor or list) and its flat (B, n) view, for code built on the solvers.
 """
+from ..errors import ConfigError
 from .anderson import anderson
 from .authors_anderson import authors_anderson
 from .broyden import broyden
 from .fixed_point import fixed_point
 from .info import Result, SolverError, SolverInfo, result_of
-from .iterations import iterations_for
-from .state import UnknownOptionWarning
+from .iterations import adjoint_apriori_iterations, apriori_iterations, iterations_for
+from .state import STOP_MODES, StateLayout, UnknownOptionWarning
 from .torchdeq_contract import TORCHDEQ_SOLVERS
 
 SOLVERS = {
@@ -32,11 +34,12 @@ def get_solver(name):
     """The solver called ``name`` (a callable is returned as is)."""
     if callable(name):
         return name
-    key = _ALIASES.get(name, name)
-    if key not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS)} (or a callable), got {name!r}")
+    key = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if not isinstance(key, str) or key not in SOLVERS:
+        raise ConfigError(f"solver must be one of {sorted(SOLVERS)} (or a callable), got {name!r}")
     return SOLVERS[key]
 
 
-__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "get_solver", "SOLVERS", "TORCHDEQ_SOLVERS",
-           "Result", "SolverError", "SolverInfo", "result_of", "UnknownOptionWarning"]
+__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "apriori_iterations", "adjoint_apriori_iterations",
+           "get_solver", "SOLVERS", "TORCHDEQ_SOLVERS",
+           "Result", "SolverError", "SolverInfo", "result_of", "UnknownOptionWarning", "StateLayout", "STOP_MODES"]

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
-from .state import check_positive_int, check_solver_args, warn_unknown_options
+from .. import checks, ops
+from .state import check_solver_args, warn_unknown_options
 from .tracking import start_solve
 
 __all__ = ["anderson"]
@@ -43,9 +43,8 @@ def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "
     warn_unknown_options("anderson", kwargs)
     max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, tau=tau, check_every=check_every,
                                              iterations=iterations)
-    check_positive_int("m", m)
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0, got {lam!r}")
+    checks.integer("m", m, 1)
+    checks.number("lam", lam, 0)
     budget = iterations if iterations is not None else max_iter
     layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
                                             check_every, iterations, contract=contract,

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.reference import acc_dtype
-from .state import StateLayout, check_positive_int, check_solver_args
+from .. import checks
+from ..errors import ConfigError
+from ..numerics import acc_dtype
+from .state import StateLayout, check_solver_args
 from .info import Result, SolverError, SolverInfo
 from .tracking import DIVERGE_FACTOR, outcome_code
 
@@ -54,15 +56,12 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
     (e.g. ``check_every``) are accepted and ignored: the released solver checks every step.
     """
     max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, tau=tau, iterations=iterations)
-    check_positive_int("m", m)
-    if m < 2:
-        raise ValueError(f"m must be >= 2 (the released solver keeps x_0 and x_1 before its first mix), got {m}")
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0, got {lam!r}")
+    checks.integer("m", m, 2)   # the released solver keeps x_0 and x_1 before its first mix
+    checks.number("lam", lam, 0)
     steps = iterations if iterations is not None else max_iter
     if steps < 3:
         name = "iterations" if iterations is not None else "max_iter"
-        raise ValueError(f"{name} must be >= 3 for authors_anderson (two unchecked f-evaluations, then the "
+        raise ConfigError(f"{name} must be >= 3 for authors_anderson (two unchecked f-evaluations, then the "
                          f"first checked one), got {steps}")
     layout = StateLayout(x0)
     f = layout.checked_func(func)
@@ -81,8 +80,8 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
     eye = torch.eye(m, dtype=dtype, device=dev)
 
     acc = acc_dtype(dtype)
-    checks = steps - 2
-    trace = {mode: torch.zeros(checks, dtype=torch.float64, device=dev) for mode in ("abs", "rel")}
+    checked = steps - 2
+    trace = {mode: torch.zeros(checked, dtype=torch.float64, device=dev) for mode in ("abs", "rel")}
     lowest = {mode: torch.full((), float("inf"), dtype=torch.float64, device=dev) for mode in ("abs", "rel")}
     lowest_at = {mode: torch.zeros((), dtype=torch.float64, device=dev) for mode in ("abs", "rel")}
     nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
@@ -121,13 +120,13 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
     for _ in wanted[len(trajectory):]:
         trajectory.append(layout.external([p.clone() for p in layout.views(best)]))
 
-    done = checks if iterations is not None else f_evals - 2
+    done = checked if iterations is not None else f_evals - 2
     converged = (lowest[stop_mode] < tol) & ~nonfinite
     per_sample = lambda t: t.to(acc).expand(B).clone()  # noqa: E731 (pooled value, one per sample)
 
-    def padded(mode):  # (B, checks): the checked steps, padded with the lowest residual after an early stop
-        cols = torch.cat([trace[mode][:done], lowest[mode].expand(checks - done)])
-        return cols.to(acc).expand(B, checks).clone()
+    def padded(mode):  # (B, checked): the checked steps, padded with the lowest residual after an early stop
+        cols = torch.cat([trace[mode][:done], lowest[mode].expand(checked - done)])
+        return cols.to(acc).expand(B, checked).clone()
 
     main = trace[stop_mode]
     diverged = (main[done - 1] > DIVERGE_FACTOR * main[0]) if done >= 2 else torch.zeros((), dtype=torch.bool,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.reference import acc_dtype
-from .state import check_positive_int, check_solver_args, warn_once, warn_unknown_options
+from .. import checks
+from ..numerics import acc_dtype
+from .state import check_solver_args, warn_once, warn_unknown_options
 from .tracking import start_solve
 
 __all__ = ["broyden"]
@@ -42,7 +43,7 @@ def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "a
                                              iterations=iterations)
     if LBFGS_thres is not None:
         memory = LBFGS_thres
-    check_positive_int("memory", memory)
+    checks.integer("memory", memory, 1)
     budget = iterations if iterations is not None else max_iter
     own = contract == "lmdeq"
     layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import difflib
 import math
-import operator
 import warnings
 from typing import Callable, List, Sequence
 
 import torch
 
-from ..ops.reference import acc_dtype
+from .. import checks
+from ..numerics import acc_dtype
 
-__all__ = ["StateLayout", "check_solver_args", "check_positive_int", "step_count", "warn_unknown_options",
-           "UnknownOptionWarning", "KNOWN_OPTIONS", "warn_once"]
+__all__ = ["StateLayout", "STOP_MODES", "check_solver_args", "warn_unknown_options", "UnknownOptionWarning",
+           "KNOWN_OPTIONS", "warn_once"]
+
+STOP_MODES = ("abs", "rel")
 
 
 class StateLayout:
@@ -138,43 +140,18 @@ class StateLayout:
         return call
 
 
-def check_positive_int(name: str, value) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int >= 1 (bools are not ints here)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def step_count(name: str, value) -> int:
-    """``value`` as a step count >= 0: an int, an integer tensor or NumPy scalar (anything with
-    ``__index__``, as TorchDEQ's ``range(max_iter)`` accepts), or a float with an integral value (TorchDEQ's
-    cores compute ``f_max_iter // n_states``, a float when ``f_max_iter`` is). Errors name ``name``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got a bool")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    try:
-        count = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int (or an integer tensor), got {type(value).__name__} {value!r}") from None
-    if count < 0:
-        raise ValueError(f"{name} must be >= 0, got {count}")
-    return count
-
-
 def check_solver_args(max_iter, tol, stop_mode, tau=None, check_every=None, iterations=None):
-    """Clear errors for bad solver arguments, each naming the argument. Returns (max_iter, iterations)
-    as ints (``iterations`` stays None when not given)."""
-    max_iter = step_count("max_iter", max_iter)
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not (tol > 0) or math.isinf(tol):
-        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
-    if stop_mode not in ("abs", "rel"):
-        raise ValueError(f"stop_mode must be 'abs' or 'rel', got {stop_mode!r}")
-    if tau is not None and not (0.0 < float(tau) <= 1.0):
-        raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+    """Clear errors for bad solver arguments, each naming the argument (:mod:`lmdeq.checks`). Returns
+    (max_iter, iterations) as ints (``iterations`` stays None when not given)."""
+    max_iter = checks.count("max_iter", max_iter)
+    checks.number("tol", tol, 0, low_open=True)
+    checks.choice("stop_mode", stop_mode, STOP_MODES)
+    if tau is not None:
+        checks.damping("tau", tau)
     if check_every is not None:
-        check_positive_int("check_every", check_every)
+        checks.integer("check_every", check_every, 1)
     if iterations is not None:
-        iterations = step_count("iterations", iterations)
+        iterations = checks.count("iterations", iterations)
     return max_iter, iterations
 
 

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
+from .. import checks, ops
 from .anderson import anderson as _anderson
 from .broyden import broyden as _broyden
 from .fixed_point import fixed_point as _fixed_point
 from .info import SolverInfo
-from .state import StateLayout, step_count, warn_unknown_options
+from .state import STOP_MODES, StateLayout, warn_unknown_options
 from .tracking import outcome_code
 
 __all__ = ["anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter", "TORCHDEQ_SOLVERS"]
@@ -51,7 +51,7 @@ def broyden(func, x0, max_iter=50, tol=1e-3, stop_mode="abs", indexing=None, LBF
     keeps every update (memory = the step budget)."""
     if LBFGS_thres is None and "memory" not in kwargs:
         budget = kwargs.get("iterations")
-        LBFGS_thres = max(step_count("max_iter", max_iter) if budget is None else step_count("iterations", budget), 1)
+        LBFGS_thres = max(checks.count("max_iter", max_iter) if budget is None else checks.count("iterations", budget), 1)
     return _broyden(func, x0, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                     LBFGS_thres=LBFGS_thres, ls=ls, return_final=return_final, contract="torchdeq", **kwargs)
 
@@ -73,11 +73,9 @@ def simple_fixed_point_iter(func, x0, max_iter=50, tau=1.0, indexing=None, **kwa
     """
     tol, stop_mode = kwargs.pop("tol", 1e-3), kwargs.pop("stop_mode", "abs")
     warn_unknown_options("simple_fixed_point_iter", kwargs)
-    max_iter = step_count("max_iter", max_iter)
-    if not (0.0 < float(tau) <= 1.0):
-        raise ValueError(f"tau must be in (0, 1], got {tau!r}")
-    if stop_mode not in ("abs", "rel"):
-        raise ValueError(f"stop_mode must be 'abs' or 'rel', got {stop_mode!r}")
+    max_iter = checks.count("max_iter", max_iter)
+    tau = checks.damping("tau", tau)
+    checks.choice("stop_mode", stop_mode, STOP_MODES)
     layout = StateLayout(x0)
     f = layout.checked_func(func)
     wanted = set(int(i) for i in indexing) if indexing else set()

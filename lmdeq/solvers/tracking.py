@@ -25,7 +25,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..ops.reference import acc_dtype
+from .. import checks
+from ..numerics import acc_dtype
 from .info import Result, SolverError, SolverInfo
 from .state import StateLayout
 
@@ -54,8 +55,7 @@ class Tracker:
     def __init__(self, layout: StateLayout, x0_parts: Sequence[torch.Tensor], capacity: int, tol: float,
                  stop_mode: str, indexing=None, return_final: bool = False, check_every: Optional[int] = None,
                  contract: str = "lmdeq", trace_width: Optional[int] = None, hidden: int = 0):
-        if contract not in CONTRACTS:
-            raise ValueError(f"contract must be one of {CONTRACTS}, got {contract!r}")
+        checks.choice("contract", contract, CONTRACTS)
         self.layout = layout
         self.tol = float(tol)
         self.stop_mode = stop_mode

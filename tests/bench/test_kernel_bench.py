@@ -1,12 +1,14 @@
-"""benchmarks/kernels.py: the variants of a case alternate round by round and the speed-up over eager is
-the median of the per-round ratios (fake timer medians, no real timing)."""
+"""The kernel benchmark (lmdeq/bench/kernels.py, run as benchmarks/kernels.py): the variants of a case alternate
+round by round and the speed-up over eager is the median of the per-round ratios (fake timer medians, no real
+timing)."""
+from pathlib import Path
+
 import pytest
 
+from lmdeq.bench import kernels
 from lmdeq.bench.interleave import spread
 
-from .scripts import load_script
-
-kernels = load_script("benchmarks/kernels.py")
+from .scripts import ROOT, load_script
 
 
 def test_variants_alternate_and_speedups_come_from_the_rounds():
@@ -33,3 +35,11 @@ def test_rounds_must_be_positive(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         kernels.main(["--rounds", "0", "--out", "/nonexistent"])
     assert "--rounds must be >= 1" in capsys.readouterr().err
+
+
+
+def test_the_script_is_the_benchmark_with_results_next_to_it():
+    script = load_script("benchmarks/kernels.py")
+    assert script.main is kernels.main
+    assert kernels.build_parser(ROOT / "benchmarks" / "results").parse_args([]).out == ROOT / "benchmarks" / "results"
+    assert kernels.build_parser().parse_args(["--out", "x"]).out == Path("x")

@@ -54,12 +54,10 @@ def test_backward_work_is_counted_to_the_phase_whose_forward_recorded_it():
     phases = profile_step(step, torch.device("cpu"))["phases_ms"]
     assert phases["head backward"] > 0 and phases["loss backward"] > 0
     assert "stem backward" not in phases   # the stem recorded nothing
-    # the backward matmuls (two of them) dominate the loss's square backward
-    assert phases["head backward"] > phases["loss backward"]
 
 
 def test_top_must_be_a_positive_int():
-    with pytest.raises(ValueError, match="top must be a positive int"):
+    with pytest.raises(ValueError, match="top must be an int >= 1"):
         profile_step(lambda: None, torch.device("cpu"), top=0)
 
 

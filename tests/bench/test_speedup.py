@@ -181,7 +181,7 @@ def test_sync_free_solve_matches_checked_solve():
         logits_free = free(x)
     n = free.last_info["f_nstep"]
     checked = mdeq("cifar10-small", f_max_iter=n, f_tol=1e-30,
-                   solver_kwargs={"return_final": True}).eval()
+                   f_solver_kwargs={"return_final": True}).eval()
     checked.load_state_dict(free.state_dict())
     with torch.no_grad():
         logits_checked = checked(x)

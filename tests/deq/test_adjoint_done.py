@@ -2,7 +2,7 @@
 of the running backward pass is done (lmdeq.deq.is_solved_state / adjoint_done)."""
 import torch
 
-from lmdeq.deq import adjoint_done, deq_solve, is_solved_state
+from lmdeq.deq import Implicit, adjoint_done, deq_solve, is_solved_state
 
 
 def test_the_tracked_state_is_marked_and_flagged_after_the_adjoint():
@@ -29,7 +29,7 @@ def test_the_tracked_state_is_marked_and_flagged_after_the_adjoint():
             return g
 
     z, info = deq_solve(f, torch.zeros(2, 4, dtype=torch.float64), solver="fixed_point", max_iter=50, tol=1e-10,
-                        b_solver="fixed_point", b_max_iter=50, b_tol=1e-10)
+                        backward=Implicit(solver="fixed_point", max_iter=50, tol=1e-10))
     solve_calls, tracked = received[:-1], received[-1]
     assert not any(is_solved_state(t) for t in solve_calls)     # the forward solve's iterates are not
     assert is_solved_state(tracked) and not adjoint_done(tracked)

@@ -11,7 +11,7 @@ import torch
 
 from lmdeq import cuda_graphs, deq_solve
 from lmdeq.cuda_graphs import GraphCache
-from lmdeq.deq import GraphedProblem
+from lmdeq.deq import GraphedProblem, Implicit
 from lmdeq.ops import backends
 
 from .graph_double import RerunCall
@@ -48,11 +48,11 @@ def _solve_and_grads(W, x, graph, state="tensor", solver="fixed_point"):
         half = x.shape[1] // 2
         f_list = lambda z: list(torch.tanh(torch.cat(z, 1) @ W.T + x).split(half, 1))  # noqa: E731
         z, info = deq_solve(f_list, list(z0.split(half, 1)), solver="fixed_point", iterations=30, max_iter=30,
-                            b_solver="fixed_point", b_iterations=30, b_max_iter=30, graph=graph)
+                            backward=Implicit(solver="fixed_point", iterations=30, max_iter=30), graph=graph)
         z = torch.cat(z, 1)
     else:
-        z, info = deq_solve(f, z0, solver=solver, iterations=30, max_iter=30, b_solver=solver,
-                            b_iterations=30, b_max_iter=30, graph=graph)
+        z, info = deq_solve(f, z0, solver=solver, iterations=30, max_iter=30,
+                            backward=Implicit(solver=solver, iterations=30, max_iter=30), graph=graph)
     loss = (z ** 2).sum() + z.sin().sum()
     gW, gx = torch.autograd.grad(loss, (W, x))
     return z.detach(), info, gW, gx
@@ -90,7 +90,7 @@ def test_checked_solves_are_not_graphed():
     x = _x("cpu", torch.float64, 1)
     f = lambda z: torch.tanh(z @ W.T + x)  # noqa: E731
     z, info = deq_solve(f, torch.zeros_like(x).detach(), solver="fixed_point", max_iter=30, tol=1e-8,
-                        b_solver="fixed_point", b_max_iter=30, graph=_graphed(cache, W, x))
+                        backward=Implicit(solver="fixed_point", max_iter=30), graph=_graphed(cache, W, x))
     z.sum().backward()
     assert not hasattr(info, "cuda_graph") and len(cache) == 0
 

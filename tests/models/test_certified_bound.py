@@ -7,7 +7,7 @@ import torch
 
 from lmdeq import solvers
 from lmdeq.models import mdeq
-from lmdeq.models.apriori import adjoint_apriori_iterations, apriori_iterations
+from lmdeq.solvers import adjoint_apriori_iterations, apriori_iterations
 
 from .tiny import TINY2, TINY3, conv_norm_upper_bound, jacobian_spectral_norm, scale_weights_, state_norm
 

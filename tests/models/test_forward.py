@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from lmdeq.models import AUTHORS_SOLVER, mdeq
-from lmdeq.models.apriori import adjoint_apriori_iterations, apriori_iterations
+from lmdeq.solvers import adjoint_apriori_iterations, apriori_iterations
 
 from .tiny import TINY2, TINY3
 

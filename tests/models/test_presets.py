@@ -41,8 +41,8 @@ def test_config_round_trip_rebuilds_the_same_model(lipschitz):
 
 def test_variant_defaults():
     orig = mdeq("cifar10-large", lipschitz=False).config
-    assert (orig["solver"], orig["b_solver"], orig["f_max_iter"], orig["b_max_iter"]) == ("broyden", "broyden", 18, 20)
-    assert (orig["f_tol"], orig["stop_mode"]) == (1e-3, "rel")
+    assert (orig["f_solver"], orig["b_solver"], orig["f_max_iter"], orig["b_max_iter"]) == ("broyden", "broyden", 18, 20)
+    assert (orig["f_tol"], orig["f_stop_mode"], orig["b_stop_mode"]) == (1e-3, "rel", "rel")
     small = mdeq("cifar10-small", lipschitz=False).config
     assert (small["f_max_iter"], small["b_max_iter"], small["dropout"]) == (18, 20, 0.25)   # cls_mdeq_TINY.yaml
     assert (orig["b_x0"], small["b_x0"], orig["unrolled_warmup_steps"]) == ("zeros", "zeros", 0)
@@ -50,7 +50,7 @@ def test_variant_defaults():
     assert {k: lip[k] for k in ("s", "gamma_max", "alpha", "beta", "conv_cap")} == dict(
         s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0)
     authors = mdeq("cifar10-small", init_power_iters=1, **AUTHORS_SOLVER).config
-    assert (authors["solver"], authors["solver_kwargs"], authors["f_max_iter"], authors["b_max_iter"]) == (
+    assert (authors["f_solver"], authors["f_solver_kwargs"], authors["f_max_iter"], authors["b_max_iter"]) == (
         "authors_anderson", {"m": 6, "lam": 1e-4}, 18, 20)
     assert (authors["b_x0"], lip["b_x0"]) == ("zeros", "v")
 
@@ -72,11 +72,13 @@ def test_variant_defaults():
     (dict(channels=[8]), ValueError, "branches"),
     (dict(head_channels=[2]), ValueError, "head_channels"),
     (dict(power_iters=0), ValueError, "power_iters"),
-    (dict(solver="newton"), ValueError, "solver"),
-    (dict(stop_mode="max"), ValueError, "stop_mode"),
+    (dict(f_solver="newton"), ValueError, "solver"),
+    (dict(f_stop_mode="max"), ValueError, "f_stop_mode"),
+    (dict(b_stop_mode="max"), ValueError, "b_stop_mode"),
     (dict(solve_mode="fast"), ValueError, "solve_mode"),
-    (dict(solve_mode="apriori", solver="anderson"), ValueError, "fixed_point"),
-    (dict(stop_mode="abs"), ValueError, "stop_mode='rel'"),
+    (dict(solve_mode="apriori", f_solver="anderson"), ValueError, "fixed_point"),
+    (dict(f_stop_mode="abs"), ValueError, "stop_mode='rel'.*f_stop_mode=rel"),
+    (dict(b_stop_mode="abs"), ValueError, "stop_mode='rel'.*b_stop_mode=rel"),
     (dict(f_max_iter=0), ValueError, "f_max_iter"),
     (dict(backward="exact"), ValueError, "backward"),
     (dict(weight_norm="yes"), TypeError, "weight_norm"),

@@ -100,7 +100,7 @@ def test_training_step_logits_and_gradients_unchanged_by_the_zero_path(lipschitz
     # (Broyden and Anderson iterate on a flat buffer, so f never sees the zero state itself; the original
     # variant is run with fixed-point solves here to exercise its cell on the zero path.)
     torch.manual_seed(4)
-    solver = {} if lipschitz else {"solver": "fixed_point", "b_solver": "fixed_point"}
+    solver = {} if lipschitz else {"f_solver": "fixed_point", "b_solver": "fixed_point"}
     model = _model(lipschitz, TINY2, dropout=0.25, **solver).train()
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
 

@@ -31,7 +31,7 @@ def test_unknown_backend_is_rejected(monkeypatch):
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
-    monkeypatch.setattr(backends, "_triton_interpreted", lambda: False)
+    monkeypatch.setattr(backends, "triton_interpreted", lambda: False)
     assert "TRITON_INTERPRET=1" in backends.unavailable_reason("triton", "cpu")
 
 
@@ -50,7 +50,7 @@ def test_interpreter_defect_makes_triton_unavailable_on_cpu(monkeypatch):
     import numpy
     import triton
 
-    monkeypatch.setattr(backends, "_triton_interpreted", lambda: True)
+    monkeypatch.setattr(backends, "triton_interpreted", lambda: True)
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "2.4.1")
     assert "triton-lang/triton#9171" in backends.unavailable_reason("triton", "cpu")
@@ -180,11 +180,11 @@ X = torch.randn(2, 3, 4)
 ops.anderson_gram_row(X, X, 0); ops.anderson_mix(X, X, torch.ones(2, 3), 0.5)
 ops.power_iteration_matrices([torch.randn(3, 2)], [torch.randn(3)], 1)
 ops.conv_power_iteration([torch.randn(2, 1, 3, 3)], [torch.randn(1, 1, 4, 4)], [1], [1], 1)
-from lmdeq import solvers, deq_solve
+from lmdeq import Implicit, solvers, deq_solve
 zs, _, res = solvers.anderson(lambda z: 0.5 * torch.tanh(z) + 1.0, torch.zeros(2, 5), tol=1e-6)
 assert res.result == 'converged', res.result
 W = torch.nn.Parameter(0.3 * torch.eye(5))
-zd, _ = deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), tol=1e-8, b_tol=1e-8)
+zd, _ = deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), tol=1e-8, backward=Implicit(tol=1e-8))
 zd.sum().backward()
 assert W.grad.abs().sum() > 0
 text = info.report()

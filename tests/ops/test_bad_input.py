@@ -75,10 +75,13 @@ needs_ext = pytest.mark.skipif(backends.extension() is None, reason="lmdeq._C no
 C = torch.ops.lmdeq_C if backends.extension() is not None else None
 
 CPP_CASES = [
-    (lambda: C.fixed_point_update(Z, torch.randn(2, 4), 0.5), ["lmdeq_C::fixed_point_update", "'fz'", "shape"]),
-    (lambda: C.fixed_point_update(Z, Z.double(), 0.5), ["lmdeq_C::fixed_point_update", "'fz'", "dtype"]),
-    (lambda: C.fixed_point_update(Z.long(), Z.long(), 0.5), ["lmdeq_C::fixed_point_update", "'z'", "float32"]),
-    (lambda: C.fixed_point_update(torch.tensor(1.0), torch.tensor(1.0), 0.5), ["fixed_point_update", "'z'", "batch"]),
+    (lambda: C.fixed_point_update_multi([Z], [torch.randn(2, 4)], 0.5),
+     ["lmdeq_C::fixed_point_update_multi", "'fzs[0]'", "shape"]),
+    (lambda: C.fixed_point_update_multi([Z], [Z.double()], 0.5), ["lmdeq_C::fixed_point_update_multi", "'fzs[0]'", "dtype"]),
+    (lambda: C.fixed_point_update_multi([Z.long()], [Z.long()], 0.5),
+     ["lmdeq_C::fixed_point_update_multi", "'zs[0]'", "float32"]),
+    (lambda: C.fixed_point_update_multi([torch.tensor(1.0)], [torch.tensor(1.0)], 0.5),
+     ["fixed_point_update_multi", "'zs[0]'", "batch"]),
     (lambda: C.fixed_point_update_multi([Z, torch.randn(3, 2)], [Z, torch.randn(3, 2)], 0.5),
      ["fixed_point_update_multi", "'zs[1]'", "batch size"]),
     (lambda: C.anderson_gram_row(Z, Z, 0), ["lmdeq_C::anderson_gram_row", "'X'", "3-d"]),

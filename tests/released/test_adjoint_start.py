@@ -1,10 +1,10 @@
-"""deq_solve(b_x0='zeros'): the adjoint solve started at 0, as the original MDEQ's and the Lipschitz-MDEQ
-authors' released backward hooks start it, gives the implicit gradient of b_x0='v' (to the solve's
+"""Implicit(x0='zeros'): the adjoint solve started at 0, as the original MDEQ's and the Lipschitz-MDEQ
+authors' released backward hooks start it, gives the implicit gradient of x0='v' (to the solve's
 tolerance) and costs the released solver one more f-evaluation's worth of progress."""
 import pytest
 import torch
 
-from lmdeq import deq_solve
+from lmdeq import Implicit, deq_solve
 
 
 def _problem():
@@ -21,7 +21,7 @@ def test_zero_start_gives_the_implicit_gradient(b_solver):
         w, f = _problem()
         seen = []
         z, _ = deq_solve(f, torch.zeros(3, 6, dtype=torch.float64), solver="fixed_point", max_iter=200, tol=1e-12,
-                         b_solver=b_solver, b_max_iter=200, b_tol=1e-11, b_stop_mode="rel", b_x0=start,
+                         backward=Implicit(solver=b_solver, max_iter=200, tol=1e-11, stop_mode="rel", x0=start),
                          on_backward=seen.append)
         (z ** 2).sum().backward()
         grads[start], evals[start] = w.grad.clone(), seen[0]["f_evals"]
@@ -29,7 +29,6 @@ def test_zero_start_gives_the_implicit_gradient(b_solver):
     assert evals["zeros"] >= evals["v"]
 
 
-def test_bad_b_x0():
-    w, f = _problem()
-    with pytest.raises(ValueError, match="b_x0 must be"):
-        deq_solve(f, torch.zeros(3, 6, dtype=torch.float64), b_x0="ones")
+def test_bad_x0():
+    with pytest.raises(ValueError, match=r"Implicit: x0 must be one of \('v', 'zeros'\), got 'ones'"):
+        Implicit(x0="ones")

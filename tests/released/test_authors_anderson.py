@@ -159,9 +159,9 @@ def test_bad_arguments_name_themselves():
     f, z0, _, _ = tanh_contraction(4, 1, 0.5)
     with pytest.raises(ValueError, match="max_iter must be >= 3"):
         solvers.authors_anderson(f, z0, max_iter=2)
-    with pytest.raises(ValueError, match="m must be >= 2"):
+    with pytest.raises(ValueError, match="m must be an int >= 2"):
         solvers.authors_anderson(f, z0, m=1)
-    with pytest.raises(ValueError, match="lam must be >= 0"):
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
         solvers.authors_anderson(f, z0, lam=-1.0)
     with pytest.raises(ValueError, match="indexing"):
         solvers.authors_anderson(f, z0, indexing=[0])

@@ -15,8 +15,8 @@ def ok(z):
 @pytest.mark.parametrize("kwargs,exc,pattern", [
     (dict(tol=0.0), ValueError, "tol"),
     (dict(tol=-1e-3), ValueError, "tol"),
-    (dict(max_iter=-1), ValueError, "max_iter must be >= 0"),
-    (dict(max_iter=torch.tensor(-2)), ValueError, "max_iter must be >= 0"),
+    (dict(max_iter=-1), ValueError, "max_iter must be an int >= 0"),
+    (dict(max_iter=torch.tensor(-2)), ValueError, "max_iter must be an int >= 0"),
     (dict(max_iter=2.5), TypeError, "max_iter"),
     (dict(max_iter=torch.tensor(3.0)), TypeError, "max_iter"),
     (dict(max_iter="3"), TypeError, "max_iter"),

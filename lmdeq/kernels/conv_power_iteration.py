@@ -19,9 +19,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from lmdeq.ops.reference import acc_dtype, conv_transpose_output_padding
+from ..numerics import acc_dtype, conv_output_size, conv_transpose_output_padding
 
-from .dtypes import tl_acc
+from .dtypes import EPS, tl_acc
 
 BLOCK = 1024
 _offsets: Dict[tuple, torch.Tensor] = {}
@@ -40,7 +40,7 @@ def _normalize_segments_kernel(x, offsets, norms, SCALE: tl.constexpr, ACC: tl.c
     nrm = tl.sqrt(tl.sum(sq, axis=0))
     tl.store(norms + s, nrm)
     if SCALE:
-        inv = 1.0 / tl.maximum(nrm, 1e-12)
+        inv = 1.0 / tl.maximum(nrm, EPS)
         for i0 in range(start, end, BLOCK):
             i = i0 + tl.arange(0, BLOCK)
             v = tl.load(x + i, mask=i < end, other=0.0).to(ACC)
@@ -75,7 +75,7 @@ def conv_power_iteration(weights: List[torch.Tensor], vs: List[torch.Tensor], st
     v, _ = _normalized(vs, scale=True)
     pads = []
     for W, x, s, p in zip(weights, vs, strides, paddings):
-        out_hw = [(x.shape[d] + 2 * p - W.shape[d]) // s + 1 for d in (2, 3)]
+        out_hw = conv_output_size(x.shape[-2:], W.shape[-2:], s, p)
         pads.append(conv_transpose_output_padding(x.shape[-2:], out_hw, W.shape[-2:], s, p))
     for _ in range(n_iter):
         ws = [F.conv_transpose2d(F.conv2d(x, W, stride=s, padding=p), W, stride=s, padding=p, output_padding=op)

@@ -1,7 +1,9 @@
-"""torch -> Triton dtype mapping, the Triton accumulation dtype (fp32, fp64 for fp64 storage), and
-fp64-exact scalar arguments."""
+"""torch -> Triton dtype mapping, the Triton accumulation dtype (:func:`lmdeq.numerics.acc_dtype`: fp32,
+fp64 for fp64 storage), the norm floor as a kernel constant, and fp64-exact scalar arguments."""
 import torch
 import triton.language as tl
+
+from ..numerics import NORM_EPS, acc_dtype
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
        torch.bfloat16: tl.bfloat16}
@@ -11,8 +13,11 @@ def tl_dtype(dtype: torch.dtype):
     return _TL[dtype]
 
 
+EPS = tl.constexpr(NORM_EPS)  # a constexpr global: readable inside @triton.jit functions
+
+
 def tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return _TL[acc_dtype(dtype)]
 
 
 def split_float(x: float):

@@ -21,11 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-from lmdeq.ops.reference import acc_dtype
+from ..numerics import acc_dtype
 
-from .dtypes import tl_acc, tl_dtype
+from .dtypes import EPS, tl_acc, tl_dtype
 
 FIELDS = 5  # per layer: weight pointer, rows, cols, offset in u_work, offset in t_work
+_FIELDS = tl.constexpr(FIELDS)  # the same, readable inside the kernels
 MAX_TABLES = 32  # device tables kept (least recently used dropped)
 _TABLES: "OrderedDict[tuple, tuple]" = OrderedDict()
 T_ROWS, T_COLS = 32, 64  # transposed kernel: column tile, rows per step
@@ -34,7 +35,7 @@ F_ROWS, F_COLS = 16, 128  # forward kernel: row tile, columns per step
 
 @triton.jit
 def _layer(layers, l, DTYPE: tl.constexpr):
-    base = layers + l * 5
+    base = layers + l * _FIELDS
     w = tl.load(base).to(tl.pointer_type(DTYPE))
     return w, tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 4)
 
@@ -67,7 +68,7 @@ def _forward_kernel(layers, tile_layer, tile_index, t_work, u_work, DTYPE: tl.co
         c = c0 + tl.arange(0, BLOCK_C)
         t = tl.load(t_work + t_off + c, mask=c < cols, other=0.0)
         sq += t * t
-    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), 1e-12)
+    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), EPS)
     r = tl.load(tile_index + p) * BLOCK_R + tl.arange(0, BLOCK_R)
     acc = tl.zeros([BLOCK_R], ACC)
     for c0 in range(0, cols, BLOCK_C):
@@ -89,7 +90,7 @@ def _finalize_kernel(layers, u_work, out, sigmas, DTYPE: tl.constexpr, ACC: tl.c
         u = tl.load(u_work + u_off + r, mask=r < rows, other=0.0)
         sq += u * u
     nrm = tl.sqrt(tl.sum(sq, axis=0))
-    denom = tl.maximum(nrm, 1e-12)
+    denom = tl.maximum(nrm, EPS)
     for r0 in range(0, rows, BLOCK):
         r = r0 + tl.arange(0, BLOCK)
         u = tl.load(u_work + u_off + r, mask=r < rows, other=0.0)
@@ -111,7 +112,7 @@ def _layer_table(mats: List[torch.Tensor], device: torch.device) -> tuple:
     u_off = t_off = 0
     for l, W in enumerate(mats):
         rows, cols = W.shape
-        layers += [W.data_ptr(), rows, cols, u_off, t_off]
+        layers += [W.data_ptr(), rows, cols, u_off, t_off]  # the FIELDS entries of layer l
         for tiles, n, size in ((t_tiles, cols, T_COLS), (f_tiles, rows, F_ROWS)):
             count = triton.cdiv(n, size)
             tiles[0].extend([l] * count)

@@ -1,4 +1,4 @@
-"""Triton kernels of lmdeq's ops (installed as ``lmdeq.kernels``).
+"""Triton kernels of lmdeq's ops.
 
 The public entry points are host launchers that take tensors already validated and laid out by
 ``lmdeq.ops`` (use ``lmdeq.ops.<name>`` with LMDEQ_BACKEND=triton to call them safely). Kernels run

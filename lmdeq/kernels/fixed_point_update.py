@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmdeq.ops.reference import acc_dtype
+from ..numerics import acc_dtype
 
 from .dtypes import split_float, tl_acc
 

@@ -1,0 +1,16 @@
+"""Deep equilibrium layers: solve z* = f(z*) without building a graph, then attach gradients.
+
+* :func:`deq_solve` / :class:`DEQ` (:mod:`lmdeq.deq.solve`): the forward solve and the gradient method;
+* the gradient methods (:mod:`lmdeq.deq.backward`): ``Implicit(...)``, ``JFB()``, ``Phantom(...)``, None;
+* the implicit gradient as an autograd Function, and the solved-state marks ``is_solved_state`` /
+  ``adjoint_done`` (:mod:`lmdeq.deq.adjoint`);
+* CUDA-graph replay of fixed-count solves, :class:`GraphedProblem` (:mod:`lmdeq.deq.graphed`);
+* the flat config spelling of deq_solve's arguments, f_<name> / b_<name> (:mod:`lmdeq.deq.flat`).
+"""
+from .adjoint import adjoint_done, is_solved_state
+from .backward import BACKWARD_MODES, JFB, Implicit, Phantom, as_backward
+from .graphed import GRAPHED_SOLVERS, GraphedProblem
+from .solve import DEQ, deq_solve
+
+__all__ = ["deq_solve", "DEQ", "Implicit", "JFB", "Phantom", "as_backward", "BACKWARD_MODES", "GraphedProblem",
+           "GRAPHED_SOLVERS", "is_solved_state", "adjoint_done"]

@@ -1,0 +1,148 @@
+"""The implicit gradient (:class:`~lmdeq.deq.backward.Implicit`) as an ``autograd.Function``.
+
+With z* = f(z*, theta) and upstream gradient v = dL/dz*,
+
+    dL/dtheta = g^T df/dtheta(z*),   where   g = J_f(z*)^T g + v
+
+is itself a fixed point, solved with any solver. :class:`ImplicitGrad` is an identity in the forward pass whose
+backward returns g; it is applied to the tracked evaluation f(z*), and autograd then carries g into f's
+parameters and inputs. That evaluation is differentiable in z* as well, and the adjoint's vector-Jacobian
+products J_f^T g run on its graph, so f is evaluated with autograd once per step. No tensor hooks, so it is
+safe under DistributedDataParallel and re-entrant backward.
+
+The state f receives for that evaluation is marked (:func:`is_solved_state`) and flagged once the adjoint solve
+is done (:func:`adjoint_done`): the rest of the backward pass only needs the gradient into f's parameters and
+inputs, so an operator of f may skip the gradient with respect to z* (the MDEQ's convolutions on z* do).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import torch
+from torch.profiler import record_function
+
+from ..solvers import StateLayout, get_solver
+from .backward import Implicit
+from .graphed import GraphedProblem
+
+__all__ = ["implicit_gradient", "is_solved_state", "adjoint_done"]
+
+_DONE = "_lmdeq_adjoint_done"
+
+
+def is_solved_state(t: torch.Tensor) -> bool:
+    """Whether ``t`` is (a part of) the solved state z* that :func:`deq_solve` passes to f for the tracked
+    evaluation f(z*) of the implicit backward mode (eager solves)."""
+    return hasattr(t, _DONE)
+
+
+def adjoint_done(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a solved state (:func:`is_solved_state`) whose adjoint solve in the running
+    backward pass has finished. The state is internal to deq_solve, so from then on the pass discards
+    any gradient with respect to it: an operator of f whose input is z* may skip computing that gradient
+    (the gradient into f's parameters through f(z*) still needs everything else)."""
+    return getattr(t, _DONE, False)
+
+
+def _mark_solved(parts, done: bool) -> None:
+    for t in parts:
+        setattr(t, _DONE, done)
+
+
+def _autocast_state(device: torch.device) -> torch.autocast:
+    """An autocast context equal to the one active now on ``device``'s type (entered again later)."""
+    dev = device.type
+    return torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev))
+
+
+def implicit_gradient(f: Callable, layout: StateLayout, star: List[torch.Tensor], backward: Implicit,
+                      on_backward: Optional[Callable[[dict], None]], graph: Optional[GraphedProblem]):
+    """z* (the detached parts ``star``) carrying the implicit gradient: the tracked f(z*) through
+    :class:`ImplicitGrad`, in the user's structure. ``on_backward(info)`` receives the adjoint solve's info."""
+    kwargs = backward.solver_arguments()
+    if graph is not None and not graph.usable(layout.device, backward.solver, backward.iterations,
+                                              backward.solver_kwargs):
+        graph = None
+    adjoint = _Adjoint(layout, star, get_solver(backward.solver), kwargs, on_backward, graph,
+                       (backward.solver, repr(sorted(kwargs.items())), backward.x0), _autocast_state(layout.device),
+                       backward.x0)
+    if graph is None:
+        # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
+        # products run on: f is evaluated once for both (its graph is kept until the backward pass).
+        star = [p.requires_grad_() for p in star]
+    state = layout.external(star)
+    if graph is None:
+        adjoint.states = [state] if torch.is_tensor(state) else list(state)
+        _mark_solved(adjoint.states, False)
+    with record_function("lmdeq::tracked_f"):
+        tracked = layout.check_output(f(state))
+    if graph is None:
+        adjoint.linearisation = (star, tracked)
+    out = ImplicitGrad.apply(adjoint, *tracked)
+    return layout.external(list(out))
+
+
+class _Adjoint:
+    """The adjoint fixed-point problem g = J_f(z*)^T g + v, solved in the backward pass on a linearisation
+    (z*, f(z*)) with z* differentiable: the tracked evaluation of the forward pass (eager), or, with
+    ``graph``, an evaluation inside the captured graph under the forward pass's autocast state (so f
+    is the same map in both solves)."""
+
+    def __init__(self, layout, star, solve, kwargs, on_backward, graph, tag, autocast, x0="v"):
+        self.layout, self.star, self.x0 = layout, star, x0
+        self.solve, self.kwargs, self.on_backward = solve, kwargs, on_backward
+        self.graph, self.tag, self.autocast = graph, tag, autocast
+        self.linearisation = None
+        self.states = []   # the tensors f received for the tracked evaluation (eager), see adjoint_done
+
+    def _linearise(self, f, star):
+        with torch.enable_grad():
+            zs = [p.detach().requires_grad_() for p in star]
+            return zs, self.layout.check_output(f(self.layout.external(zs)))
+
+    def _solve(self, zs, fz, v_parts):
+        layout = self.layout
+
+        def adjoint_map(g):
+            g_parts = layout.parts(g)
+            jt = torch.autograd.grad(fz, zs, g_parts, retain_graph=True, allow_unused=True)
+            return layout.external([v + (j if j is not None else 0.0) for v, j in zip(v_parts, jt)])
+
+        start = list(v_parts) if self.x0 == "v" else [torch.zeros_like(v) for v in v_parts]
+        g, _, info = self.solve(adjoint_map, layout.external(start), **self.kwargs)
+        return layout.parts(g), info
+
+    def __call__(self, v_parts):
+        _mark_solved(self.states, False)   # a repeated backward pass (retain_graph) needs dL/dz* again
+        with record_function("lmdeq::adjoint_solve"):
+            g, info = self._run(v_parts)
+        _mark_solved(self.states, True)
+        if self.on_backward is not None:
+            self.on_backward(info)
+        return g
+
+    def _run(self, v_parts):
+        if self.graph is None:
+            return self._solve(*self.linearisation, v_parts)
+        n = len(self.star)
+
+        def body(f, static):
+            return self._solve(*self._linearise(f, static[:n]), static[n:])
+
+        with self.autocast:
+            return self.graph.run(("adjoint",) + self.tag, body, list(self.star) + list(v_parts), grad=True)
+
+
+class ImplicitGrad(torch.autograd.Function):
+    """Identity forward; backward replaces the upstream gradient v by the adjoint solution g."""
+
+    @staticmethod
+    def forward(ctx, adjoint, *parts):
+        ctx.adjoint = adjoint
+        return tuple(p.view_as(p) for p in parts)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        v = [g if g is not None else torch.zeros_like(s) for g, s in zip(grads, ctx.adjoint.star)]
+        return (None, *ctx.adjoint(v))

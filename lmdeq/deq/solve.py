@@ -1,0 +1,137 @@
+"""The DEQ layer: solve z* = f(z*) without building a graph, then attach gradients.
+
+``deq_solve(f, z0, solver=..., max_iter=..., tol=..., stop_mode=..., iterations=..., solver_kwargs=...,
+backward=...)``: the forward solve takes the solver contract's arguments (:mod:`lmdeq.solvers`); ``backward`` is
+how gradients are computed, an object of :mod:`lmdeq.deq.backward` (``Implicit(...)``, ``JFB()``,
+``Phantom(...)``, None) or its shorthand string (``'implicit'``, ``'jfb'``, ``'phantom'``, ``'none'``).
+
+The keywords of the backward pass that deq_solve took before the backward objects (``b_solver``, ``b_max_iter``,
+``b_tol``, ``b_stop_mode``, ``b_iterations``, ``b_solver_kwargs``, ``b_x0``, ``phantom_steps``, ``phantom_tau``)
+still work, with a DeprecationWarning naming the object to pass instead; as before, they apply only to the
+backward method they belong to. (The ``b_`` names live on in flat configs, :mod:`lmdeq.deq.flat`.)
+
+CUDA graphs (``graph=GraphedProblem(...)``, :mod:`lmdeq.deq.graphed`): fixed-count fixed-point solves on a
+CUDA device are replayed as CUDA graphs. Profiler ranges (``torch.profiler.record_function``):
+``lmdeq::forward_solve``, ``lmdeq::tracked_f`` and ``lmdeq::adjoint_solve`` mark the three parts of a solve
+(see :mod:`lmdeq.bench.profile`).
+
+``f`` maps a state (tensor, or list/tuple of tensors, batch first) to a state of the same structure and
+closes over its inputs (the injection) and parameters.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.profiler import record_function
+
+from ..deprecation import deprecated
+from ..errors import ConfigTypeError
+from ..solvers import StateLayout, get_solver
+from .adjoint import implicit_gradient
+from .backward import JFB, Backward, Implicit, Phantom, as_backward
+from .graphed import GraphedProblem
+
+__all__ = ["deq_solve", "DEQ", "LEGACY_KEYWORDS"]
+
+# The keywords deq_solve took before the backward objects, and the field each sets (deprecated).
+_LEGACY_IMPLICIT = {"b_solver": "solver", "b_max_iter": "max_iter", "b_tol": "tol", "b_stop_mode": "stop_mode",
+                    "b_iterations": "iterations", "b_solver_kwargs": "solver_kwargs", "b_x0": "x0"}
+_LEGACY_PHANTOM = {"phantom_steps": "steps", "phantom_tau": "tau"}
+LEGACY_KEYWORDS = tuple(_LEGACY_IMPLICIT) + tuple(_LEGACY_PHANTOM)
+
+
+def _spelled(cls: type, fields: dict) -> str:
+    return f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+def resolve_backward(backward, legacy: dict, caller: str = "deq_solve") -> Backward:
+    """The backward object of ``backward`` and the deprecated keywords ``legacy`` (see the module docstring);
+    a keyword deq_solve never took is a TypeError naming it."""
+    unknown = sorted(set(legacy) - set(LEGACY_KEYWORDS))
+    if unknown:
+        raise ConfigTypeError(f"{caller} got unexpected keyword argument(s) {unknown}")
+    if not legacy:
+        return as_backward(backward)
+    if not isinstance(backward, str):
+        raise ConfigTypeError(f"{caller}: {sorted(legacy)} cannot be combined with backward={backward!r}; give every "
+                              "setting of the backward pass in the backward object")
+    implicit = {_LEGACY_IMPLICIT[k]: v for k, v in legacy.items() if k in _LEGACY_IMPLICIT}
+    phantom = {_LEGACY_PHANTOM[k]: v for k, v in legacy.items() if k in _LEGACY_PHANTOM}
+    advice = " and ".join(f"backward={_spelled(cls, fields)}" for cls, fields in ((Implicit, implicit),
+                                                                                   (Phantom, phantom)) if fields)
+    deprecated(f"{caller}: the keywords {', '.join(sorted(legacy))} are deprecated; pass {advice}")
+    if backward == "implicit":
+        return Implicit(**implicit)
+    if backward == "phantom":
+        return Phantom(**phantom)
+    return as_backward(backward)   # (the keywords of another method do not apply, as before)
+
+
+def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: float = 1e-3, stop_mode: str = "abs",
+              iterations: Optional[int] = None, solver_kwargs: Optional[dict] = None, backward="implicit",
+              on_backward: Optional[Callable[[dict], None]] = None, graph: Optional[GraphedProblem] = None,
+              **deprecated):
+    """Find z* = f(z*) and return ``(z, info)`` where z carries gradients per ``backward``.
+
+    ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
+    with the adjoint solver's info when the implicit backward runs. ``iterations`` (and ``Implicit``'s) run
+    a solve for exactly that many steps with no host sync; with ``graph`` as well (a fixed-point solver and a
+    CUDA device) each such solve is one CUDA-graph replay, and ``info.cuda_graph`` says whether it was (False
+    when the capture failed and the solve ran eagerly).
+    """
+    backward = resolve_backward(backward, deprecated)
+    solve = get_solver(solver)
+    layout = StateLayout(z0, "z0")
+    kwargs = dict(max_iter=max_iter, tol=tol, stop_mode=stop_mode, iterations=iterations, **(solver_kwargs or {}))
+    start = [p.detach() for p in layout.parts(z0)]
+    if graph is not None and graph.usable(layout.device, solver, iterations, solver_kwargs):
+        def body(g_f, static_z0):
+            z, _, inf = solve(g_f, layout.external(list(static_z0)), **kwargs)
+            return layout.parts(z), inf
+
+        with record_function("lmdeq::forward_solve"):
+            star, info = graph.run(("forward", solver, repr(sorted(kwargs.items()))), body, start, grad=False)
+    else:
+        with torch.no_grad(), record_function("lmdeq::forward_solve"):
+            z_star, _, info = solve(f, layout.external(start), **kwargs)
+        star = [p.detach() for p in layout.parts(z_star)]
+    if backward is None or not torch.is_grad_enabled():
+        return layout.external(star), info
+    if isinstance(backward, JFB):
+        return f(layout.external(star)), info
+    if isinstance(backward, Phantom):
+        z = star
+        for _ in range(backward.steps):
+            fz = layout.check_output(f(layout.external(z)))
+            z = [(1.0 - backward.tau) * zi + backward.tau * fi for zi, fi in zip(z, fz)]
+        return layout.external(z), info
+    return implicit_gradient(f, layout, star, backward, on_backward, graph), info
+
+
+class DEQ(nn.Module):
+    """A deep equilibrium layer: ``DEQ(func, **config)(z0, *args)`` solves z = func(z, *args).
+
+    ``config`` takes the keyword arguments of :func:`deq_solve` (an unknown key is an error, not a
+    silently ignored setting; the deprecated backward keywords are turned into the backward object here, once).
+    Returns ``(z, info)``; ``self.last_info`` keeps the latest forward info.
+    """
+
+    def __init__(self, func: Callable, **config):
+        super().__init__()
+        allowed = set(inspect.signature(deq_solve).parameters) - {"f", "z0", "deprecated"}
+        unknown = sorted(set(config) - allowed - set(LEGACY_KEYWORDS))
+        if unknown:
+            raise ConfigTypeError(f"DEQ got unknown config key(s) {unknown}; valid keys: {sorted(allowed)}")
+        legacy = {k: config.pop(k) for k in LEGACY_KEYWORDS if k in config}
+        config["backward"] = resolve_backward(config.get("backward", "implicit"), legacy, "DEQ")
+        self.func = func
+        self.config = config
+        self.last_info = None
+
+    def forward(self, z0, *args, **kwargs):
+        z, info = deq_solve(lambda z: self.func(z, *args, **kwargs), z0, **self.config)
+        self.last_info = info
+        return z, info

@@ -97,7 +97,7 @@ def test_settings_that_cannot_work_are_named():
 
 def _kills(monkeypatch, spec, env, times=3):
     """How many times the process would have been SIGKILLed reaching the point 'step' ``times`` times."""
-    from lmdeq.train import faults
+    from lmdeq import faults
 
     kills = []
     monkeypatch.setattr(faults.os, "kill", lambda pid, sig: kills.append(sig))

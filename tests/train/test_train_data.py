@@ -9,7 +9,7 @@ import torch
 from train_helpers import CLASSES, write_image_folder
 from PIL import Image
 
-from lmdeq.train import sources
+from lmdeq.data import sources
 from lmdeq.train.config import TrainConfig
 from lmdeq.data.run_data import prepare_splits
 from lmdeq.data.folder import find_split_dirs, load_image_folder

@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _batches_data(args, n: int):
     import torch
 
-    from lmdeq.train import LabelledImages, TrainConfig
-    from lmdeq.train.data import prepare_splits
+    from lmdeq.data import LabelledImages
+    from lmdeq.train import TrainConfig
+    from lmdeq.data.run_data import prepare_splits
 
     if args.data is None:
         g = torch.Generator().manual_seed(args.seed)
@@ -92,7 +93,7 @@ def worker(args) -> None:
     from lmdeq.bench.device import device_slug, environment, sync
     from lmdeq.train import TrainConfig
     from lmdeq.train import replicas
-    from lmdeq.train.batches import train_batches
+    from lmdeq.data.batches import train_batches
     from lmdeq.train.checkpoint import seed_everything
     from lmdeq.train.distributed import distributed
     from lmdeq.train.hooks import solver_stats

@@ -9,11 +9,9 @@ torchrun (``torchrun ... -m lmdeq.cli train ...``) each rank's error line names 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
-from .errors import LmdeqError
+from .command import run_command
 
 
 def _info(args):
@@ -26,54 +24,6 @@ def _bench(args):
     from .bench import cli as bench_cli
 
     return bench_cli.run(args)
-
-
-class _StderrHandler(logging.Handler):
-    """Prints lmdeq's log records to the current ``sys.stderr`` as ``<prog>: [warning: ]message``."""
-
-    prog = "lmdeq"
-
-    def emit(self, record):
-        kind = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        print(f"{self.prog}: {kind}{record.getMessage()}", file=sys.stderr, flush=True)
-
-
-_handler = _StderrHandler()
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-
-
-def _rank() -> tuple[int, int]:
-    """(RANK, WORLD_SIZE) of a process started by torchrun; (0, 1) otherwise (or when they do not parse)."""
-    try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 0, 1
-
-
-def run_command(args: argparse.Namespace, prog: str) -> int:
-    """Run ``args.handler(args)``: an LmdeqError becomes one line on stderr and exit status 2. Under torchrun,
-    ranks other than 0 name themselves in their lines (``lmdeq train [rank 1/4]: ...``) and print only
-    errors: their warnings would repeat rank 0's."""
-    rank, world = _rank()
-    if world > 1 and rank != 0:
-        prog = f"{prog} [rank {rank}/{world}]"
-    _handler.prog = prog
-    logger = logging.getLogger("lmdeq")
-    if _handler not in logger.handlers:
-        logger.addHandler(_handler)
-    logger.setLevel(logging.INFO if rank == 0 else logging.ERROR)
-    try:
-        rc = args.handler(args)
-    except LmdeqError as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-        return 130
-    return int(rc or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

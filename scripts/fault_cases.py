@@ -277,19 +277,19 @@ def model_on_nan_images(w: Path) -> None:
 
 
 def source_of_a_missing_path(w: Path) -> None:
-    from lmdeq.train import load_source
+    from lmdeq.data import load_source
 
     load_source(str(w / "missing"), w / "cache")
 
 
 def extract_a_traversal_archive(w: Path) -> None:
-    from lmdeq.train.archive import extract_archive
+    from lmdeq.data.archive import extract_archive
 
     extract_archive(w / "traversal.tar.gz", w / "cache")
 
 
 def extract_a_bomb(w: Path) -> None:
-    from lmdeq.train.archive import extract_archive
+    from lmdeq.data.archive import extract_archive
 
     extract_archive(w / "bomb.tar.gz", w / "cache", max_member_bytes=1 << 20)
 

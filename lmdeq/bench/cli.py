@@ -79,7 +79,7 @@ def check_data(spec: str) -> None:
     """``--data`` must load (decoded once into the cache, which the benchmark then reuses) as images of the
     models' input size."""
     from ..models.classifier import IMAGE_SIZE, IN_CHANNELS
-    from ..train.sources import load_source
+    from ..data.sources import load_source
 
     images = load_source(spec).train.images
     if tuple(images.shape[1:]) != (IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE):

@@ -201,10 +201,10 @@ def _batch(preset_batch: int, device, data: Optional[str], seed: int):
     """One batch of images and labels: real CIFAR-10 images from ``data`` if given, else N(0, 1) images."""
     g = torch.Generator().manual_seed(seed)
     if data:
-        from ..train.augment import normalize
-        from ..train.batches import eval_batches
-        from ..train.sources import load_source
-        from ..train.split import stratified_subset
+        from ..data.augment import normalize
+        from ..data.batches import eval_batches
+        from ..data.sources import load_source
+        from ..data.split import stratified_subset
 
         images = load_source(data).train
         picked = images.subset(stratified_subset(images.labels, len(images.classes), preset_batch, seed, "bench"))

@@ -195,8 +195,8 @@ def _save_run(directory: str, run, cfg) -> None:
 def run(args) -> int:
     """Run the benchmark from parsed arguments; returns the exit code."""
     from ..train.config import TrainConfig
-    from ..train.data import prepare_splits
-    from ..train.sources import DataUnavailableError
+    from ..data.run_data import prepare_splits
+    from ..data.sources import DataUnavailableError
     from .device import device_slug, environment
     from .tta_report import plot_curves, summarise, tables, targets
     from .tta_run import MethodRun, interval_bounds, run_interleaved, shared_init

@@ -14,7 +14,7 @@ Each method owns everything that decides its numbers, so its results do not depe
 * its optimiser and lr schedule (``lmdeq.train.optim`` from the one shared TrainConfig);
 * its RNG state (torch CPU/CUDA, numpy, python), restored before and captured after each of its
   intervals (dropout masks and the released cap's vectors draw from it);
-* its data order: the epoch plans of :mod:`lmdeq.train.batches`, a function of (data, seed, epoch)
+* its data order: the epoch plans of :mod:`lmdeq.data.batches`, a function of (data, seed, epoch)
   only, hence the same batches for every method;
 * its clock: seconds spent training (the device synchronised before each reading), evaluation excluded.
 
@@ -31,12 +31,12 @@ import torch
 
 from .. import checks
 from ..errors import NonFiniteError
-from ..train.batches import train_batches
+from ..data.batches import train_batches
 from ..train.checkpoint import capture_rng_state, restore_rng_state, seed_everything
 from ..train.config import TrainConfig
 from ..train.evaluate import evaluate
 from ..train.hooks import certified_bound, solver_stats
-from ..train.images import LabelledImages
+from ..data.images import LabelledImages
 from ..train.metrics import MeanMeter
 from ..train.optim import build_optimizer, build_scheduler
 from ..train.step import train_step

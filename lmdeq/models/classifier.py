@@ -38,7 +38,7 @@ from .image_input import IMAGE_SIZE, IN_CHANNELS, check_images
 from .mdeq_cell import MDEQCell
 from .presets import resolve_config
 from .problem import fixed_point_problem
-from .solve_setup import solve_arguments
+from .solve_setup import SettledCounts, solve_arguments
 from .solve_stats import SolveStats
 from .stem import make_injection, make_stem
 from .unrolled import unrolled
@@ -69,6 +69,7 @@ class MDEQClassifier(nn.Module):
         self.head = ClassificationHead(channels, cfg["head_channels"], cfg["final_channels"], cfg["num_classes"])
         init_outer_weights(self.stem, self.injection, self.head)
         self.graphs = GraphCache(max_graphs=8)
+        self._counts = SettledCounts()
         self._stats = SolveStats()
         self._bound = CachedBound(self.cell)
         self._constraints = ConstraintUpkeep(self, self.cell, cfg)
@@ -97,7 +98,7 @@ class MDEQClassifier(nn.Module):
             self._stats.unrolled(self.config["unrolled_layers"], rel, self.config["f_tol"],
                                  backprop=torch.is_grad_enabled() and self.training)
             return self.head(z)
-        kwargs, bound = solve_arguments(self.config, self.lipschitz_bound)
+        kwargs, bound = solve_arguments(self.config, self.lipschitz_bound, self._counts)
         self._stats.bound_used(bound)
         graph = None
         if self.config["cuda_graphs"] and self.graphs.enabled(injection.device):

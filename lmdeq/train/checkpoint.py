@@ -12,22 +12,21 @@ runs), of one of two kinds:
   ``lmdeq bench --weights``; not resumable.
 
 The data order needs no saved generator: each epoch's batches come from a generator seeded by (seed,
-epoch). Files are replaced atomically (:mod:`lmdeq.train.atomic`). Format 1 checkpoints (older lmdeq)
+epoch). Files are replaced atomically (:mod:`lmdeq.atomic`). Format 1 checkpoints (older lmdeq)
 are still read for evaluation and benchmarks but cannot be resumed.
 """
 from __future__ import annotations
 
-import io
 import os
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from .atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..torch_files import load_failure_reason, torch_save_bytes
 
 FORMAT = "lmdeq-train-checkpoint"
 VERSION = 2
@@ -76,17 +75,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def checkpoint_bytes(obj) -> memoryview:
-    """``torch.save(obj)`` as bytes (serialised in memory, then written in one atomic replacement)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getbuffer()
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict, kind: str = RUN) -> None:
     """Write ``payload`` as a checkpoint of ``kind`` (:data:`RUN` or :data:`BEST`), atomically."""
     path = Path(path)
-    atomic_write_bytes(path, checkpoint_bytes({"format": FORMAT, "version": VERSION, "kind": kind, **payload}),
+    atomic_write_bytes(path, torch_save_bytes({"format": FORMAT, "version": VERSION, "kind": kind, **payload}),
                        fault=path.name)
 
 
@@ -129,21 +121,3 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
             raise CheckpointError(f"checkpoint: {path} was written by an older lmdeq (format {version}) without the "
                                   "run history a resume needs; it can still be evaluated and benchmarked")
     return ckpt
-
-
-def load_failure_reason(err: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises unsafe loading)."""
-    text = str(err)
-    found = re.search(r"GLOBAL (\S+)", text)
-    if found:
-        return (f"it pickles Python objects ({found[1]}) besides tensors and plain data; lmdeq never loads those, "
-                "unpickling them can run arbitrary code")
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    if found:
-        return f"not a torch file: {found[1].strip()}"
-    if isinstance(err, EOFError):
-        return "empty or truncated file"
-    if "PytorchStreamReader" in text:
-        return "truncated or corrupt (" + text.split(":", 1)[-1].split(".")[0].strip() + ")"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(err).__name__}: {first[:160]}"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..allocator import configure_process
+from ..command import run_command
 from ..argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
 from ..errors import ConfigError
 from .config import TrainConfig
@@ -233,8 +234,6 @@ def main(argv=None) -> int:
     register(sub)
     configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
     args = parser.parse_args(argv)
-    from ..cli import run_command
-
     return run_command(args, f"lmdeq {args.command}")
 
 

@@ -24,10 +24,12 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as tdist
 
+from ..command import one_line
+from ..data.batches import shard_bounds
 from ..errors import ConfigError, LmdeqError
 
 __all__ = ["Dist", "SINGLE", "BACKENDS", "PeerFailedError", "torchrun_env", "is_main_process", "distributed",
-           "shard_bounds", "ELASTIC_RESTART", "ELASTIC_RUN_ID"]
+           "ELASTIC_RESTART", "ELASTIC_RUN_ID"]
 
 BACKENDS = ("auto", "gloo", "nccl")
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -39,16 +41,8 @@ class PeerFailedError(LmdeqError, RuntimeError):
     """Another rank of the run failed (its own process reports why); this one stops too."""
 
 
-def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[lo, hi) of rank ``rank``'s share of n items split into ``world`` contiguous shards whose sizes
-    differ by at most one, the first ``n % world`` shards one larger (``torch.tensor_split``'s rule)."""
-    q, r = divmod(n, world)
-    lo = rank * q + min(rank, r)
-    return lo, lo + q + (1 if rank < r else 0)
-
-
 def _describe(err: BaseException) -> str:
-    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    text = one_line(err)
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 

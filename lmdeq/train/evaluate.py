@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteError
-from .augment import normalize
-from .batches import eval_batches
+from ..data.augment import normalize
+from ..data.batches import eval_batches
 from .distributed import Dist
 from .hooks import solver_stats
-from .images import LabelledImages
+from ..data.images import LabelledImages
 
 SOLVER_SUMS = ("f_nstep", "f_residual")  # the solver statistics of an evaluation (forward solves only)
 

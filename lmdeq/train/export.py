@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .archive import file_sha256
+from ..data.archive import file_sha256
 from .checkpoint import BEST, RUN, VERSION, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hooks import certified_bound, model_config

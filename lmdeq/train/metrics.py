@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 
 class MeanMeter:

@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 from .config import TrainConfig
 from .hooks import certified_bound, model_config
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
@@ -31,7 +26,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     try:
         return mdeq(cfg.preset, lipschitz=cfg.lipschitz, **cfg.model_overrides)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model config (--preset/--set): {_first_line(err)}") from err
+        raise ConfigError(f"model config (--preset/--set): {first_line(err)}") from err
 
 
 def model_from_config(config: dict, source: str = "checkpoint") -> torch.nn.Module:
@@ -44,7 +39,7 @@ def model_from_config(config: dict, source: str = "checkpoint") -> torch.nn.Modu
     try:
         return mdeq(**config)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{source}: its model_config does not build a model: {_first_line(err)}") from err
+        raise CheckpointError(f"{source}: its model_config does not build a model: {first_line(err)}") from err
 
 
 def needs_certified_bound(model: torch.nn.Module) -> bool:

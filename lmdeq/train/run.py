@@ -26,16 +26,16 @@ import torch
 from ..errors import CheckpointError, ConfigError, DataError, LmdeqError
 from .checkpoint import RUN, load_checkpoint, seed_everything
 from .config import RESUME_MAY_CHANGE, TrainConfig
-from .data import Splits, prepare_splits
+from ..data.run_data import Splits, prepare_splits
 from .distributed import ELASTIC_RESTART, ELASTIC_RUN_ID, Dist, distributed
 from .evaluate import evaluate
 from .hooks import certified_bound, model_config
-from .images import LabelledImages
+from ..data.images import LabelledImages
 from .model import build_model, check_solvable, load_weights, model_from_config
 from .replicas import sync_batchnorm
 from .rundir import check_run_dir, fork, locked
-from .sources import load_source
-from .split import stratified_subset
+from ..data.sources import load_source
+from ..data.split import stratified_subset
 from .trainer import LAST, Trainer
 
 EVAL_SPLITS = ("val", "train", "all")

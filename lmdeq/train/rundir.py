@@ -29,9 +29,9 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError, RunDirectoryError, RunLockedError
-from .atomic import pid_alive, remove_stale_temporaries
+from ..atomic import pid_alive, remove_stale_temporaries
 from .checkpoint import BEST, RUN, load_checkpoint, save_checkpoint
-from .faults import fault_point
+from ..faults import fault_point
 from .metrics import jsonl_text, write_jsonl
 
 LAST, BEST_FILE, METRICS, LOCK = "last.pt", "best.pt", "metrics.jsonl", ".lock"

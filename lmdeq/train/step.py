@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteError
-from .augment import normalize
+from ..data.augment import normalize
 from .evaluate import check_logits
 from .distributed import Dist
 from .hooks import apply_constraint

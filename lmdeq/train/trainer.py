@@ -13,7 +13,7 @@ Solves that miss their tolerance are counted per epoch (``unconverged_steps``: t
 steps that ran on one, in metrics.jsonl) and warned about at every epoch end where it is not zero.
 
 Data-parallel (``dist`` with W > 1 ranks, under torchrun): the global batch stays ``cfg.batch_size``;
-every rank trains on its shard of each global batch (:mod:`lmdeq.train.batches`) through
+every rank trains on its shard of each global batch (:mod:`lmdeq.data.batches`) through
 DistributedDataParallel, and a W-process run follows the single-process run's trajectory (equal up to
 rounding where the model's forward pass treats samples independently: BatchNorm in evaluation mode or
 synchronised, no dropout, solves of a fixed iteration count). The progress bar and metrics.jsonl show
@@ -38,18 +38,18 @@ import torch
 
 from ..errors import DataError, NonFiniteError
 from . import replicas
-from .batches import check_shardable, train_batches
+from ..data.batches import check_shardable, train_batches
 from .checkpoint import capture_rng_state, restore_rng_state
 from .config import TrainConfig
 from .distributed import ELASTIC_RUN_ID, SINGLE, Dist
 from .evaluate import evaluate
-from .faults import fault_point
+from ..faults import fault_point
 from .hooks import SOLVER_KEYS, certified_bound, model_config, solver_stats, solves_unconverged
-from .images import LabelledImages
+from ..data.images import LabelledImages
 from .metrics import MeanMeter, fmt_number, json_number
 from .optim import build_optimizer, build_scheduler, cycle_bounds
 from .rundir import BEST_FILE as BEST, LAST, METRICS, commit_epoch, locked, reconcile
-from .split import derive_seed
+from ..data.split import derive_seed
 from .step import train_step
 
 __all__ = ["Trainer", "LAST", "BEST", "METRICS"]

@@ -10,7 +10,7 @@ from lmdeq.bench import tta_report
 from lmdeq.bench.speedup import LABELS, method_config
 from lmdeq.bench.tta_run import MethodRun, MethodSpec, interval_bounds, run_interleaved, shared_init
 from lmdeq.train.config import TrainConfig
-from lmdeq.train.images import LabelledImages
+from lmdeq.data.images import LabelledImages
 
 from ..train.train_helpers import write_image_folder
 from .scripts import load_script

@@ -15,7 +15,7 @@ from lmdeq.errors import CheckpointError
 from lmdeq.models import mdeq
 from lmdeq.train.checkpoint import load_checkpoint
 from lmdeq.train.config import TrainConfig
-from lmdeq.train.archive import file_sha256
+from lmdeq.data.archive import file_sha256
 from lmdeq.train.export import export_weights, main as export_main
 from lmdeq.train.run import run_training
 

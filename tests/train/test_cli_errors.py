@@ -160,7 +160,7 @@ def test_non_finite_images_and_logits_are_errors(tmp_path):
     """NaN input images (the model's checked forward solve), and a model whose logits are NaN (evaluate)."""
     from lmdeq.models import mdeq
     from lmdeq.train.evaluate import evaluate
-    from lmdeq.train.sources import load_source
+    from lmdeq.data.sources import load_source
 
     model = mdeq("cifar10-small", channels=[8, 8], head_channels=[4, 8], final_channels=32, num_groups=4)
     x = torch.randn(3, 3, 32, 32)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from lmdeq.errors import ConfigError
-from lmdeq.train.batches import check_shardable, train_batches
-from lmdeq.train.distributed import Dist, _backend, _rank_device, distributed, is_main_process, shard_bounds, torchrun_env
-from lmdeq.train.images import LabelledImages
+from lmdeq.data.batches import check_shardable, train_batches
+from lmdeq.data.batches import shard_bounds
+from lmdeq.train.distributed import Dist, _backend, _rank_device, distributed, is_main_process, torchrun_env
+from lmdeq.data.images import LabelledImages
 from lmdeq.train.replicas import sync_batchnorm
 
 
@@ -96,7 +97,7 @@ def test_settings_that_cannot_work_are_named():
 
 def _kills(monkeypatch, spec, env, times=3):
     """How many times the process would have been SIGKILLed reaching the point 'step' ``times`` times."""
-    from lmdeq.train import faults
+    from lmdeq import faults
 
     kills = []
     monkeypatch.setattr(faults.os, "kill", lambda pid, sig: kills.append(sig))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmdeq.train import TrainConfig, run_training
-from lmdeq.train.archive import default_cache_dir
+from lmdeq.data.archive import default_cache_dir
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 

@@ -2,7 +2,7 @@
 an uninterrupted run; the epoch end is one atomic commit (issue: data loss 1).
 
 Every run, the reference included, is a forked child with one intra-op thread; the child kills itself at
-the fault point named by LMDEQ_FAULT_AT (lmdeq.train.faults), so nothing depends on timing.
+the fault point named by LMDEQ_FAULT_AT (lmdeq.faults), so nothing depends on timing.
 """
 import os
 import signal

@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from ..atomic import atomic_write_bytes, remove_stale_temporaries
 from ..errors import DataError, DataNotFoundError
-from .atomic import atomic_write_bytes, remove_stale_temporaries
-from .checkpoint import checkpoint_bytes, load_failure_reason
+from ..torch_files import load_failure_reason, torch_save_bytes
 from .images import LabelledImages
 
 SPLIT_TEST_NAMES = ("test", "val")
@@ -187,7 +187,7 @@ def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike, wor
         decoded.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(decoded)
         blob = {"images": images, "labels": labels, "classes": list(classes), "skipped": [list(s) for s in skipped]}
-        atomic_write_bytes(cache_file, checkpoint_bytes(blob), fault="decoded-cache")
+        atomic_write_bytes(cache_file, torch_save_bytes(blob), fault="decoded-cache")
     except OSError as err:
         log.warning("data: cannot write the decoded cache %s (%s); decoding again next time", cache_file,
                     err.strerror or err)

@@ -6,7 +6,7 @@ size), not on the number of loader workers or on the global RNG, so a resumed ru
 batches an uninterrupted run would.
 
 In a data-parallel run every rank draws the same plan and takes its shard of each global batch
-(``shard=(rank, world)``: the contiguous positions :func:`~lmdeq.train.distributed.shard_bounds` gives it),
+(``shard=(rank, world)``: the contiguous positions :func:`shard_bounds` gives it),
 so the union of the ranks' shards is exactly the batch a single process trains on.
 """
 from __future__ import annotations
@@ -18,9 +18,16 @@ import torch
 
 from ..errors import ConfigError
 from .augment import crop_flip
-from .distributed import shard_bounds
 from .images import LabelledImages
 from .split import derive_seed
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) of rank ``rank``'s share of n items split into ``world`` contiguous shards whose sizes
+    differ by at most one, the first ``n % world`` shards one larger (``torch.tensor_split``'s rule)."""
+    q, r = divmod(n, world)
+    lo = rank * q + min(rank, r)
+    return lo, lo + q + (1 if rank < r else 0)
 
 
 @dataclass(frozen=True)

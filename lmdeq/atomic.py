@@ -32,7 +32,7 @@ def fsync_directory(directory: Path) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, fault: str | None = None) -> None:
     """Replace ``path`` by ``data`` atomically (see the module docstring). ``fault`` names the fault points
-    ``<fault>:partial`` / ``:written`` / ``:renamed`` (:mod:`lmdeq.train.faults`)."""
+    ``<fault>:partial`` / ``:written`` / ``:renamed`` (:mod:`lmdeq.faults`)."""
     path = Path(path)
     tmp = temporary_name(path)
     view = memoryview(data)

@@ -1,4 +1,5 @@
-"""The images a run trains and validates on, as a function of its :class:`TrainConfig`.
+"""The images a run trains and validates on, as a function of its data settings (:class:`DataSpec`: the
+fields of :class:`lmdeq.train.TrainConfig` that choose the images).
 
 Validation images, in order of preference: ``val_data`` (its test split if it has one, else all of
 it); the test split of ``data`` (torchvision CIFAR-10, or a ``test``/``val`` directory beside
@@ -9,12 +10,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional, Protocol
 
 from ..errors import ConfigError, DataError
-from .config import TrainConfig
 from .images import LabelledImages
 from .sources import load_source
 from .split import stratified_holdout, stratified_subset
+
+
+class DataSpec(Protocol):
+    """What :func:`prepare_splits` reads of a run's configuration."""
+
+    data: Optional[str]
+    val_data: Optional[str]
+    val_fraction: float
+    limit_train: Optional[int]
+    limit_val: Optional[int]
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,7 @@ def _limit(data: LabelledImages, n: int | None, seed: int, tag: str) -> Labelled
     return data.subset(stratified_subset(data.labels, len(data.classes), n, seed, tag))
 
 
-def prepare_splits(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None, workers: int = 0,
+def prepare_splits(cfg: DataSpec, cache_dir: str | os.PathLike | None = None, workers: int = 0,
                    progress: bool = False, strict: bool = False, min_classes: int = 1) -> Splits:
     """The run's train / validation images (see the module docstring); DataError if the training data has
     fewer than ``min_classes`` classes (a classifier needs 2)."""

@@ -25,9 +25,9 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from ..atomic import pid_alive
 from ..errors import ConfigError, DataError, DataNotFoundError
-from .atomic import pid_alive
-from .faults import fault_point
+from ..faults import fault_point
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MARKER = ".lmdeq-extracted"

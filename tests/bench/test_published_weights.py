@@ -1,0 +1,51 @@
+"""The trained checkpoint the repository publishes (weights/cifar10-small-lipschitz.pt, README "Trained
+weights"): its sha256 is the README's, it loads as a model-only checkpoint, builds the certified model (L < 1),
+and ``lmdeq eval --checkpoint`` evaluates it from another directory (as on a fresh clone) on images of the
+checkpoint's classes."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from lmdeq.data.archive import file_sha256
+from lmdeq.models import mdeq
+from lmdeq.train.checkpoint import load_checkpoint
+
+from ..train.train_helpers import write_image_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = ROOT / "weights" / "cifar10-small-lipschitz.pt"
+
+
+def test_the_readme_states_the_published_files_sha256():
+    readme = (ROOT / "README.md").read_text()
+    stated = re.search(r"weights/cifar10-small-lipschitz\.pt.*?sha256 `([0-9a-f]{64})`", readme, re.S)
+    assert stated, "README's Trained weights section names the file and its sha256"
+    assert stated[1] == file_sha256(WEIGHTS)
+    assert WEIGHTS.stat().st_size < 2 * 2 ** 20
+
+
+def test_the_published_weights_build_the_certified_model():
+    ckpt = load_checkpoint(WEIGHTS)
+    assert ckpt["kind"] == "best" and ckpt["model_config"]["lipschitz"]
+    model = mdeq(**ckpt["model_config"]).eval()
+    model.load_state_dict(ckpt["model_state"])
+    assert model.lipschitz_bound() < 1.0
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+def test_lmdeq_eval_runs_on_the_published_weights_from_another_directory(tmp_path):
+    ckpt = load_checkpoint(WEIGHTS)
+    write_image_folder(tmp_path / "images" / "train", per_class=2, classes=list(ckpt["classes"]))
+    out = subprocess.run([sys.executable, "-m", "lmdeq.cli", "eval", "--checkpoint", str(WEIGHTS), "--data",
+                          str(tmp_path / "images"), "--split", "all", "--json", "--no-progress",
+                          "--cache-dir", str(tmp_path / "cache")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["n"] == 20 and 0.0 <= result["acc"] <= 1.0 and result["certified"], result

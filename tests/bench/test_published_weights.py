@@ -22,7 +22,7 @@ WEIGHTS = ROOT / "weights" / "cifar10-small-lipschitz.pt"
 
 def test_the_readme_states_the_published_files_sha256():
     readme = (ROOT / "README.md").read_text()
-    stated = re.search(r"weights/cifar10-small-lipschitz\.pt.*?sha256 `([0-9a-f]{64})`", readme, re.S)
+    stated = re.search(r"weights/cifar10-small-lipschitz\.pt.*?sha256\s+`([0-9a-f]{64})`", readme, re.S)
     assert stated, "README's Trained weights section names the file and its sha256"
     assert stated[1] == file_sha256(WEIGHTS)
     assert WEIGHTS.stat().st_size < 2 * 2 ** 20

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
+from .. import checks
 from ..deq.flat import solve_arguments as flat_solve_arguments
 from ..solvers import adjoint_apriori_iterations, apriori_iterations
 
@@ -35,9 +36,7 @@ class SettledCounts:
     graphs keyed by it)."""
 
     def __init__(self, slack: int = 2):
-        if isinstance(slack, bool) or not isinstance(slack, int) or slack < 1:
-            raise ValueError(f"slack must be an int >= 1, got {slack!r}")
-        self.slack = slack
+        self.slack = checks.integer("slack", slack, 1)
         self.current: dict = {}
         self.changes = 0
 

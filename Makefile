@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: test bench install venv clean
+.PHONY: test test-cpu-paths bench install venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,13 @@ install: $(INSTALL_STAMP)
 test: $(INSTALL_STAMP)
 	$(PY) -m lmdeq.info
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests; there must be tests' >&2; exit 1; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests; there must be tests' >&2; exit 1; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi
+	$(PY) scripts/cpu_paths.py
+
+# The solver and contract tests under other CPU code paths (also the last step of `make test`).
+test-cpu-paths: $(INSTALL_STAMP)
+	$(PY) scripts/cpu_paths.py
 
 bench: $(INSTALL_STAMP)
 	$(PY) -m lmdeq.cli bench $(BENCH_ARGS)

@@ -9,6 +9,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# The CPU code-path check's recorder (active only with LMDEQ_TEST_OUTCOMES set; scripts/cpu_paths.py).
+from .cpu_paths import pytest_configure, pytest_runtest_logreport  # noqa: E402,F401
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -27,6 +27,10 @@ def _forward_weight(conv):
     return conv.weight.detach().double()
 
 
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
 def _released_step(weight, u, cap):
     """One released power step on reshape(W) from u, and the weight it leaves (float64)."""
     mat = weight.reshape(weight.shape[0], -1)
@@ -62,7 +66,11 @@ def test_released_cap_matches_the_reference_on_every_conv():
             weight_normed += 1
             assert torch.equal(after, w), name          # undone by weight norm, as released
         else:
-            assert torch.allclose(after, expected, rtol=1e-5, atol=0), name
+            # The model runs the step in float32: allow 2x the error of the same step run in float32 (as the
+            # op tests do), plus float32's floor, normwise; never elementwise with atol=0.
+            _, expected32, _ = _released_step(w.float(), u.float(), 2.0)
+            tol = 2e-6 + 2.0 * _rel(expected32, expected)
+            assert _rel(after, expected) <= tol, (name, _rel(after, expected), tol)
         assert torch.allclose(getattr(conv, BUFFER).double(), u_new, rtol=1e-4, atol=1e-6), name
     # 3 branches: two convs per residual block and one post-fusion conv per branch are weight-normed.
     assert weight_normed == 9

@@ -11,6 +11,11 @@ from lmdeq.models.normalization import MeanOnlyGroupNorm
 from .tiny import TINY2, TINY3
 
 
+def _rel(a, b):
+    """Normwise relative difference (float64 results of the same ops in another order differ by rounding)."""
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
 def test_group_norm_scaled_parameters_are_computed_once_and_keep_their_gradient(monkeypatch):
     torch.manual_seed(0)
     norm = MeanOnlyGroupNorm(2, 4, gamma_max=0.8).double()
@@ -36,7 +41,7 @@ def test_group_norm_scaled_parameters_are_computed_once_and_keep_their_gradient(
     (out * x).sum().backward()
     assert torch.equal(out, ref)
     for p, g in zip(norm.parameters(), want):
-        assert torch.allclose(p.grad, g, rtol=1e-14, atol=0)
+        assert _rel(p.grad, g) <= 1e-13   # the same float64 ops, accumulated in another order
     norm(x, gamma_scale=0.4, beta_scale=0.3)        # outside the block: recomputed at every call
     assert calls == [1, 1, 1]
 
@@ -58,9 +63,9 @@ def test_conv_input_scaled_weight_is_computed_once_per_block():
         assert conv._scaled_weight(0.4) is first and first.requires_grad
         out = conv(x, scale=0.4)
     (out * x).sum().backward()
-    assert torch.allclose(out, ref, rtol=1e-14, atol=0)
+    assert _rel(out, ref) <= 1e-13
     for p, g in zip(conv.parameters(), want):
-        assert torch.allclose(p.grad, g, rtol=1e-13, atol=1e-15)
+        assert _rel(p.grad, g) <= 1e-13
 
 
 def test_f_never_writes_its_inputs():

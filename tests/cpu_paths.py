@@ -8,7 +8,9 @@ per test verdict and per solver call (lmdeq's and TorchDEQ's), and the script fa
 of a result changes between code paths:
 
     finite       every part of the returned state is finite
-    converged    per sample: the lowest residual of the stop mode is below tol
+    converged    per sample: the lowest residual of the stop mode is below tol (not recorded for a tol below
+                 1000 ulp of the state's dtype, e.g. the tol=1e-30 of a solve meant to run to max_iter: whether
+                 a residual of rounding noise is below it is the CPU's rounding, not a result)
 
 A test may call a solver in a regime it knowingly does not assert on (a probe that runs into the floor):
 :func:`unrecorded` leaves such calls out. Without ``LMDEQ_TEST_OUTCOMES`` nothing is wrapped or written.
@@ -53,40 +55,51 @@ def outcome_class(z, info, stop_mode: str, tol: float) -> dict:
     """The class of a solve's result: finite state, converged samples."""
     import torch
 
-    finite = all(bool(torch.isfinite(p).all()) for p in _parts(z))
+    parts = _parts(z)
+    finite = all(bool(torch.isfinite(p).all()) for p in parts)
     lowest = info[f"{stop_mode}_lowest"] if f"{stop_mode}_lowest" in info else None
-    converged = None if lowest is None else [bool(v) for v in (lowest.detach().float().cpu() < tol)]
+    floor = 1000 * max(torch.finfo(p.dtype).eps for p in parts if p.is_floating_point()) \
+        if any(p.is_floating_point() for p in parts) else 0.0
+    converged = None if lowest is None or tol < floor else [bool(v) for v in (lowest.detach().float().cpu() < tol)]
     return {"finite": finite, "converged": converged}
 
 
-def _recording(library: str, name: str, fn: Callable) -> Callable:
-    signature = inspect.signature(fn)
+class _Recording:
+    """A solver that records the class of each result. It compares (and hashes) equal to the solver it wraps,
+    so that code which recognises a solver (``get_solver(name) in GRAPHED``) behaves as without it."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        out = fn(*args, **kwargs)
+    def __init__(self, library: str, name: str, fn: Callable):
+        functools.update_wrapper(self, fn)
+        self.library, self.name, self.signature = library, name, inspect.signature(fn)
+
+    def __eq__(self, other):
+        return other is self or other is self.__wrapped__ or (
+            isinstance(other, _Recording) and other.__wrapped__ is self.__wrapped__)
+
+    def __hash__(self):
+        return hash(self.__wrapped__)
+
+    def __call__(self, *args, **kwargs):
+        out = self.__wrapped__(*args, **kwargs)
         if _state["paused"]:
             return out
         try:
-            bound = signature.bind(*args, **kwargs)
+            bound = self.signature.bind(*args, **kwargs)
             bound.apply_defaults()
             stop_mode, tol = bound.arguments.get("stop_mode", "abs"), float(bound.arguments.get("tol", 1e-3))
         except (TypeError, ValueError):
             return out    # a call the solver itself refuses: the test asserts on that, not on a result
         test = _current_test()
         index = _state["calls"][test] = _state["calls"].get(test, -1) + 1
-        _write({"kind": "call", "test": test, "index": index, "solver": f"{library}:{name}",
+        _write({"kind": "call", "test": test, "index": index, "solver": f"{self.library}:{self.name}",
                 **outcome_class(out[0], out[2], stop_mode, tol)})
         return out
-
-    wrapper.__lmdeq_recording__ = True
-    return wrapper
 
 
 def _wrap_registry(registry: dict, library: str) -> None:
     for name, fn in list(registry.items()):
-        if callable(fn) and not getattr(fn, "__lmdeq_recording__", False):
-            registry[name] = _recording(library, name, fn)
+        if callable(fn) and not isinstance(fn, _Recording):
+            registry[name] = _Recording(library, name, fn)
 
 
 def install() -> None:

@@ -43,9 +43,13 @@ def test_a_class_change_and_a_verdict_change_are_reported(tmp_path):
 
 def test_outcome_class_of_tensor_and_list_states():
     info = {"abs_lowest": torch.tensor([1e-7, 1e-3]), "rel_lowest": torch.tensor([1e-9, 1e-9])}
-    assert outcome_class(torch.zeros(2, 3), info, "abs", 1e-5) == {"finite": True, "converged": [True, False]}
-    assert outcome_class([torch.zeros(2), torch.tensor([float("inf"), 0.0])], info, "rel", 1e-5) == \
+    z64 = torch.zeros(2, 3, dtype=torch.float64)
+    assert outcome_class(z64, info, "abs", 1e-5) == {"finite": True, "converged": [True, False]}
+    assert outcome_class([z64, torch.tensor([float("inf"), 0.0], dtype=torch.float64)], info, "rel", 1e-5) == \
         {"finite": False, "converged": [True, True]}
+    # a tol below the dtype's rounding floor asks for noise: no converged class
+    assert outcome_class(z64, info, "abs", 1e-30)["converged"] is None
+    assert outcome_class(torch.zeros(2, 3), info, "abs", 1e-5)["converged"] is None   # float32: floor 1.2e-4
 
 
 def test_the_check_runs_and_passes_on_the_floor_tests(tmp_path):

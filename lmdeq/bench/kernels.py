@@ -12,14 +12,19 @@ cifar10-large) at batch 32 and 128, time (median):
 
 The variants of one case alternate round by round (eager, compile, cpu, ... then again; ``--rounds``,
 default 3 on CPU, 1 on GPU where do_bench's own repeats are robust), each round one timer median per
-variant (:mod:`lmdeq.bench.interleave`). Reports the median over rounds with its spread (min, max,
-quartiles), the speedup over eager as the median of the per-round ratios, GB/s of the minimum traffic
+variant (:mod:`lmdeq.bench.interleave`). The cases run headline first (MDEQ-large at batch 128, then op 3 of
+MDEQ-large, then the rest; ``--cases`` picks and orders them), and the JSON is rewritten after every case
+(``"complete": false`` until the last), so a run cut short keeps the rows that matter most. Reports the median
+over rounds with its spread (min, max, quartiles), the speedup over eager as the median of the per-round
+ratios, GB/s of the minimum traffic
 (each input read once, each output written once), on GPU the fraction of the device's copy bandwidth
 measured in the same run and the kernel-launch API calls and kernels per call (torch.profiler); the
 JSON records the allocator, threads and the machine's load at start and end (a warning when it was
-above the thread count). Writes <out>/kernels-<device>.json and .png (``--out``, default benchmarks/results/).
-Entry point: benchmarks/kernels.py:
+above the thread count). Writes <out>/kernels-<device>.json (after every case) and .png (at the end; ``--out``,
+default benchmarks/results/). ``--skip-backends`` leaves fused backends out (scripts/gpu_check.sh: those whose
+GPU tests failed, whose wrong results or crashes would spoil the run). Entry point: benchmarks/kernels.py:
     python benchmarks/kernels.py [--device cpu|cuda] [--quick] [--rounds N] [--compile-for all|none|large:128,...]
+                                 [--cases all|large:128,large:1,...] [--skip-backends cuda,triton]
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import torch
 
 from .. import ops
 from ..allocator import configure_process
+from ..faults import fault_point
 from ..models import mdeq
 from ..ops import backends, reference
 from .device import device_slug, environment, fmt_loads, load_average, load_record
@@ -42,7 +48,10 @@ from .interleave import interleaved, ratio_spread, spread
 
 RESULTS = Path("benchmarks/results")
 PRESETS = {"small": "cifar10-small", "large": "cifar10-large"}
-BATCHES = (32, 128)
+# The cases in the order they run, the headline first: ops 1 and 2 at (size, batch), op 3 (which has no batch)
+# as (size, 1). A run cut short (a GPU window's time cap) keeps every case measured before it, so the issue's
+# targets (MDEQ-large at batch 128, op 3 of MDEQ-large) come first.
+CASES = (("large", 128), ("large", 1), ("large", 32), ("small", 128), ("small", 1), ("small", 32))
 ANDERSON_M = 6
 TAU = 0.7
 
@@ -120,8 +129,10 @@ def without_graphs(fn: Callable[[], object]) -> Callable[[], object]:
 
 # ---- cases ------------------------------------------------------------------------------------------
 
-def fused_backends(device: torch.device) -> List[str]:
-    return [b for b in ("cuda", "triton", "cpu") if backends.unavailable_reason(b, device.type) is None]
+def fused_backends(device: torch.device, skip=()) -> List[str]:
+    """The fused backends that run on ``device``, less those in ``skip``."""
+    return [b for b in ("cuda", "triton", "cpu")
+            if b not in skip and backends.unavailable_reason(b, device.type) is None]
 
 
 def model_parts(preset: str):
@@ -160,11 +171,23 @@ def interleaved_case(fns: Dict[str, Callable[[], object]], rounds: int,
 
 
 def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: List[torch.dtype],
-        rounds: int) -> dict:
-    """All measurements; ``compile_for`` limits the torch.compile baseline to {(size, batch)} (None: all)."""
+        rounds: int, cases=CASES, skip_backends=(), on_case: Optional[Callable[[dict], None]] = None) -> dict:
+    """All measurements of ``cases`` ((size, batch) pairs, op 3 as (size, 1)), in their order; ``compile_for``
+    limits the torch.compile baseline to {(size, batch)} (None: all). ``on_case(result)`` is called with the
+    result so far after every case."""
     copy_bw = copy_bandwidth_gbps(device, quick)
     rows: List[dict] = []
-    fused = fused_backends(device)
+    fused = fused_backends(device, skip_backends)
+    result = {"environment": environment(device), "copy_bandwidth_GBps": copy_bw, "threads": torch.get_num_threads(),
+              "rounds": rounds, "timing": "interleaved rounds", "build": backends.build_info(),
+              "cases": [f"{size}:{batch}" for size, batch in cases], "skipped_backends": sorted(skip_backends),
+              "rows": rows}
+    models = {}
+
+    def parts(size):
+        if size not in models:
+            models[size] = model_parts(PRESETS[size])
+        return models[size]
 
     def measure(op, size, batch, dtype, fns: Dict[str, Callable[[], object]], nbytes: int, extra=None):
         """Time every variant of one case, interleaved over rounds, so that a change of machine load
@@ -194,19 +217,22 @@ def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: L
         fns.update({b: forced(b, fused_fn) for b in fused})
         measure(op, size, batch, dtype, fns, nbytes)
 
-    for size, preset in PRESETS.items():
-        model, spatial, pointwise = model_parts(preset)
-        for batch in BATCHES:
-            shapes = model.cell.state_shapes(batch)
-            n = sum(c * h * w for _, c, h, w in shapes)
-            for dtype in dtypes:
-                nbytes, eager, fused_fn, comp = op1_cases(device, dtype, batch, shapes)
-                compare("fixed_point_update_multi", size, batch, dtype, nbytes, eager, fused_fn, comp)
-                for op, (nbytes, eager, fused_fn, comp) in op2_cases(device, dtype, batch, n).items():
-                    compare(op, size, batch, dtype, nbytes, eager, fused_fn, comp)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-        # op 3: all constrained layers of the model, n_iter = the preset's power iterations per step
+    def batched_ops(size, batch):
+        """Ops 1 and 2 on the states of ``size`` at ``batch``."""
+        model, _, _ = parts(size)
+        shapes = model.cell.state_shapes(batch)
+        n = sum(c * h * w for _, c, h, w in shapes)
+        for dtype in dtypes:
+            nbytes, eager, fused_fn, comp = op1_cases(device, dtype, batch, shapes)
+            compare("fixed_point_update_multi", size, batch, dtype, nbytes, eager, fused_fn, comp)
+            for op, (nbytes, eager, fused_fn, comp) in op2_cases(device, dtype, batch, n).items():
+                compare(op, size, batch, dtype, nbytes, eager, fused_fn, comp)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def power_iterations(size):
+        """Op 3: all constrained layers of the model, n_iter = the preset's power iterations per step."""
+        model, spatial, pointwise = parts(size)
         n_iter = model.config["power_iters"]
         ws = [c.unscaled_weight().detach().to(device) for c in spatial]
         vs = [c.power_vector.to(device) for c in spatial]
@@ -224,8 +250,15 @@ def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: L
             fns.update({b: forced(b, lambda: ops.power_iteration_matrices(mats, us, n_iter)) for b in fused})
             measure("power_iteration_matrices", size, 1, torch.float32, fns,
                     2 * n_iter * sum(m.numel() for m in mats) * 4, {"layers": len(mats), "n_iter": n_iter})
-    return {"environment": environment(device), "copy_bandwidth_GBps": copy_bw, "threads": torch.get_num_threads(),
-            "rounds": rounds, "timing": "interleaved rounds", "build": backends.build_info(), "rows": rows}
+
+    for size, batch in cases:
+        if batch == 1:
+            power_iterations(size)
+        else:
+            batched_ops(size, batch)
+        if on_case is not None:
+            on_case(result)
+    return result
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -324,9 +357,45 @@ def build_parser(results: Path = RESULTS) -> argparse.ArgumentParser:
                         help="interleaved rounds per case (default: 3 on CPU, 1 on GPU)")
     parser.add_argument("--compile-for", default="all",
                         help="torch.compile baselines for these SIZE:BATCH cases, e.g. large:128 ('all', 'none')")
+    parser.add_argument("--cases", type=parse_cases, default=CASES,
+                        help="SIZE:BATCH cases in the order to run, op 3 as SIZE:1, e.g. large:128,large:1 "
+                             "(default 'all': the headline first, " + ",".join(f"{s}:{b}" for s, b in CASES) + ")")
+    parser.add_argument("--skip-backends", type=parse_backends, action="append", default=[],
+                        help="fused backends to leave out, comma-separated (repeatable), e.g. cuda")
     parser.add_argument("--dtypes", default="float32", help="comma-separated, e.g. float32,bfloat16")
     parser.add_argument("--out", type=Path, default=Path(results))
     return parser
+
+
+def parse_cases(text: str) -> tuple:
+    """'all' or 'SIZE:BATCH,...' -> ((size, batch), ...); argparse.ArgumentTypeError naming a bad item."""
+    if text == "all":
+        return CASES
+    cases = []
+    for item in (c.strip() for c in text.split(",") if c.strip()):
+        size, _, batch = item.partition(":")
+        if size not in PRESETS or not batch.isdigit() or int(batch) < 1:
+            raise argparse.ArgumentTypeError(f"expected SIZE:BATCH with SIZE one of {sorted(PRESETS)} and BATCH >= 1 "
+                                             f"(op 3: SIZE:1), got {item!r}")
+        cases.append((size, int(batch)))
+    if not cases:
+        raise argparse.ArgumentTypeError(f"no case in {text!r}")
+    return tuple(dict.fromkeys(cases))
+
+
+def parse_backends(text: str) -> List[str]:
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    bad = [b for b in names if b not in ("cuda", "triton", "cpu")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"backends are cuda, triton, cpu; got {bad}")
+    return names
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Replace ``path`` by the result as JSON, atomically: a run killed mid-write keeps the previous version."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
 
 
 def main(argv=None, results: Path = RESULTS) -> int:
@@ -341,14 +410,27 @@ def main(argv=None, results: Path = RESULTS) -> int:
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     compile_for = None if args.compile_for == "all" else {
         (c.split(":")[0], int(c.split(":")[1])) for c in args.compile_for.split(",") if c and c != "none"}
-    torch.manual_seed(0)
-    with torch.no_grad():
-        result = run(device, args.quick, compile_for, dtypes, rounds)
-    result["load"] = load_record(load_start, load_average(), result["threads"])
-    result["targets"] = targets(result, device)
+    skip = sorted({b for names in args.skip_backends for b in names})
+    if skip:
+        print(f"leaving out the fused backends {', '.join(skip)} (--skip-backends)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"kernels-{device_slug(device)}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+
+    def finish(result: dict, complete: bool) -> None:
+        """The load record and the targets of the rows so far, written to the JSON."""
+        result["load"] = load_record(load_start, load_average(), result["threads"])
+        result["targets"] = targets(result, device)
+        result["complete"] = complete
+        write_json(stem.with_suffix(".json"), result)
+
+    def after_case(result: dict) -> None:
+        finish(result, complete=False)   # a run cut short (a time cap) keeps every case so far
+        fault_point("kernels:case")
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        result = run(device, args.quick, compile_for, dtypes, rounds, args.cases, skip, on_case=after_case)
+    finish(result, complete=True)
     plot(result, stem.with_suffix(".png"))
     print("\n".join(summary(result, device) + ["", "targets:"] + result["targets"]))
     if result["load"]["warning"]:

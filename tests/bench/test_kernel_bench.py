@@ -1,11 +1,17 @@
 """The kernel benchmark (lmdeq/bench/kernels.py, run as benchmarks/kernels.py): the variants of a case alternate
 round by round and the speed-up over eager is the median of the per-round ratios (fake timer medians, no real
-timing)."""
+timing); the cases run headline first and the JSON is rewritten after each (a run cut short keeps them)."""
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmdeq.bench import kernels
+from lmdeq.bench.device import device_slug
 from lmdeq.bench.interleave import spread
 
 from .scripts import ROOT, load_script
@@ -43,3 +49,56 @@ def test_the_script_is_the_benchmark_with_results_next_to_it():
     assert script.main is kernels.main
     assert kernels.build_parser(ROOT / "benchmarks" / "results").parse_args([]).out == ROOT / "benchmarks" / "results"
     assert kernels.build_parser().parse_args(["--out", "x"]).out == Path("x")
+
+
+def test_cases_run_headline_first_and_parse():
+    assert kernels.CASES[:2] == (("large", 128), ("large", 1))  # the targets' cases, before anything else
+    assert kernels.parse_cases("all") == kernels.CASES
+    assert kernels.parse_cases("small:2, large:1,small:2") == (("small", 2), ("large", 1))
+    for bad in ("medium:32", "large", "large:0", "large:x", ""):
+        with pytest.raises(Exception, match="SIZE:BATCH|no case"):
+            kernels.parse_cases(bad)
+    assert kernels.parse_backends("cuda,triton") == ["cuda", "triton"]
+    with pytest.raises(Exception, match="backends are"):
+        kernels.parse_backends("cudnn")
+
+
+def test_results_are_written_after_every_case_and_backends_can_be_left_out(tmp_path, monkeypatch):
+    """main() with fake timings: the JSON holds every case measured so far (incomplete until the last),
+    then the complete result and the PNG; --skip-backends leaves a backend's variants out."""
+    monkeypatch.setattr(kernels, "configure_process", lambda: None)
+    monkeypatch.setattr(kernels, "median_ms", lambda fn, device, quick: 1.0)
+    monkeypatch.setattr(kernels, "copy_bandwidth_gbps", lambda device, quick: 10.0)
+    seen = []
+
+    def after_case(name):
+        saved = json.loads((tmp_path / f"kernels-{device_slug(torch.device('cpu'))}.json").read_text())
+        seen.append((saved["complete"], sorted({(r["size"], r["batch"]) for r in saved["rows"]})))
+
+    monkeypatch.setattr(kernels, "fault_point", after_case)
+    assert kernels.main(["--device", "cpu", "--rounds", "1", "--cases", "small:2,small:1", "--compile-for", "none",
+                         "--skip-backends", "triton", "--skip-backends", "cuda", "--out", str(tmp_path)]) == 0
+    assert seen == [(False, [("small", 2)]), (False, [("small", 1), ("small", 2)])]
+    result = json.loads(next(tmp_path.glob("kernels-*.json")).read_text())
+    assert result["complete"] is True and result["cases"] == ["small:2", "small:1"]
+    assert result["skipped_backends"] == ["cuda", "triton"]
+    assert {r["variant"] for r in result["rows"]} <= {"eager", "cpu"}
+    assert [r["size"] for r in result["rows"]] == ["small"] * len(result["rows"])
+    assert next(tmp_path.glob("kernels-*.png")).stat().st_size > 0
+
+
+def test_a_hang_point_holds_the_process_until_it_is_killed():
+    """LMDEQ_HANG_AT (lmdeq/faults.py), which scripts/gpu_check.sh --smoke uses for a step past its cap: the
+    named occurrence of the point hangs (the process is still there a while later), the ones before pass."""
+    code = ("from lmdeq.faults import fault_point\nfault_point('x')\nprint('first passed', flush=True)\n"
+            "fault_point('x')\nprint('second passed', flush=True)")
+    env = {**os.environ, "LMDEQ_HANG_AT": "x@2", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "first passed\n"
+        assert "LMDEQ_HANG_AT=x@2: hanging here" in proc.stdout.readline()
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from . import ops, solvers  # noqa: E402
 from .allocator import tune_cpu_allocator  # noqa: E402
-from .deq import DEQ, JFB, Implicit, Phantom, deq_solve  # noqa: E402
+from .deq import DEQ, JFB, Implicit, Phantom, deq_solve, jac_reg, power_method  # noqa: E402
 
-__all__ = ["DEQ", "deq_solve", "Implicit", "JFB", "Phantom", "ops", "solvers", "tune_cpu_allocator", "__version__"]
+__all__ = ["DEQ", "deq_solve", "Implicit", "JFB", "Phantom", "jac_reg", "power_method", "ops", "solvers",
+           "tune_cpu_allocator", "__version__"]

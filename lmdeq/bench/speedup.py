@@ -20,7 +20,8 @@ alternate round by round (a b c, a b c, ...), then, in eval mode, their inferenc
 change of machine load hits every method alike (:mod:`lmdeq.bench.interleave`). Per method: the
 median ms per training step (forward solve + backward solve + optimiser step + constraint upkeep) and
 per inference batch with their spread (min, max, quartiles), forward/backward f-evaluations and final
-relative residuals (from the last timed step), on CUDA the step's peak memory; and the ratios a/b,
+relative residuals (from the last timed step), on CUDA the step's peak memory (allocated by the step, and
+reserved by the whole process: CUDA-graph pools included); and the ratios a/b,
 a/c, b/c computed round by round (median and spread of t_a[k] / t_c[k]). On random-init weights and,
 with ``--weights CHECKPOINT`` (from ``lmdeq train``; repeatable, one per variant), on trained weights.
 The result records the allocator setting, the thread count and the machine's load average at the start
@@ -32,6 +33,7 @@ where its time goes (phases with their backward passes, operator classes and top
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -44,18 +46,21 @@ from torch.profiler import record_function
 from ..errors import ConfigError
 from .device import device_slug, environment, fmt_loads, load_average, load_record, sync
 from .interleave import interleaved_rounds, ratio_spread, spread
+from .jacobian_steps import JR_SUFFIX, JacobianSteps, combine_rounds, jacobian_table
 from .profile import OP_CLASSES, PHASE_ORDER, marked_modules, profile_step
 from .report import bar_chart, fmt_spread, markdown_table
 
 __all__ = ["METHODS", "method_config", "measure", "run"]
 
-METHODS = ("original", "authors", "lmdeq")
+METHODS = ("original", "original_jr", "authors", "lmdeq")
 # What the certificate costs: (c)'s architecture and solver with another conv constraint. Without a
 # certified bound there is no a-priori count, so their checked fixed-point solves stop at the released
 # thresholds (18/20 f-evaluations).
 VARIANTS = ("lmdeq_nocap", "lmdeq_released_cap")
 LABELS = {"original": "(a) original MDEQ", "authors": "(b) authors' Lipschitz MDEQ as released",
-          "lmdeq": "(c) lmdeq fast path", "lmdeq_nocap": "(c) architecture, no conv cap",
+          "lmdeq": "(c) lmdeq fast path",
+          "original_jr": "(a-JR) MDEQ + Jacobian reg. (authors' baseline config)",
+          "lmdeq_nocap": "(c) architecture, no conv cap",
           "lmdeq_released_cap": "(c) architecture, (b)'s cap as released"}
 _VARIANT_CONSTRAINT = {"lmdeq_nocap": "none", "lmdeq_released_cap": "released"}
 
@@ -63,11 +68,20 @@ _VARIANT_CONSTRAINT = {"lmdeq_nocap": "none", "lmdeq_released_cap": "released"}
 def method_config(method: str, preset: str, check_every: Optional[int] = None, solve_mode: str = "checked",
                   cuda_graphs: bool = True, unrolled_warmup_steps: int = 0) -> dict:
     """mdeq() keyword arguments of a benchmark method (``check_every``, ``solve_mode`` and ``cuda_graphs``
-    apply to the fast path only, ``unrolled_warmup_steps`` to the original MDEQ only)."""
-    from ..models import AUTHORS_SOLVER
+    apply to the fast path only, ``unrolled_warmup_steps`` to the original MDEQ only).
+
+    ``original_jr`` (a-JR) is the released MDEQ + Jacobian regularisation recipe (``RELEASED_JR``, from
+    MDEQ-Vision's cls_mdeq_LARGE_reg.yaml) on the original MDEQ of ``preset``: for cifar10-large the released
+    LARGE_reg model; for cifar10-small the MDEQ-small architecture (locuslab's cls_mdeq_TINY.yaml channels,
+    head and groups) with LARGE_reg's JR recipe, solver (the authors' Anderson, 7/8 iterations, rel 1e-3,
+    adjoint from 0, a random forward-threshold delta in {-2..1} on JR steps) and dropout (0.22); no unrolled
+    warm-up (PRETRAIN_STEPS 0 in LARGE_reg)."""
+    from ..models import AUTHORS_SOLVER, RELEASED_JR
 
     if method == "original":
         return dict(preset=preset, lipschitz=False, unrolled_warmup_steps=unrolled_warmup_steps)
+    if method == "original_jr":
+        return dict(preset=preset, lipschitz=False, **copy.deepcopy(RELEASED_JR))
     if method == "authors":
         return dict(preset=preset, lipschitz=True, constraint="released", **copy.deepcopy(AUTHORS_SOLVER))
     if method == "lmdeq":
@@ -82,10 +96,15 @@ def method_config(method: str, preset: str, check_every: Optional[int] = None, s
 
 
 def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:
-    """Load the first checkpoint of the model's variant (original / Lipschitz); return its path."""
+    """Load the first checkpoint of the model's variant (original / Lipschitz, with or without Jacobian
+    regularisation, preset); return its path."""
+    from ..models.presets import jacobian_regularised
+
+    def variant(config):
+        return bool(config.get("lipschitz")), config.get("preset"), jacobian_regularised(config)
+
     for ckpt in checkpoints:
-        if bool(ckpt["model_config"].get("lipschitz")) == bool(model.config["lipschitz"]) and \
-                ckpt["model_config"].get("preset") == model.config["preset"]:
+        if variant(ckpt["model_config"]) == variant(model.config):
             missing, unexpected = model.load_state_dict(ckpt["model_state"], strict=False)
             # Buffers of the certified parametrisation (norm estimates) may be absent in (b); parameters may not.
             params = {n for n, _ in model.named_parameters()}
@@ -101,18 +120,22 @@ class Method:
 
     def __init__(self, model, x, y, lr: float = 1e-3, autocast_dtype: Optional[torch.dtype] = None):
         self.model, self.x, self.y = model, x, y
+        self.jr = JacobianSteps(model, torch.initial_seed())   # JR draws of a Jacobian-regularised model (a-JR)
         self.opt = torch.optim.Adam(model.parameters(), lr=lr)
         device = x.device.type
         self._autocast = (lambda: torch.autocast(device, dtype=autocast_dtype)) if autocast_dtype is not None \
             else (lambda: torch.autocast(device, enabled=False))
 
-    def train_step(self) -> None:
+    def train_step(self, jr: Optional[bool] = None) -> None:
+        """One training step; for a JR method ``jr`` picks a JR (True) or plain (False) step, None: the draw."""
         model = self.model
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = model(self.x)
+            logits, jr_term = self.jr.forward(model, self.x, jr)
         with record_function("bench::loss"):
             loss = F.cross_entropy(logits.float(), self.y)
+            if jr_term is not None:
+                loss = loss + jr_term
         loss.backward()
         with record_function("bench::optimizer_step"):
             self.opt.step()
@@ -143,6 +166,31 @@ def _peak_step_mib(fn, device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
+def _peak_step_memory(fn, device, kind: str) -> Dict[str, Optional[float]]:
+    """One call of ``fn``'s memory on CUDA (None elsewhere), as three fields: ``peak_<kind>_mib``, the peak
+    allocated above what was allocated before the call (:func:`_peak_step_mib`); ``peak_<kind>_reserved_mib``,
+    the peak of what the caching allocator holds from the driver (max_memory_reserved), which also counts
+    the CUDA-graph pools that allocated memory does not see (a replayed graph allocates nothing new, so the
+    first field flatters the graphed fast path); and ``held_<kind>_mib``, reserved less allocated before the call,
+    i.e. those pools. Reserved memory is the whole process's: the methods live side by side, so it includes
+    every model, optimiser state and graph pool. The cache is emptied first, so that blocks nothing holds
+    any more (another method's freed activations) are not counted."""
+    fields = {f"peak_{kind}_mib": None, f"peak_{kind}_reserved_mib": None, f"held_{kind}_mib": None}
+    if device.type != "cuda":
+        return fields
+    sync(device)
+    torch.cuda.empty_cache()
+    fields[f"held_{kind}_mib"] = (torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)) / 2**20
+    fields[f"peak_{kind}_mib"] = _peak_step_mib(fn, device)   # (resets the peaks, reserved included, first)
+    fields[f"peak_{kind}_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return fields
+
+
+def _trains_jr(method) -> bool:
+    jr = getattr(method, "jr", None)
+    return jr is not None and jr.enabled
+
+
 def measure(methods: Dict[str, Method], device, steps: int = 3, warmup: int = 1, profile: bool = False) -> Dict:
     """Interleaved timing of the methods' training steps, then of their inference batches (see the module
     docstring); solver stats from each method's last timed step. ``profile``: one more training step
@@ -152,13 +200,22 @@ def measure(methods: Dict[str, Method], device, steps: int = 3, warmup: int = 1,
     out = {name: {} for name in methods}
     for m in methods.values():
         m.model.train()
-    train = interleaved_rounds({n: m.train_step for n, m in methods.items()}, steps, warmup, lambda: sync(device))
+    fns = {}
+    for n, m in methods.items():
+        if _trains_jr(m):   # (a-JR): one plain and one JR step per round (lmdeq.bench.jacobian_steps)
+            fns[n], fns[n + JR_SUFFIX] = functools.partial(m.train_step, False), functools.partial(m.train_step, True)
+        else:
+            fns[n] = m.train_step
+    train = interleaved_rounds(fns, steps, warmup, lambda: sync(device))
+    jr = combine_rounds(methods, train)   # per round (1 - p) t_plain + p t_JR, and both kinds apart
     for name, m in methods.items():
         info = dict(m.model.last_info)
         out[name].update(f_evals=info.get("f_nstep"), b_evals=info.get("b_nstep"),
                          f_residual=info.get("f_residual"), b_residual=info.get("b_residual"),
                          train_cuda_graph=bool(info.get("cuda_graph")),
-                         peak_train_mib=_peak_step_mib(m.train_step, device))
+                         # a JR method's peak is its JR step's (the double backward holds the most)
+                         **_peak_step_memory(functools.partial(m.train_step, True) if _trains_jr(m) else m.train_step,
+                                             device, "train"))
         if profile:
             with marked_modules(m.marks()):
                 out[name]["profile"] = profile_step(m.train_step, device)
@@ -171,7 +228,7 @@ def measure(methods: Dict[str, Method], device, steps: int = 3, warmup: int = 1,
         info = dict(m.model.last_info)
         row = out[name]
         row.update(infer_f_evals=info.get("f_nstep"), infer_f_residual=info.get("f_residual"),
-                   peak_infer_mib=_peak_step_mib(m.infer, device),
+                   **_peak_step_memory(m.infer, device, "infer"),
                    lipschitz_bound=m.model.lipschitz_bound() if hasattr(m.model, "lipschitz_bound") else None)
         row["cuda_graph"] = row.pop("train_cuda_graph") and bool(info.get("cuda_graph"))
         row["graph_captures"] = info.get("graph_captures")  # all of them, warm-up included (model.graph_stats())
@@ -180,10 +237,14 @@ def measure(methods: Dict[str, Method], device, steps: int = 3, warmup: int = 1,
             row[f"{kind}_ms_all"] = ms
             row[f"{kind}_spread"] = spread(ms)
             row[f"{kind}_ms"] = row[f"{kind}_spread"]["median"]
+        row.update(jr.get(name, {}))
     return out
 
 
-RATIOS = (("original", "authors", "a/b"), ("original", "lmdeq", "a/c"), ("authors", "lmdeq", "b/c"))
+# (numerator, denominator, name): t_num / t_den per round, the speed-up of den over num. aJR/b is our
+# reproduction of the paper's speed-up (the authors' Lipschitz MDEQ over their MDEQ + JR baseline).
+RATIOS = (("original", "authors", "a/b"), ("original", "lmdeq", "a/c"), ("authors", "lmdeq", "b/c"),
+          ("original_jr", "authors", "aJR/b"), ("original_jr", "lmdeq", "aJR/c"))
 
 
 def _ratios(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
@@ -214,6 +275,22 @@ def _batch(preset_batch: int, device, data: Optional[str], seed: int):
         x = torch.randn(preset_batch, 3, 32, 32, generator=g)
         y = torch.randint(0, 10, (preset_batch,), generator=g)
     return x.to(device), y.to(device)
+
+
+def weights_used(rows: List[Dict], weights: Optional[List[str]]) -> str:
+    """One line saying which weights the rows really ran on: init for which methods, then, per method, the
+    checkpoint it loaded, or that no ``--weights`` checkpoint fitted it (no trained row), or that none was
+    given at all (a training that left no checkpoint must not pass silently as a run on trained weights)."""
+    init = [r for r in rows if r["weights"] == "init"]
+    trained = {r["method"]: r["weights_source"] for r in rows if r["weights"] == "trained"}
+    line = (f"Weights: {init[0]['weights_source'] if init else 'none'} for "
+            + (", ".join(LABELS.get(r["method"], r["method"]) for r in init) or "no method"))
+    if not weights:
+        return line + "; trained: none (no --weights given: init weights only)"
+    parts = [f"{LABELS.get(m, m)} <- {src}" for m, src in trained.items()]
+    parts += [f"{LABELS.get(r['method'], r['method'])}: no --weights checkpoint of its variant"
+              for r in init if r["method"] not in trained]
+    return line + "; trained: " + "; ".join(parts)
 
 
 def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int = 3, warmup: int = 1,
@@ -287,6 +364,8 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
                             "cuda_graphs": any(r["cuda_graph"] for r in rows if r["method"] == "lmdeq"),
                             "check_every": check_every},
               "rows": rows, "ratios": ratios}
+    result["weights_used"] = weights_used(rows, weights)
+    log(result["weights_used"])
     result["table"] = table(result)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -339,15 +418,16 @@ def table(result: Dict) -> str:
     rows = [{**r, "train": fmt_spread(r["train_spread"]), "infer": fmt_spread(r["infer_spread"])}
             for r in result["rows"]]
     cols = ["weights", "label", "train", "infer", "f_evals", "b_evals", "f_residual", "b_residual",
-            "infer_f_evals", "peak_train_mib", "lipschitz_bound"]
+            "infer_f_evals", "peak_train_mib", "peak_train_reserved_mib", "lipschitz_bound"]
     heads = ["weights", "method", "train ms/step", "infer ms/batch", "fwd f-evals", "bwd evals", "fwd rel res",
-             "bwd rel res", "infer f-evals", "peak MiB (train step)", "L bound"]
+             "bwd rel res", "infer f-evals", "peak MiB (train step)", "peak reserved MiB (process)", "L bound"]
     text = markdown_table(rows, cols, heads)
     ratio_rows = [{"weights": w, **{k: fmt_spread(v) for k, v in r.items()}} for w, r in result["ratios"].items() if r]
     if ratio_rows:  # none when a single method ran
         keys = ["weights"] + [f"{kind} {name}" for kind in ("train", "infer") for _, _, name in RATIOS
                               if f"{kind} {name}" in ratio_rows[0]]
         text += "\n\nRatios of the interleaved rounds, per round t_num / t_den:\n\n" + markdown_table(ratio_rows, keys)
+    text += jacobian_table(result["rows"])
     profiled = [r for r in result["rows"] if r.get("profile")]
     if profiled:
         text += "\n\n" + profile_table(profiled)
@@ -359,4 +439,10 @@ def table(result: Dict) -> str:
               f"at end {fmt_loads(load['loadavg_end'])}; {load['threads']} threads")
     if load["warning"]:
         header += f"\nWARNING: {load['warning']}"
+    if result.get("weights_used"):
+        header += "\n" + result["weights_used"]
+    if any(r.get("peak_train_reserved_mib") is not None for r in result["rows"]):
+        header += ("\nPeak MiB: allocated by the step itself; peak reserved: what the whole process holds at the "
+                   "step's peak, every method's model side by side and the CUDA-graph pools included (the pools "
+                   "that the step's allocated peak does not see)")
     return header + "\n\n" + text

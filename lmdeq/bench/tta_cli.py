@@ -5,7 +5,9 @@ Trains (a) the original MDEQ (its recipe's unrolled warm-up scaled to the schedu
 ((c)'s architecture with no conv cap, and with (b)'s released cap), on the same data, seed, schedule
 (Adam, per-step cosine, the authors' settings) and batch size, interleaved round by round in one process
 (:mod:`lmdeq.bench.tta_run`), every method from the same initial weights, and records validation
-accuracy against training seconds and steps.
+accuracy against training seconds and steps. ``--methods`` may add ``original_jr``, baseline (a-JR): the original
+MDEQ with the released Jacobian regularisation recipe (its stop step at 45% of the schedule; each point records
+how many of its steps so far were JR steps).
 
 Protocols (every flag overrides its protocol's value):
 
@@ -62,7 +64,8 @@ def add_shared_arguments(p) -> None:
     p.add_argument("--preset", default=None, help="model preset (default: the protocol's)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the protocol's, 64 CPU / 128 GPU)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated: original, authors, lmdeq")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated: original, authors, lmdeq, original_jr (MDEQ + Jacobian reg.)")
     p.add_argument("--out", default="benchmarks/results", help="directory for result files")
     p.add_argument("--tag", default="", help="suffix for result file names")
 
@@ -103,6 +106,9 @@ def add_arguments(p) -> None:
                                              "channels for a smoke run)")
     p.add_argument("--workers", type=int, default=0, help="tta: data decoding processes (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="tta: no progress bar while the data is decoded")
+    p.add_argument("--resume", action="store_true",
+                   help="tta: continue the run whose state <out>/time_to_accuracy-<device><tag>.state.pt holds (written "
+                        "after every round) with the same settings; the curves are the same as uninterrupted")
     p.add_argument("--save-runs", default=None, metavar="DIR",
                    help="tta: write each method's final weights (DIR/<method>/last.pt, for lmdeq bench --weights "
                         "and lmdeq eval) and its curve (DIR/<method>/metrics.jsonl)")
@@ -192,6 +198,36 @@ def _save_run(directory: str, run, cfg) -> None:
             fh.write(json.dumps(p) + "\n")
 
 
+def _save_state(path: str, runs, settings: Dict, rounds: List[Dict]) -> None:
+    """Every method's state after a round, atomically (a kill at any instant leaves the previous round's)."""
+    from ..atomic import atomic_write_bytes
+    from ..torch_files import torch_save_bytes
+
+    atomic_write_bytes(path, torch_save_bytes({"settings": json.dumps(settings, sort_keys=True),
+                                               "methods": [r.state_dict() for r in runs], "sittings": rounds}))
+
+
+def _load_state(path: str, runs, settings: Dict) -> List[Dict]:
+    """Restore the runs from :func:`_save_state`'s file; returns its sittings (ValueError naming a mismatch)."""
+    from ..torch_files import load_failure_reason
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"--resume: no saved state at {path} (run without --resume first)") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one clear line
+        raise ValueError(f"--resume: cannot read {path}: {load_failure_reason(err)}") from None
+    saved = json.loads(state["settings"])
+    changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    if changed:
+        raise ValueError(f"--resume: the saved run at {path} has other settings: "
+                         + ", ".join(f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed))
+    by_name = {m["name"]: m for m in state["methods"]}
+    for r in runs:
+        r.load_state_dict(by_name[r.spec.name])
+    return list(state["sittings"])
+
+
 def run(args) -> int:
     """Run the benchmark from parsed arguments; returns the exit code."""
     from ..train.config import TrainConfig
@@ -236,7 +272,20 @@ def run(args) -> int:
                                                             "train_images": len(splits.train),
                                                             "val_images": len(splits.val)},
               "env": environment(device), "load_average_start": list(load_start), "methods": []}
+    state_path = stem + ".state.pt"
+    sittings: List[Dict] = []
+    if args.resume:
+        try:
+            sittings = _load_state(state_path, runs, result["settings"])
+        except ValueError as err:
+            raise SystemExit(f"time to accuracy: error: {err}") from None
+        done = max(len(r.points) for r in runs)
+        log(f"resumed from {state_path}: {done} rounds done in {len(sittings)} earlier sitting(s)")
+    sittings.append({"start_round": max(len(r.points) for r in runs), "load_average_start": list(load_start),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    result["sittings"] = sittings
     started = time.perf_counter()
+    wall_before = sum(s_.get("wall_s", 0.0) for s_ in sittings[:-1])
 
     def methods_json():
         return [{"method": r.spec.name, "label": r.spec.label, "config": r.model.config, "points": r.points}
@@ -252,6 +301,9 @@ def run(args) -> int:
         log(f"round {done}/{total} done, {elapsed / 60:.1f} min elapsed, about {elapsed / done * (total - done) / 60:.1f} "
             f"min left; load average {os.getloadavg()[0]:.2f}")
         result["methods"] = methods_json()
+        sittings[-1].update(end_round=done, wall_s=time.perf_counter() - started,
+                            load_average_end=list(os.getloadavg()))
+        _save_state(state_path, runs, result["settings"], sittings)   # --resume continues from here
         _write(stem + ".json", result)      # a run cut short keeps every round so far
 
     budget = s["budget_minutes"] * 60 if s["budget_minutes"] else None
@@ -263,7 +315,7 @@ def run(args) -> int:
         torch.backends.cudnn.benchmark = saved_cudnn
     result["methods"] = methods_json()
     result["load_average_end"] = list(os.getloadavg())
-    result["wall_s"] = time.perf_counter() - started
+    result["wall_s"] = wall_before + time.perf_counter() - started
     summary = summarise(result["methods"], s["targets"])
     verdicts = targets(result["methods"], summary)
     result.update(summary=summary, targets=verdicts)

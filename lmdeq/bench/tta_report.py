@@ -19,6 +19,12 @@ Targets (each MET or MISSED from the data, N/A when a method is missing):
 3. (c) is at least as accurate as (b) at every equal wall-clock time: acc_c(t) >= acc_b(t) at every
    evaluation time t of either method from the first time both have a point to the end of the longer run
    (a method that has finished holds its final accuracy).
+
+Against the paper's own baseline, (a-JR) (the released MDEQ + Jacobian regularisation, ``original_jr``):
+
+4. (c) reaches the best validation accuracy (a-JR) reaches within its run in <= 1/3 of (a-JR)'s time;
+5. at equal epochs (c) is within 1 point of (a-JR) or better at every evaluation from epoch 4 on: at every
+   step where both have a point and epoch >= 4, acc_c >= acc_aJR - 0.01.
 """
 from __future__ import annotations
 
@@ -30,7 +36,9 @@ __all__ = ["time_to", "acc_at_time", "acc_at_epoch", "iteration_means", "summari
            "tables", "plot_curves", "SPEEDUP_TARGET", "EPOCH_TOLERANCE"]
 
 SPEEDUP_TARGET = 8.0     # target 1: (c) needs <= 1/8 of (a)'s time
-EPOCH_TOLERANCE = 0.01   # target 2: within 1 point
+EPOCH_TOLERANCE = 0.01   # targets 2 and 5: within 1 point
+JR_SPEEDUP_TARGET = 3.0  # target 4: (c) needs <= 1/3 of (a-JR)'s time
+JR_FROM_EPOCH = 4        # target 5: from this epoch on
 
 
 def time_to(points: Sequence[Dict], acc: float) -> Optional[float]:
@@ -67,7 +75,8 @@ def _by_name(methods: Sequence[Dict]) -> Dict[str, Dict]:
     return {m["method"]: m for m in methods}
 
 
-def summarise(methods: Sequence[Dict], accuracies: Sequence[float], main=("original", "authors", "lmdeq")) -> Dict:
+def summarise(methods: Sequence[Dict], accuracies: Sequence[float],
+              main=("original", "original_jr", "authors", "lmdeq")) -> Dict:
     """Per-method statistics and the comparison points (equal epochs E, equal wall-clock T)."""
     finished = [m for m in methods if m["points"]]
     epochs = min((int(m["points"][-1]["epoch"] + 1e-9) for m in finished), default=0)
@@ -131,6 +140,39 @@ def targets(methods: Sequence[Dict], summary: Dict) -> List[Dict]:
                               f"{100 * worst:+.1f} points at {at:.0f} s"})
     else:
         out.append({"target": statement, "verdict": "N/A", "detail": "needs methods authors and lmdeq"})
+    if "original_jr" in by:
+        out += _jr_targets(by, rows)
+    return out
+
+
+def _jr_targets(by: Dict[str, Dict], rows: Dict[str, Dict]) -> List[Dict]:
+    """Targets 4 and 5 (see the module docstring), against (a-JR)."""
+    out = []
+    statement = f"(c) reaches (a-JR)'s best validation accuracy in <= 1/{JR_SPEEDUP_TARGET:g} of (a-JR)'s time"
+    if "lmdeq" in by and by["original_jr"]["points"]:
+        best = rows["original_jr"]["best_acc"]
+        t_j = time_to(by["original_jr"]["points"], best)
+        t_c = time_to(by["lmdeq"]["points"], best)
+        ok = t_c is not None and t_c * JR_SPEEDUP_TARGET <= t_j
+        detail = (f"(a-JR) best {best:.4f} at {t_j:.0f} s; (c) " +
+                  (f"reached it at {t_c:.0f} s ({t_j / t_c:.1f}x sooner)" if t_c else "never reached it"))
+        out.append({"target": statement, "verdict": "MET" if ok else "MISSED", "detail": detail})
+    else:
+        out.append({"target": statement, "verdict": "N/A", "detail": "needs methods original_jr and lmdeq"})
+    statement = (f"at equal epochs (c) is within 1 point of (a-JR) or better at every evaluation from epoch "
+                 f"{JR_FROM_EPOCH} on")
+    if "lmdeq" in by:
+        c_at = {p["step"]: p for p in by["lmdeq"]["points"]}
+        pairs = [(c_at[p["step"]]["val_acc"] - p["val_acc"], p["epoch"]) for p in by["original_jr"]["points"]
+                 if p["step"] in c_at and p["epoch"] >= JR_FROM_EPOCH - 1e-9]
+        if pairs:
+            worst, at = min(pairs)
+            out.append({"target": statement, "verdict": "MET" if worst >= -EPOCH_TOLERANCE else "MISSED",
+                        "detail": f"{len(pairs)} evaluations from epoch {JR_FROM_EPOCH}; worst margin "
+                                  f"{100 * worst:+.1f} points at epoch {at:.2f}"})
+            return out
+    out.append({"target": statement, "verdict": "N/A",
+                "detail": f"needs methods original_jr and lmdeq with evaluations from epoch {JR_FROM_EPOCH}"})
     return out
 
 

@@ -13,10 +13,18 @@ Each method owns everything that decides its numbers, so its results do not depe
   their construction differ);
 * its optimiser and lr schedule (``lmdeq.train.optim`` from the one shared TrainConfig);
 * its RNG state (torch CPU/CUDA, numpy, python), restored before and captured after each of its
-  intervals (dropout masks and the released cap's vectors draw from it);
+  intervals (dropout masks, the released cap's vectors and the JR estimate's vectors draw from it), and for a
+  Jacobian-regularised method (a-JR) its own decision generator (:class:`lmdeq.train.jacobian.JacobianSchedule`,
+  seeded by the run's seed, stop step at ``jac_stop_fraction`` of the schedule);
 * its data order: the epoch plans of :mod:`lmdeq.data.batches`, a function of (data, seed, epoch)
   only, hence the same batches for every method;
 * its clock: seconds spent training (the device synchronised before each reading), evaluation excluded.
+
+A run can be stopped between rounds and continued later (``lmdeq bench tta --resume``): each method's
+:meth:`MethodRun.state_dict` holds all of the above (weights, optimiser and schedule, RNG streams, the JR
+decisions' generator, its position in the epoch, its clock and curve), and a restored method draws the same
+batches (the epoch plan, from its position on) and random numbers as an uninterrupted one, so its curve is the
+same point for point; only the measured seconds of the intervals after the break come from another sitting.
 
 The step itself is :func:`lmdeq.train.step.train_step`, the Trainer's step, and the evaluation
 :func:`lmdeq.train.evaluate.evaluate`.
@@ -35,6 +43,7 @@ from ..data.batches import train_batches
 from ..train.checkpoint import capture_rng_state, restore_rng_state, seed_everything
 from ..train.config import TrainConfig
 from ..train.evaluate import evaluate
+from ..train.jacobian import JacobianSchedule
 from ..train.hooks import certified_bound, solver_stats
 from ..data.images import LabelledImages
 from ..train.metrics import MeanMeter
@@ -98,6 +107,8 @@ class MethodRun:
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.rng = capture_rng_state()
+        self.jacobian = JacobianSchedule.for_model(self.model, cfg.seed, self.total_steps)
+        self.jr_steps = 0       # optimiser steps that trained on the JR estimate
         self.step = 0           # completed optimiser steps
         self.epoch = 0          # completed epochs
         self.in_epoch = 0       # steps done in the current epoch
@@ -105,6 +116,7 @@ class MethodRun:
         self.points: List[Dict] = []
         self.stopped = False    # out of time budget or schedule
         self._batches = None
+        self._skip = 0          # batches of the current epoch done before a restore (skipped when it resumes)
 
     @property
     def finished(self) -> bool:
@@ -130,11 +142,16 @@ class MethodRun:
             if self._batches is None:
                 self._batches = iter(train_batches(self.train, self.cfg.batch_size, self.cfg.seed, self.epoch + 1,
                                                    self.cfg.augment, pin_memory=self.device.type == "cuda"))
+                for _ in range(self._skip):     # restored mid-epoch: the plan's batches already trained on
+                    next(self._batches)
+                self._skip = 0
             images, labels = next(self._batches)
+            draw = self.jacobian.draw(self.step) if self.jacobian is not None else None
             done = train_step(self.model, self.optimizer, self.scheduler, images, labels, self.device,
                               len(self.train.classes), self.cfg.grad_clip,
                               lambda v: NonFiniteError(f"{self.spec.label}: loss is {v} at step {self.step + 1}"),
-                              memory_format=self.memory_format)
+                              memory_format=self.memory_format, jacobian=draw)
+            self.jr_steps += bool(draw is not None and draw.jac_loss)
             self.step += 1
             self.in_epoch += 1
             steps += 1
@@ -150,6 +167,32 @@ class MethodRun:
         self.rng = capture_rng_state()
         return {**meter.means(), "seconds": seconds, "steps": steps, "unrolled": unrolled}
 
+    _COUNTERS = ("jr_steps", "step", "epoch", "in_epoch", "clock", "stopped")
+
+    def state_dict(self) -> Dict:
+        """Everything that decides this method's further results (see the module docstring)."""
+        return {"name": self.spec.name, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng,
+                "jacobian": self.jacobian.state() if self.jacobian is not None else None,
+                "points": [dict(p) for p in self.points], **{k: getattr(self, k) for k in self._COUNTERS}}
+
+    def load_state_dict(self, state: Dict) -> None:
+        """Continue from :meth:`state_dict` of the same method (ValueError naming what does not fit)."""
+        if state.get("name") != self.spec.name:
+            raise ValueError(f"saved state of method {state.get('name')!r} cannot continue {self.spec.name!r}")
+        if (state["jacobian"] is None) != (self.jacobian is None):
+            raise ValueError(f"{self.spec.name}: the saved state and the method disagree on Jacobian regularisation")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.jacobian is not None:
+            self.jacobian.set_state(state["jacobian"])
+        self.rng = state["rng"]
+        self.points = [dict(p) for p in state["points"]]
+        for k in self._COUNTERS:
+            setattr(self, k, state[k])
+        self._batches, self._skip = None, self.in_epoch
+
     def evaluate_point(self, interval: Dict) -> Dict:
         """Validate now (not on the clock) and append the curve point."""
         restore_rng_state(self.rng)
@@ -162,7 +205,7 @@ class MethodRun:
                  "train_acc": interval.get("acc"), "f_nstep": interval.get("f_nstep"),
                  "b_nstep": interval.get("b_nstep"), "interval_steps": interval["steps"],
                  "interval_s": interval["seconds"], "unrolled": interval["unrolled"],
-                 "lr": self.optimizer.param_groups[0]["lr"],
+                 "lr": self.optimizer.param_groups[0]["lr"], "jr_steps": self.jr_steps,
                  "lipschitz_bound": bound if bound is not None and bound < float("inf") else None}
         self.points.append(point)
         return point
@@ -181,7 +224,7 @@ def run_interleaved(runs: List[MethodRun], evals_per_epoch: int, budget_s: Optio
         raise ValueError("every method must share the data, batch size and number of epochs")
     bounds = interval_bounds(spe.pop(), evals_per_epoch)
     total_rounds = epochs.pop() * len(bounds)
-    rnd = 0
+    rnd = max(len(r.points) for r in runs)   # rounds already done (a restored run continues its count)
     while not all(r.finished for r in runs):
         rnd += 1
         for run in runs:

@@ -24,6 +24,7 @@ from torch.profiler import record_function
 from ..solvers import StateLayout, get_solver
 from .backward import Implicit
 from .graphed import GraphedProblem
+from .jacobian import JacobianPair
 
 __all__ = ["implicit_gradient", "is_solved_state", "adjoint_done"]
 
@@ -56,9 +57,13 @@ def _autocast_state(device: torch.device) -> torch.autocast:
 
 
 def implicit_gradient(f: Callable, layout: StateLayout, star: List[torch.Tensor], backward: Implicit,
-                      on_backward: Optional[Callable[[dict], None]], graph: Optional[GraphedProblem]):
+                      on_backward: Optional[Callable[[dict], None]], graph: Optional[GraphedProblem],
+                      keep_pair: bool = False):
     """z* (the detached parts ``star``) carrying the implicit gradient: the tracked f(z*) through
-    :class:`ImplicitGrad`, in the user's structure. ``on_backward(info)`` receives the adjoint solve's info."""
+    :class:`ImplicitGrad`, in the user's structure. ``on_backward(info)`` receives the adjoint solve's info.
+    ``keep_pair``: return ``(z, pair)`` with pair = :class:`~lmdeq.deq.jacobian.JacobianPair` (f(z*) as f
+    returned it, the state f received) of the tracked evaluation, which is differentiable in z* when the
+    adjoint runs eagerly; None when the adjoint is graphed (its linearisation is then made inside the graph)."""
     kwargs = backward.solver_arguments()
     if graph is not None and not graph.usable(layout.device, backward.solver, backward.iterations,
                                               backward.solver_kwargs):
@@ -75,11 +80,14 @@ def implicit_gradient(f: Callable, layout: StateLayout, star: List[torch.Tensor]
         adjoint.states = [state] if torch.is_tensor(state) else list(state)
         _mark_solved(adjoint.states, False)
     with record_function("lmdeq::tracked_f"):
-        tracked = layout.check_output(f(state))
+        fz = f(state)
+        tracked = layout.check_output(fz)
     if graph is None:
         adjoint.linearisation = (star, tracked)
-    out = ImplicitGrad.apply(adjoint, *tracked)
-    return layout.external(list(out))
+    out = layout.external(list(ImplicitGrad.apply(adjoint, *tracked)))
+    if not keep_pair:
+        return out
+    return out, (JacobianPair(fz, state) if graph is None else None)
 
 
 class _Adjoint:

@@ -27,12 +27,14 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from .. import checks
 from ..deprecation import deprecated
 from ..errors import ConfigTypeError
-from ..solvers import StateLayout, get_solver
+from ..solvers import SolverInfo, StateLayout, get_solver
 from .adjoint import implicit_gradient
 from .backward import JFB, Backward, Implicit, Phantom, as_backward
 from .graphed import GraphedProblem
+from .jacobian import jacobian_pair as evaluation_pair
 
 __all__ = ["deq_solve", "DEQ", "LEGACY_KEYWORDS"]
 
@@ -73,7 +75,7 @@ def resolve_backward(backward, legacy: dict, caller: str = "deq_solve") -> Backw
 def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: float = 1e-3, stop_mode: str = "abs",
               iterations: Optional[int] = None, solver_kwargs: Optional[dict] = None, backward="implicit",
               on_backward: Optional[Callable[[dict], None]] = None, graph: Optional[GraphedProblem] = None,
-              **deprecated):
+              jacobian_pair: bool = False, **deprecated):
     """Find z* = f(z*) and return ``(z, info)`` where z carries gradients per ``backward``.
 
     ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
@@ -81,7 +83,16 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     a solve for exactly that many steps with no host sync; with ``graph`` as well (a fixed-point solver and a
     CUDA device) each such solve is one CUDA-graph replay, and ``info.cuda_graph`` says whether it was (False
     when the capture failed and the solve ran eagerly).
+
+    ``jacobian_pair=True`` adds ``info.jacobian_pair``, a :class:`~lmdeq.deq.JacobianPair` ``(f0, z0)``: f
+    evaluated at the solved z*, with z* (detached from the solve, requiring grad) on f0's autograd graph, in the
+    user's structure — what :func:`lmdeq.deq.jac_reg` and :func:`lmdeq.deq.power_method` take. With the
+    implicit backward on an eager adjoint it is the tracked evaluation f(z*) the gradient needs anyway (no
+    extra f-evaluation; z0 is then the state f received, views of the leaves); with ``JFB``, ``Phantom``, no
+    backward (``None``, or grad disabled) or a graphed adjoint it costs one more f-evaluation at z* (under
+    ``torch.enable_grad()``). Nothing else changes: z, its gradients and info's items are the same.
     """
+    checks.boolean("jacobian_pair", jacobian_pair, where="deq_solve: ")
     backward = resolve_backward(backward, deprecated)
     solve = get_solver(solver)
     layout = StateLayout(z0, "z0")
@@ -99,16 +110,35 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
             z_star, _, info = solve(f, layout.external(start), **kwargs)
         star = [p.detach() for p in layout.parts(z_star)]
     if backward is None or not torch.is_grad_enabled():
-        return layout.external(star), info
-    if isinstance(backward, JFB):
-        return f(layout.external(star)), info
-    if isinstance(backward, Phantom):
+        out = layout.external(star)
+    elif isinstance(backward, JFB):
+        out = f(layout.external(star))
+    elif isinstance(backward, Phantom):
         z = star
         for _ in range(backward.steps):
             fz = layout.check_output(f(layout.external(z)))
             z = [(1.0 - backward.tau) * zi + backward.tau * fi for zi, fi in zip(z, fz)]
-        return layout.external(z), info
-    return implicit_gradient(f, layout, star, backward, on_backward, graph), info
+        out = layout.external(z)
+    elif not jacobian_pair:
+        return implicit_gradient(f, layout, star, backward, on_backward, graph), info
+    else:
+        out, pair = implicit_gradient(f, layout, star, backward, on_backward, graph, keep_pair=True)
+        if pair is not None:
+            return out, _with_pair(info, pair)
+    if not jacobian_pair:
+        return out, info
+    with record_function("lmdeq::jacobian_f"):
+        pair = evaluation_pair(f, layout.external([p.detach() for p in star]))
+    return out, _with_pair(info, pair)
+
+
+def _with_pair(info, pair) -> SolverInfo:
+    """``info`` carrying ``pair`` as ``info.jacobian_pair`` (a plain dict from a user's solver becomes a
+    SolverInfo with the same items)."""
+    if not isinstance(info, SolverInfo):
+        info = SolverInfo(info)
+    info.jacobian_pair = pair
+    return info
 
 
 class DEQ(nn.Module):

@@ -14,6 +14,15 @@ lmdeq's (:mod:`lmdeq.solvers.info`). :func:`unregister` puts TorchDEQ's registry
     with lmdeq_torchdeq.registered(replace=True):
         deq = torchdeq.get_deq(args)
 
+Jacobian regularisation: :func:`jac_reg` and :func:`power_method` here are lmdeq's
+(:mod:`lmdeq.deq.jacobian`) under TorchDEQ's names and signatures (the same values as TorchDEQ's with the
+same seed; list states too). ``register(replace=True)`` also makes TorchDEQ's own names mean them:
+``torchdeq.loss.jacobian.jac_reg`` / ``power_method`` and their re-exports ``torchdeq.loss.*`` and
+``torchdeq.*``, and the ``power_method`` that TorchDEQ's cores use for their spectral-radius estimate
+(``torchdeq.core.power_method``), so a TorchDEQ training script's JR loss (``from torchdeq.loss import
+jac_reg``, imported after the call) runs lmdeq's; :func:`unregister` puts TorchDEQ's back. A script that
+imported the names before ``register`` keeps the functions it holds.
+
 Without touching a script at all::
 
     python -m lmdeq.integrations.torchdeq train.py --f_solver anderson --ift ...
@@ -22,21 +31,56 @@ runs ``train.py`` (with its arguments) after ``register(replace=True)``.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import runpy
 import sys
 from contextlib import contextmanager
 
 from .. import checks
+from ..deq import jac_reg, power_method
 from ..solvers import SOLVERS, TORCHDEQ_SOLVERS
 
-__all__ = ["register", "unregister", "registered", "main", "NAMES", "TORCHDEQ_NAMES"]
+__all__ = ["register", "unregister", "registered", "main", "NAMES", "TORCHDEQ_NAMES", "LOSS_NAMES", "jac_reg",
+           "power_method"]
 
 NAMES = {f"lmdeq_{name}": fn for name, fn in SOLVERS.items()}
 TORCHDEQ_NAMES = dict(TORCHDEQ_SOLVERS)
+# TorchDEQ's Jacobian functions, and the modules that hold them under these names (defining, re-exporting or
+# using them); register(replace=True) points each name that a module has at lmdeq's function.
+LOSS_NAMES = {"jac_reg": jac_reg, "power_method": power_method}
+_LOSS_MODULES = ("torchdeq.loss.jacobian", "torchdeq.loss", "torchdeq", "torchdeq.core")
 
 _MISSING = object()
 _saved: dict = {}   # name -> TorchDEQ's entry before lmdeq first registered it (_MISSING: there was none)
+_saved_attrs: dict = {}   # (module, name) -> TorchDEQ's function before register(replace=True) replaced it
+
+
+def _loss_slots() -> list:
+    """(module, name) of every TorchDEQ module attribute that :data:`LOSS_NAMES` replaces."""
+    slots = []
+    for module_name in _LOSS_MODULES:
+        module = importlib.import_module(module_name)
+        slots += [(module, name) for name in LOSS_NAMES if hasattr(module, name)]
+    return slots
+
+
+def _patch_losses() -> None:
+    for module, name in _loss_slots():
+        _saved_attrs.setdefault((module.__name__, name), getattr(module, name))
+        setattr(module, name, LOSS_NAMES[name])
+
+
+def _restore_losses() -> list:
+    """Put TorchDEQ's functions back where lmdeq's still stand; returns the restored 'module.name's."""
+    restored = []
+    for (module_name, name), before in list(_saved_attrs.items()):
+        module = sys.modules.get(module_name)
+        if module is not None and getattr(module, name, None) is LOSS_NAMES[name]:
+            setattr(module, name, before)
+            restored.append(f"{module_name}.{name}")
+        del _saved_attrs[(module_name, name)]
+    return restored
 
 
 def _registry() -> dict:
@@ -60,20 +104,23 @@ def _entries(replace: bool) -> dict:
 def register(replace: bool = False) -> list:
     """Register ``lmdeq_<name>`` for every lmdeq solver (fixed_point, anderson, broyden, authors_anderson) in TorchDEQ's solver
     registry and, with ``replace=True``, lmdeq's solvers under TorchDEQ's names ``anderson``,
-    ``broyden``, ``fixed_point_iter`` and ``simple_fixed_point_iter``. Returns the names registered.
+    ``broyden``, ``fixed_point_iter`` and ``simple_fixed_point_iter``, and lmdeq's ``jac_reg`` and
+    ``power_method`` under TorchDEQ's (see the module docstring). Returns the solver names registered.
     Raises ImportError with install advice when TorchDEQ is missing."""
     registry = _registry()
     entries = _entries(replace)
     for name, fn in entries.items():
         _saved.setdefault(name, registry.get(name, _MISSING))
         registry[name] = fn
+    if replace:
+        _patch_losses()
     return sorted(entries)
 
 
 def unregister() -> list:
     """Undo :func:`register`: every name it set is restored to TorchDEQ's own solver (or removed, for
-    the ``lmdeq_*`` names), unless something else has re-registered that name since. Returns the names
-    restored."""
+    the ``lmdeq_*`` names), unless something else has re-registered that name since, and TorchDEQ's
+    ``jac_reg`` / ``power_method`` where lmdeq's replaced them. Returns the solver names restored."""
     registry = _registry()
     restored = []
     for name, before in list(_saved.items()):
@@ -84,6 +131,7 @@ def unregister() -> list:
                 registry[name] = before
             restored.append(name)
         del _saved[name]
+    _restore_losses()
     return sorted(restored)
 
 
@@ -95,6 +143,8 @@ def registered(replace: bool = False):
     entries = _entries(replace)
     before = {name: registry.get(name, _MISSING) for name in entries}
     saved = dict(_saved)
+    attrs = [(module, name, getattr(module, name)) for module, name in _loss_slots()] if replace else []
+    saved_attrs = dict(_saved_attrs)
     try:
         yield register(replace)
     finally:
@@ -105,6 +155,10 @@ def registered(replace: bool = False):
                 registry[name] = fn
         _saved.clear()
         _saved.update(saved)
+        for module, name, fn in attrs:
+            setattr(module, name, fn)
+        _saved_attrs.clear()
+        _saved_attrs.update(saved_attrs)
 
 
 USAGE = """usage: python -m lmdeq.integrations.torchdeq SCRIPT [ARGS ...]

@@ -3,8 +3,10 @@
 ``mdeq(preset, lipschitz=True, **overrides)`` builds a model; ``PRESETS`` names the presets;
 ``AUTHORS_SOLVER`` holds the Lipschitz-MDEQ authors' solver as released (their Anderson, m=6, 18/20
 iterations, adjoint from 0); with ``constraint='released'`` it is their model as released (baseline (b)).
+``RELEASED_JR`` holds the released MDEQ + Jacobian regularisation recipe (cls_mdeq_LARGE_reg.yaml): with
+``lipschitz=False`` it is baseline (a-JR); ``model(x, jac_loss=True)`` returns the logits and the JR estimate.
 """
 from .classifier import MDEQClassifier, mdeq
-from .presets import AUTHORS_SOLVER, PRESETS, resolve_config
+from .presets import AUTHORS_SOLVER, PRESETS, RELEASED_JR, resolve_config
 
-__all__ = ["mdeq", "PRESETS", "AUTHORS_SOLVER", "MDEQClassifier", "resolve_config"]
+__all__ = ["mdeq", "PRESETS", "AUTHORS_SOLVER", "RELEASED_JR", "MDEQClassifier", "resolve_config"]

@@ -13,7 +13,10 @@ The public surface the trainer relies on:
 * ``model.fixed_point_problem(x)`` -> (f, z0) (problem.py);
 * ``model.graphs`` -> the :class:`~lmdeq.cuda_graphs.GraphCache` of its CUDA-graphed solves (used on CUDA
   with ``solve_mode='apriori'`` and ``cuda_graphs=True``; graph_binding.py);
-* ``model.config`` with ``mdeq(**model.config)`` rebuilding the model.
+* ``model.config`` with ``mdeq(**model.config)`` rebuilding the model;
+* ``model(x, jac_loss=True, f_max_iter=k)`` -> (logits, the Jacobian-regularisation estimate
+  :func:`lmdeq.deq.jac_reg` (f(z*), z*) with ``jac_loss_vecs`` vectors), the forward solve capped at k
+  iterations for this call (the released JR recipe's random threshold; see presets.py).
 
 The solves' arguments come from the config (solve_setup.py). Unrolled warm-up (``unrolled_warmup_steps = P >
 0``, the original MDEQ recipe's PRETRAIN_STEPS, unrolled.py): while fewer than P optimiser steps have been
@@ -23,12 +26,15 @@ as locuslab's code does); from step P on it is a DEQ (solve, implicit backward).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
+from .. import checks
 from ..cuda_graphs import GraphCache
-from ..deq import deq_solve
-from ..errors import NonFiniteError
+from ..deq import deq_solve, jac_reg, jacobian_pair
+from ..errors import ConfigError, NonFiniteError
 from ..solvers import Result
 from .cell_options import CellOptions
 from .constraints import CachedBound, ConstraintUpkeep
@@ -88,28 +94,51 @@ class MDEQClassifier(nn.Module):
         steps = self.config["unrolled_warmup_steps"]
         return steps > 0 and int(self.optimizer_steps) < steps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, jac_loss: bool = False, f_max_iter: Optional[int] = None):
+        """logits (B, num_classes); with ``jac_loss=True`` the pair (logits, jr), jr the 0-d Jacobian-
+        regularisation estimate ``lmdeq.deq.jac_reg(f(z*), z*, vecs=config['jac_loss_vecs'])`` (differentiable;
+        its Gaussian vectors come from torch's default CPU generator, as the released code's): on the tracked
+        f(z*) of the implicit backward, at no extra f-evaluation (:func:`lmdeq.deq_solve`'s ``jacobian_pair``;
+        another backward mode, a graphed adjoint or no grad: one more evaluation at z*), or, during the
+        unrolled warm-up, at one more evaluation at the last unrolled state detached (as the released code).
+        ``f_max_iter``: this call's forward-solve iteration cap instead of the config's (checked solves with a
+        count; the released JR recipe's f_thres + delta)."""
+        checks.boolean("jac_loss", jac_loss, where="MDEQClassifier: ")
+        if f_max_iter is not None:
+            f_max_iter = checks.integer("f_max_iter", f_max_iter, 1, where="MDEQClassifier: ")
         check_images(x)
         self._constraints.refresh_stale()
         f, z0, injection = fixed_point_problem(self.stem, self.injection, self.cell, x)
         if self.in_unrolled_warmup():
             with self.cell.frozen_weights():
                 z, rel = unrolled(f, z0, self.config["unrolled_layers"])
+                pair = jacobian_pair(f, [p.detach() for p in z]) if jac_loss else None
             self._stats.unrolled(self.config["unrolled_layers"], rel, self.config["f_tol"],
                                  backprop=torch.is_grad_enabled() and self.training)
-            return self.head(z)
+            return self._output(self.head(z), pair)
         kwargs, bound = solve_arguments(self.config, self.lipschitz_bound, self._counts)
+        if f_max_iter is not None:
+            if kwargs.get("iterations") is not None:
+                raise ConfigError("MDEQClassifier: f_max_iter applies to checked solves; this model's forward solve "
+                                  "runs a fixed a-priori count (solve_mode='apriori')")
+            kwargs["max_iter"] = f_max_iter
         self._stats.bound_used(bound)
         graph = None
         if self.config["cuda_graphs"] and self.graphs.enabled(injection.device):
             graph = graphed_problem(self.cell, self.graphs, injection, self.training)
         with self.cell.frozen_weights():
-            z, info = deq_solve(f, z0, on_backward=self._stats.backward, graph=graph, **kwargs)
+            z, info = deq_solve(f, z0, on_backward=self._stats.backward, graph=graph, jacobian_pair=jac_loss,
+                                **kwargs)
         self._stats.forward(info, self.graphs.captures)
         # Checked solves read their residuals back anyway; a-priori (sync-free) solves are not read here.
         if self.config["solve_mode"] == "checked" and info.result is Result.NONFINITE:
             raise NonFiniteError("the forward solve produced NaN/Inf: non-finite input images or weights")
-        return self.head(z)
+        return self._output(self.head(z), info.jacobian_pair if jac_loss else None)
+
+    def _output(self, logits: torch.Tensor, pair):
+        if pair is None:
+            return logits
+        return logits, jac_reg(pair.f0, pair.z0, vecs=self.config["jac_loss_vecs"])
 
     @property
     def last_info(self) -> dict:

@@ -27,6 +27,17 @@ convergence checks. The authors' solver as released is ``mdeq(..., **AUTHORS_SOL
 (:func:`lmdeq.solvers.authors_anderson`, adjoint from 0) and their constraint as released
 ``constraint='released'`` (see :data:`CONSTRAINTS`). ``cuda_graphs=True`` (default) replays each
 fixed-count solve (``solve_mode='apriori'``) as one CUDA graph on CUDA devices.
+
+Jacobian regularisation (Bai, Koltun & Kolter, ICML 2021), training settings of either variant, named after the
+released config keys (locuslab/deq and iiduka-researches/Lipschitz_mdeq MDEQ-Vision, ``LOSS.*`` and
+``DEQ.RAND_F_THRES_DELTA``): on a training step drawn with probability ``jac_loss_freq`` the loss is
+``CE + factor * jac_reg(f(z*), z*)`` (:func:`lmdeq.deq.jac_reg` with ``jac_loss_vecs`` vectors, on the tracked
+f(z*) of the implicit backward) and that step's forward solve runs ``f_max_iter + delta`` iterations, delta
+uniform on {-rand_f_thres_delta, ..., 1}; ``factor = jac_loss_weight + 0.1 * (s // jac_incremental)`` at DEQ step
+s (optimiser steps after the unrolled warm-up, during which it is 0), and 0 from ``jac_stop_fraction`` of the
+run's steps on. Off unless ``jac_loss_weight > 0`` and ``jac_loss_freq > 0``. The model computes the estimate
+when asked (``model(x, jac_loss=True)``); the per-step draw is the training loop's
+(:mod:`lmdeq.train.jacobian`). :data:`RELEASED_JR` is the released recipe (cls_mdeq_LARGE_reg.yaml).
 """
 from __future__ import annotations
 
@@ -39,8 +50,8 @@ from ..deprecation import deprecated
 from ..errors import ConfigError, ConfigTypeError
 from ..solvers import STOP_MODES, get_solver
 
-__all__ = ["PRESETS", "AUTHORS_SOLVER", "CONSTRAINTS", "SOLVE_MODES", "RENAMED_KEYS", "resolve_config",
-           "original_warmup_steps"]
+__all__ = ["PRESETS", "AUTHORS_SOLVER", "CONSTRAINTS", "SOLVE_MODES", "RENAMED_KEYS", "RELEASED_JR", "JR_KEYS",
+           "resolve_config", "original_warmup_steps", "jacobian_regularised"]
 
 PRESETS = {
     "cifar10-large": dict(channels=[32, 64, 128, 256], expansion=5, num_groups=8, dropout=0.3,
@@ -69,6 +80,24 @@ AUTHORS_SOLVER = dict(f_solver="authors_anderson", b_solver="authors_anderson", 
                       f_solver_kwargs={"m": 6, "lam": 1e-4}, b_solver_kwargs={"m": 6, "lam": 1e-4}, b_x0="zeros")
 SOLVE_MODES = ("checked", "apriori")
 
+# Jacobian regularisation: the keys and their defaults (off). jac_incremental's default is the released
+# JAC_INCREMENTAL default int(1e8) (the weight never grows); jac_loss_vecs = 2 is the released estimator's
+# (locuslab/deq lib/jacobian.py jac_loss_estimate, vecs=2); rand_f_thres_delta is 0 here (the released default
+# is 2, which RELEASED_JR sets) so that turning JR on does not change the solver unless asked.
+JR_KEYS = dict(jac_loss_weight=0.0, jac_loss_freq=0.0, jac_incremental=100_000_000, jac_stop_fraction=1.0,
+               rand_f_thres_delta=0, jac_loss_vecs=2)
+# The released MDEQ + JR recipe (MDEQ-Vision experiments/cifar/cls_mdeq_LARGE_reg.yaml, in locuslab/deq and in
+# iiduka-researches/Lipschitz_mdeq): the original MDEQ with DROPOUT 0.22 and NUM_LAYERS 8 (PRETRAIN_STEPS 0:
+# no unrolled warm-up), Anderson forward and backward (the locuslab solver: m = 6, lam = 1e-4, eps 1e-3, the
+# adjoint from 0) with STOP_MODE rel, F_THRES 7, B_THRES 8, RAND_F_THRES_DELTA 2; JAC_LOSS_WEIGHT 0.5,
+# JAC_LOSS_FREQ 0.05, JAC_INCREMENTAL not set (1e8), JAC_STOP_EPOCH 90 of END_EPOCH 200.
+RELEASED_JR = dict(dropout=0.22, unrolled_layers=8, unrolled_warmup_steps=0,
+                   f_solver="authors_anderson", b_solver="authors_anderson", f_max_iter=7, b_max_iter=8,
+                   f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel", b_stop_mode="rel", f_solver_kwargs={"m": 6, "lam": 1e-4},
+                   b_solver_kwargs={"m": 6, "lam": 1e-4}, b_x0="zeros", backward="implicit",
+                   jac_loss_weight=0.5, jac_loss_freq=0.05, jac_incremental=100_000_000, jac_stop_fraction=90 / 200,
+                   rand_f_thres_delta=2, jac_loss_vecs=2)
+
 # Keys of older configs (checkpoints, scripts): each sets the keys listed (DeprecationWarning).
 RENAMED_KEYS = {"solver": ("f_solver",), "solver_kwargs": ("f_solver_kwargs",),
                 "stop_mode": ("f_stop_mode", "b_stop_mode")}
@@ -77,7 +106,7 @@ _ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels",
 _COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel",
                         b_stop_mode="rel", f_solver_kwargs={}, b_solver_kwargs={}, b_x0="v", backward="implicit",
                         solve_mode="checked", cuda_graphs=True, unrolled_warmup_steps=0,
-                        unrolled_layers=UNROLLED_LAYERS)
+                        unrolled_layers=UNROLLED_LAYERS, **JR_KEYS)
 _LIPSCHITZ_DEFAULTS = dict(s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0, constraint="certified",
                            sigma_margin=0.05, power_iters=2, init_power_iters=30, f_solver="fixed_point",
                            b_solver="fixed_point", f_max_iter=None, b_max_iter=None)
@@ -110,6 +139,11 @@ def original_warmup_steps(preset: str, total_steps: int) -> int:
     total_steps = checks.integer("total_steps", total_steps, 1)
     pretrain, length = PRESETS[preset]["original_warmup"]
     return round(total_steps * pretrain / length)
+
+
+def jacobian_regularised(cfg: dict) -> bool:
+    """Whether a model config trains with Jacobian regularisation (jac_loss_weight > 0 and jac_loss_freq > 0)."""
+    return cfg.get("jac_loss_weight", 0.0) > 0 and cfg.get("jac_loss_freq", 0.0) > 0
 
 
 def _renamed(overrides: dict) -> dict:
@@ -190,6 +224,7 @@ def _validate(cfg: dict) -> None:
     if cfg["lipschitz"]:
         checks.choice("constraint", cfg["constraint"], CONSTRAINTS)
     _validate_solves(cfg)
+    _validate_jacobian(cfg)
     if cfg["lipschitz"]:
         for key in ("s", "gamma_max", "conv_cap"):
             checks.number(key, cfg[key], 0, low_open=True)
@@ -236,3 +271,19 @@ def _validate_solves(cfg: dict) -> None:
             raise ConfigError("solve_mode='apriori' counts Picard steps: f_solver and b_solver must be 'fixed_point'")
     if b_count and cfg["b_x0"] != "v":
         raise ConfigError("the a-priori adjoint count is derived for the adjoint started at v: set b_x0='v'")
+
+
+def _validate_jacobian(cfg: dict) -> None:
+    checks.number("jac_loss_weight", cfg["jac_loss_weight"], 0)
+    checks.number("jac_loss_freq", cfg["jac_loss_freq"], 0, 1)
+    checks.integer("jac_incremental", cfg["jac_incremental"], 1)
+    checks.number("jac_stop_fraction", cfg["jac_stop_fraction"], 0, 1)
+    delta = checks.integer("rand_f_thres_delta", cfg["rand_f_thres_delta"], 0)
+    checks.integer("jac_loss_vecs", cfg["jac_loss_vecs"], 1)
+    if delta and jacobian_regularised(cfg):
+        if cfg["solve_mode"] == "apriori" or cfg["f_max_iter"] is None:
+            raise ConfigError("rand_f_thres_delta changes the forward solve's f_max_iter on the JR steps: it needs a "
+                              "set f_max_iter and solve_mode='checked' (or rand_f_thres_delta=0)")
+        if cfg["f_max_iter"] - delta < 1:
+            raise ConfigError(f"rand_f_thres_delta={delta} would leave f_max_iter={cfg['f_max_iter']} - {delta} < 1 "
+                              "iterations on some JR steps")

@@ -3,7 +3,8 @@
 The images and their batches come from :mod:`lmdeq.data`; files are replaced through :mod:`lmdeq.atomic`
 (crash-safe) and the crash tests' kill points are :mod:`lmdeq.faults`. Files here: ``config`` (the run's
 settings), ``optim`` (Adam + per-step cosine cycles), ``hooks`` (optional model hooks), ``model`` (build and
-check the model, load weights), ``step`` (one optimiser step), ``evaluate``, ``metrics`` (JSONL),
+check the model, load weights), ``step`` (one optimiser step), ``jacobian`` (the per-step decision of
+Jacobian-regularised training), ``evaluate``, ``metrics`` (JSONL),
 ``checkpoint`` (safe loads, RNG state), ``rundir`` (the run directory: lock, epoch-end commit, repair after
 a crash), ``trainer`` (the loop), ``run`` (entry points), ``export`` (a run's best weights as a small
 file), ``cli``; for data-parallel runs under torchrun, ``distributed`` (process group, rank devices,

@@ -5,8 +5,9 @@ runs), of one of two kinds:
 
 * ``run`` (``last.pt``): a run's whole state after a completed epoch: model state and ``model.config``,
   training config, optimiser and scheduler state, completed epochs and optimiser steps, the torch / CUDA /
-  numpy / python RNG states, the metrics record of every epoch so far (``history``) and the best epoch's
-  bookkeeping and weights (``best``). It alone determines the run: ``metrics.jsonl`` and ``best.pt`` are
+  numpy / python RNG states (and those of the run's own generators, e.g. the Jacobian-regularisation
+  decisions), the metrics record of every epoch so far (``history``) and the best epoch's bookkeeping and
+  weights (``best``). It alone determines the run: ``metrics.jsonl`` and ``best.pt`` are
   derived from it (:mod:`lmdeq.train.rundir`).
 * ``best`` (``best.pt``): the best epoch's weights with its configs and record, for ``lmdeq eval`` and
   ``lmdeq bench --weights``; not resumable.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -43,19 +45,40 @@ _REQUIRED = {
 _REQUIRED_V1 = _MODEL
 
 
-def capture_rng_state() -> dict:
+def capture_rng_state(generators: Optional[Mapping[str, torch.Generator]] = None) -> dict:
+    """The global RNG states (torch CPU and CUDA, numpy, python) and, under ``'generators'``, the states of
+    the run's own ``generators`` by name (e.g. the Jacobian-regularisation decisions, lmdeq.train.jacobian)."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": random.getstate(),
     }
+    if generators:
+        state["generators"] = {name: g.get_state() for name, g in generators.items()}
+    return state
 
 
-def restore_rng_state(state: dict) -> None:
-    """Restore what :func:`capture_rng_state` captured (CUDA states for the devices present)."""
+def restore_generators(state: dict, generators: Mapping[str, torch.Generator]) -> None:
+    """Set each of ``generators`` to its state saved by :func:`capture_rng_state` under its name
+    (CheckpointError naming the ones that were not saved)."""
+    saved = state.get("generators") or {}
+    missing = sorted(set(generators) - set(saved))
+    if missing:
+        raise CheckpointError(f"checkpoint: its RNG state has no saved state of the generator(s) {missing} that this "
+                              "run draws from (a run checkpoint written without them cannot continue this run "
+                              "exactly)")
+    for name, g in generators.items():
+        g.set_state(saved[name])
+
+
+def restore_rng_state(state: dict, generators: Optional[Mapping[str, torch.Generator]] = None) -> None:
+    """Restore what :func:`capture_rng_state` captured (CUDA states for the devices present), and with
+    ``generators`` their saved states (:func:`restore_generators`)."""
+    if generators:
+        restore_generators(state, generators)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         n = min(len(state["cuda"]), torch.cuda.device_count())

@@ -9,6 +9,13 @@ holding the whole state, history and best weights, then the derived ``best.pt`` 
 Resuming from ``last.pt`` reproduces the uninterrupted run bit for bit on the same device, files
 included (batches are a function of (seed, epoch); every other state is in the checkpoint).
 
+Jacobian regularisation (a model config with ``jac_loss_weight`` and ``jac_loss_freq`` > 0): before each step
+the run's :class:`~lmdeq.train.jacobian.JacobianSchedule` draws whether the step trains on the JR estimate (and
+its forward-solve cap), as the released MDEQ + JR loop does, from a generator of its own seeded by the run's seed
+and saved in ``last.pt``'s RNG state, so a resumed run makes the same decisions; the schedule's stop step is
+``jac_stop_fraction`` of the run's ``epochs``. The epoch record then also holds ``jr_steps`` (how many steps
+trained on it) and ``jac_loss`` (its mean over them).
+
 Solves that miss their tolerance are counted per epoch (``unconverged_steps``: the fraction of training
 steps that ran on one, in metrics.jsonl) and warned about at every epoch end where it is not zero.
 
@@ -39,12 +46,13 @@ import torch
 from ..errors import DataError, NonFiniteError
 from . import replicas
 from ..data.batches import check_shardable, train_batches
-from .checkpoint import capture_rng_state, restore_rng_state
+from .checkpoint import capture_rng_state, restore_generators, restore_rng_state
 from .config import TrainConfig
 from .distributed import ELASTIC_RUN_ID, SINGLE, Dist
 from .evaluate import evaluate
 from ..faults import fault_point
 from .hooks import SOLVER_KEYS, certified_bound, model_config, solver_stats, solves_unconverged
+from .jacobian import GENERATOR_NAME, JacobianSchedule
 from ..data.images import LabelledImages
 from .metrics import MeanMeter, fmt_number, json_number
 from .optim import build_optimizer, build_scheduler, cycle_bounds
@@ -103,6 +111,11 @@ class Trainer:
         self.forked_from: str | None = None  # the checkpoint a forked run continued, in another directory
         self.bound = certified_bound(model, training=True)  # of the map solved in training (progress bar)
         self.bound_eval = certified_bound(model, training=False)  # of the map solved at inference
+        self.jacobian = JacobianSchedule.for_model(model, cfg.seed, cfg.epochs * self.steps_per_epoch)
+
+    def _generators(self) -> dict:
+        """The run's own generators, saved and restored with the RNG state."""
+        return {GENERATOR_NAME: self.jacobian.generator} if self.jacobian is not None else {}
 
     @property
     def certified(self) -> bool:
@@ -131,7 +144,7 @@ class Trainer:
             "best_model_state": None if best_is_current else self._best_weights,
             "lipschitz_bound": self.bound,
             "lipschitz_bound_eval": self.bound_eval,
-            "rng": capture_rng_state(),
+            "rng": capture_rng_state(self._generators()),
             "world_size": self.dist.world,
             "elastic_run_id": os.environ.get(ELASTIC_RUN_ID),  # lets a torchrun restart continue this run
         }
@@ -177,6 +190,7 @@ class Trainer:
                         "schedule continue unchanged, but shard-dependent state (BatchNorm statistics without "
                         "--sync-bn, dropout masks) differs from a run kept at %d", saved_world, self.dist.world,
                         saved_world)
+        restore_generators(ckpt["rng"], self._generators())
         restore_rng_state(ckpt["rng"])
 
     # -- training ------------------------------------------------------------------------------
@@ -209,8 +223,8 @@ class Trainer:
         loader = train_batches(self.train_data, self.cfg.batch_size, self.cfg.seed, epoch, self.cfg.augment,
                                workers=self.workers, pin_memory=self.device.type == "cuda",
                                shard=(self.dist.rank, self.dist.world))
-        meter, last = MeanMeter(), {}
-        unconverged, judged, steps = 0, 0, 0
+        meter, last, jr_meter = MeanMeter(), {}, MeanMeter()
+        unconverged, judged, steps, jr_steps = 0, 0, 0, 0
         start = time.perf_counter()
         bar = None
         if self.progress:
@@ -219,14 +233,19 @@ class Trainer:
                        dynamic_ncols=True)
         try:
             for images, labels in loader:
+                draw = self.jacobian.draw(self.step) if self.jacobian is not None else None
                 done = train_step(self.model, self.optimizer, self.scheduler, images, labels, self.device,
                                   len(self.train_data.classes), self.cfg.grad_clip,
                                   lambda v: NonFiniteError(f"training diverged: the loss is {v} at epoch {epoch}, "
                                                            f"step {self.step + 1}; {self._kept()} (try a lower "
                                                            "--lr or --grad-clip)"),
-                                  forward=self.forward_model, dist=self.dist)
+                                  forward=self.forward_model, dist=self.dist, jacobian=draw)
                 self.step += 1
                 steps += 1
+                if draw is not None:
+                    jr_steps += draw.jac_loss
+                    if done.jac_loss is not None:
+                        jr_meter.update({"jac_loss": done.jac_loss})
                 info = getattr(self.model, "last_info", None) or {}
                 last, verdict = self._across_ranks(solver_stats(self.model, info=info),
                                                    solves_unconverged(self.model, info), done.shard)
@@ -246,6 +265,8 @@ class Trainer:
         out = meter.means()
         out["time_s"] = time.perf_counter() - start
         out["unconverged_steps"] = unconverged / judged if judged == steps and steps else None
+        if self.jacobian is not None:
+            out.update(jr_steps=jr_steps, jac_loss=jr_meter.mean("jac_loss"))
         return out
 
     def _record(self, train: dict, val: dict | None) -> dict:
@@ -256,6 +277,8 @@ class Trainer:
         for k in ("f_nstep", "f_residual", "b_nstep", "b_residual"):
             rec[k] = json_number(train.get(k))
         rec["unconverged_steps"] = json_number(train.get("unconverged_steps"))
+        if "jr_steps" in train:
+            rec.update(jr_steps=train["jr_steps"], jac_loss=json_number(train.get("jac_loss")))
         if val is not None:
             rec.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_time_s": val["time_s"],
                         "val_f_nstep": json_number(val.get("f_nstep")),

@@ -15,7 +15,8 @@ from lmdeq.models import mdeq
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    return speedup.run(preset="cifar10-small", batch=2, steps=1, warmup=0, out_dir=str(out), log=lambda m: None)
+    return speedup.run(preset="cifar10-small", batch=2, steps=1, warmup=0, methods=("original", "authors", "lmdeq"),
+                       out_dir=str(out), log=lambda m: None)
 
 
 def test_rows_and_fields(result):
@@ -204,3 +205,77 @@ def test_benchmark_batch_from_an_image_folder(tmp_path, monkeypatch):
     assert x.dtype == torch.float32 and x.shape == (10, 3, 32, 32)
     assert sorted(y.tolist()) == list(range(10))  # a stratified batch: one image per class
     assert -3.0 < float(x.mean()) < 3.0  # normalised, not raw 0..255 pixels
+
+
+def test_jr_method_times_both_kinds_of_step_every_round():
+    """(a-JR): every timed round runs one plain and one JR step; the method's time per round is their mean at
+    the JR frequency, the two kinds are kept apart, and a JR step trains on the JR term (a changed loss)."""
+    from lmdeq.bench.jacobian_steps import combine_rounds
+
+    from ..models.tiny import TINY2
+
+    torch.manual_seed(0)
+    config = {**speedup.method_config("original_jr", "cifar10-small"), **TINY2}
+    model = mdeq(**config)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    methods = {"original_jr": speedup.Method(model, x, y)}
+    out = speedup.measure(methods, torch.device("cpu"), steps=4, warmup=1)["original_jr"]
+    assert methods["original_jr"].jr.flags[:10] == [False, True] * 5   # warm-up + timed rounds, then the infer-free rest
+    p = out["jr_frequency"]
+    assert p == config["jac_loss_freq"] == 0.05
+    for t, a, b in zip(out["train_ms_all"], out["train_plain_ms_all"], out["train_jr_ms_all"]):
+        assert t == pytest.approx((1 - p) * a + p * b)
+    assert out["train_jr_spread"]["n"] == out["train_plain_spread"]["n"] == 4
+    row = {"weights": "init", "label": speedup.LABELS["original_jr"], **out}
+    assert "x JR step (median" in speedup.jacobian_table([row])
+    with pytest.raises(ValueError, match="one of each per round"):
+        combine_rounds(methods, {"original_jr": [0.1], "original_jr:jr": [0.1, 0.2]})
+
+
+def test_a_forced_jr_step_adds_the_jr_term():
+    from lmdeq.bench.jacobian_steps import JacobianSteps
+
+    from ..models.tiny import TINY2
+
+    torch.manual_seed(0)
+    model = mdeq(**{**speedup.method_config("original_jr", "cifar10-small"), **TINY2})
+    x = torch.randn(2, 3, 32, 32)
+    steps = JacobianSteps(model, 0)
+    logits, term = steps.forward(model, x, True)
+    assert term is not None and term.requires_grad and float(term.detach()) > 0
+    assert steps.forward(model, x, False)[1] is None and steps.flags == [True, False]
+    plain = JacobianSteps(mdeq(**{**speedup.method_config("original", "cifar10-small"), **TINY2}), 0)
+    assert not plain.enabled and plain.forward(model, x, True)[1] is None
+
+
+def test_cli_accepts_the_jr_method(tmp_path, capsys):
+    rc = main(["bench", "--quick", "--batch", "2", "--steps", "1", "--warmup", "0", "--methods", "original_jr",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "(a-JR) MDEQ + Jacobian reg. (authors' baseline config)" in out
+    assert "Jacobian-regularised training steps" in out
+    (path,) = tmp_path.glob("speedup-*.json")
+    row = json.loads(path.read_text())["rows"][0]
+    assert len(row["train_jr_ms_all"]) == len(row["train_plain_ms_all"]) == 1 and row["jr_frequency"] == 0.05
+
+
+def test_the_result_says_which_weights_each_method_ran_on(result):
+    assert result["weights_used"].startswith("Weights: random init (seed 0) for ")
+    assert result["weights_used"].endswith("trained: none (no --weights given: init weights only)")
+    assert result["weights_used"] in result["table"]
+    rows = [{"weights": "init", "weights_source": "random init (seed 0)", "method": m} for m in ("original", "lmdeq")]
+    rows.append({"weights": "trained", "weights_source": "runs/c/last.pt", "method": "lmdeq"})
+    line = speedup.weights_used(rows, ["runs/c/last.pt"])
+    assert line.endswith("trained: (c) lmdeq fast path <- runs/c/last.pt; (a) original MDEQ: no --weights checkpoint "
+                         "of its variant")
+
+
+def test_reserved_memory_is_reported_beside_allocated(result):
+    """On CUDA, the peak reserved memory (CUDA-graph pools included) beside the step's allocated peak; None here."""
+    assert "peak reserved MiB (process)" in result["table"]
+    for r in result["rows"]:
+        assert r["peak_train_reserved_mib"] is None and r["held_train_mib"] is None
+        assert r["peak_infer_reserved_mib"] is None and r["peak_train_mib"] is None
+    assert speedup._peak_step_memory(lambda: None, torch.device("cpu"), "train") == {
+        "peak_train_mib": None, "peak_train_reserved_mib": None, "held_train_mib": None}

@@ -174,3 +174,84 @@ def test_data_is_required_and_must_exist(tmp_path):
         tta.main(["--device", "cpu", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="error: .*missing"):
         tta.main(["--data", str(tmp_path / "missing"), "--device", "cpu", "--out", str(tmp_path)])
+
+
+def test_the_jr_baseline_trains_with_its_own_draws():
+    """(a-JR) in the time-to-accuracy run: its JR decisions come from its own seeded schedule (the number of
+    JR steps in its points is the schedule's), and interleaving it with another method changes nothing."""
+    from lmdeq.bench.tta_cli import _method_names
+    from lmdeq.train.jacobian import JacobianSchedule
+
+    assert _method_names("original,original_jr", "") == ["original", "original_jr"]
+    config = {**method_config("original_jr", "cifar10-small"), **TINY, "jac_loss_freq": 0.5, "jac_stop_fraction": 1.0}
+    spec = MethodSpec("original_jr", LABELS["original_jr"], config)
+    (alone,) = _run([spec], order=[0])
+    together = _run([spec, _specs()[2]], order=[1, 0])[0]
+    schedule = JacobianSchedule(alone.model.config, seed=3, total_steps=4)
+    expected = sum(schedule.draw(t).jac_loss for t in range(4))
+    assert alone.points[-1]["jr_steps"] == expected > 0
+    for a, b in zip(alone.points, together.points):
+        assert {k: v for k, v in a.items() if k not in TIMES} == {k: v for k, v in b.items() if k not in TIMES}
+    for (name, a), (_, b) in zip(alone.model.state_dict().items(), together.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_an_interrupted_run_resumes_to_the_same_curves(tiny_folder, tmp_path, monkeypatch):
+    """Killed after its first round (mid-epoch: 2 points per epoch) and continued with --resume, the run
+    gives every method the points of an uninterrupted run (times aside); other settings are refused."""
+    from lmdeq.bench import tta_cli
+
+    monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
+    tta = load_script("benchmarks/time_to_accuracy.py")
+
+    def argv(out, *extra):
+        return ["--data", str(tiny_folder), "--device", "cpu", "--epochs", "2", "--batch", "5", "--val-fraction",
+                "0.2", "--full-split", "--evals-per-epoch", "2", "--methods", "original_jr,lmdeq", "--variants", "",
+                "--no-progress", "--out", str(out), "--model-set", "jac_loss_freq=0.7", *TINY_ARGS, *extra]
+
+    assert tta.main(argv(tmp_path / "whole")) == 0
+    real_save, saves = tta_cli._save_state, []
+
+    def save_then_die(*a, **k):
+        real_save(*a, **k)
+        saves.append(1)
+        if len(saves) == 1:
+            raise KeyboardInterrupt("killed after round 1")
+
+    monkeypatch.setattr(tta_cli, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tta.main(argv(tmp_path / "cut"))
+    monkeypatch.setattr(tta_cli, "_save_state", real_save)
+    with pytest.raises(SystemExit, match="other settings: seed 0 -> 1"):
+        tta.main(argv(tmp_path / "cut", "--resume", "--seed", "1"))
+    assert tta.main(argv(tmp_path / "cut", "--resume")) == 0
+    whole, cut = [json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("whole", "cut")]
+    assert [s["start_round"] for s in cut["sittings"]] == [0, 1] and len(whole["sittings"]) == 1
+    assert sum(p["jr_steps"] > 0 for p in whole["methods"][0]["points"]) > 0
+    for a, b in zip(whole["methods"], cut["methods"]):
+        assert len(a["points"]) == len(b["points"]) == 4
+        for pa, pb in zip(a["points"], b["points"]):
+            assert {k: v for k, v in pa.items() if k not in TIMES + ("train_s",)} == \
+                {k: v for k, v in pb.items() if k not in TIMES + ("train_s",)}
+    with pytest.raises(SystemExit, match="no saved state"):
+        tta.main(argv(tmp_path / "never", "--resume"))
+
+
+def test_targets_against_the_jr_baseline():
+    """Targets 4 and 5: (c) vs (a-JR), time to (a-JR)'s best (<= 1/3) and every evaluation from epoch 4."""
+    def curve(name, pts):
+        return {"method": name, "label": name, "points": [
+            {"step": 10 * e, "epoch": e, "train_s": t, "val_acc": a, "unrolled": False, "interval_steps": 10}
+            for e, t, a in pts]}
+
+    jr = curve("original_jr", [(2, 100.0, 0.30), (4, 200.0, 0.40), (6, 300.0, 0.50)])
+    good = curve("lmdeq", [(2, 20.0, 0.31), (4, 40.0, 0.395), (6, 60.0, 0.51)])
+    bad = curve("lmdeq", [(2, 20.0, 0.31), (4, 40.0, 0.38), (6, 150.0, 0.50)])
+    for c, verdicts in ((good, ["MET", "MET"]), (bad, ["MISSED", "MISSED"])):
+        methods = [jr, c]
+        out = tta_report.targets(methods, tta_report.summarise(methods, [0.3]))[-2:]
+        assert [v["verdict"] for v in out] == verdicts, out
+    assert "2 evaluations from epoch 4" in out[1]["detail"] and "-2.0 points at epoch 4" in out[1]["detail"]
+    methods = [jr]
+    assert [v["verdict"] for v in tta_report.targets(methods, tta_report.summarise(methods, [0.3]))[-2:]] == \
+        ["N/A", "N/A"]

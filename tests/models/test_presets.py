@@ -100,3 +100,41 @@ def test_bad_preset_and_variant_errors():
         mdeq("cifar10-small", lipschitz=False, f_max_iter=None)
     with pytest.raises(ValueError, match="apriori"):
         mdeq("cifar10-small", lipschitz=False, solve_mode="apriori")
+
+
+def test_jacobian_regularisation_keys_default_off_and_are_checked():
+    from lmdeq.errors import ConfigError
+    from lmdeq.models import RELEASED_JR
+    from lmdeq.models.presets import jacobian_regularised
+
+    cfg = mdeq("cifar10-small", lipschitz=False, **TINY2).config
+    assert not jacobian_regularised(cfg) and cfg["rand_f_thres_delta"] == 0 and cfg["jac_loss_vecs"] == 2
+    assert jacobian_regularised(mdeq("cifar10-small", lipschitz=False, **TINY2, **RELEASED_JR).config)
+    for key, value, err in [("jac_loss_weight", -0.1, ValueError), ("jac_loss_freq", 1.5, ValueError),
+                            ("jac_incremental", 0, ValueError), ("jac_incremental", 2.0, TypeError),
+                            ("jac_stop_fraction", 1.2, ValueError), ("rand_f_thres_delta", -1, ValueError),
+                            ("jac_loss_vecs", 0, ValueError), ("jac_loss_freq", "0.05", TypeError)]:
+        with pytest.raises(err, match=key):
+            mdeq("cifar10-small", lipschitz=False, **TINY2, **{key: value})
+    jr = dict(jac_loss_weight=0.5, jac_loss_freq=0.05, rand_f_thres_delta=2)
+    with pytest.raises(ConfigError, match="rand_f_thres_delta"):   # the a-priori count leaves nothing to shift
+        mdeq("cifar10-small", lipschitz=True, init_power_iters=1, **TINY2, **jr)
+    with pytest.raises(ConfigError, match="f_max_iter=2 - 2 < 1"):
+        mdeq("cifar10-small", lipschitz=False, f_max_iter=2, **TINY2, **jr)
+    mdeq("cifar10-small", lipschitz=True, init_power_iters=1, **TINY2, **dict(jr, rand_f_thres_delta=0))
+
+
+def test_forward_arguments_are_checked():
+    from lmdeq.errors import ConfigError
+
+    model = mdeq("cifar10-small", lipschitz=False, f_max_iter=3, b_max_iter=3, **TINY2)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(TypeError, match="jac_loss"):
+        model(x, jac_loss=1)
+    with pytest.raises(ValueError, match="f_max_iter"):
+        model(x, f_max_iter=0)
+    lip = mdeq("cifar10-small", lipschitz=True, solve_mode="apriori", init_power_iters=1, **TINY2)
+    with pytest.raises(ConfigError, match="f_max_iter applies to checked solves"):
+        lip(x, f_max_iter=3)
+    logits, jr = model(x, jac_loss=True, f_max_iter=2)
+    assert logits.shape == (1, 10) and jr.dim() == 0 and jr.requires_grad and model.last_info["f_nstep"] <= 3

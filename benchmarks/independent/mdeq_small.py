@@ -475,7 +475,8 @@ def _matvec(us: torch.Tensor, vts: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     """(-I + U V^T) x, per sample; us, vts: (B, k, n)."""
     if us.shape[1] == 0:
         return -x
-    return -x + torch.einsum("bkn,bk->bn", us, torch.einsum("bkn,bn->bk", vts, x))
+    # (small operand first: einsum then reads the slice us[:, :k] in place instead of copying it for bmm)
+    return -x + torch.einsum("bk,bkn->bn", torch.einsum("bn,bkn->bk", x, vts), us)
 
 
 def _rmatvec(us: torch.Tensor, vts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .backward import Implicit
 from .graphed import GraphedProblem
 from .jacobian import JacobianPair
 
-__all__ = ["implicit_gradient", "is_solved_state", "adjoint_done"]
+__all__ = ["implicit_gradient", "is_solved_state", "adjoint_done", "HIGHER_ORDER"]
 
 _DONE = "_lmdeq_adjoint_done"
 
@@ -141,8 +141,17 @@ class _Adjoint:
             return self.graph.run(("adjoint",) + self.tag, body, list(self.star) + list(v_parts), grad=True)
 
 
+HIGHER_ORDER = ("deq_solve: a gradient of the implicit gradient (create_graph=True through the DEQ's backward: a "
+                "gradient penalty, a double backward, a Hessian-vector product) is not supported: the adjoint g solves "
+                "g = J^T g + v without a graph, so its derivative would be silently wrong. Use backward=JFB() or "
+                "Phantom(...) (plain autograd through f at z*, differentiable any number of times), or differentiate "
+                "an unrolled solve. Jacobian regularisation does not need it: take info.jacobian_pair "
+                "(deq_solve(..., jacobian_pair=True)) and lmdeq.jac_reg, which differentiate f at z*, not the solve.")
+
+
 class ImplicitGrad(torch.autograd.Function):
-    """Identity forward; backward replaces the upstream gradient v by the adjoint solution g."""
+    """Identity forward; backward replaces the upstream gradient v by the adjoint solution g. Differentiable
+    once: a backward pass that builds a graph (create_graph=True) is refused (:data:`HIGHER_ORDER`)."""
 
     @staticmethod
     def forward(ctx, adjoint, *parts):
@@ -150,7 +159,8 @@ class ImplicitGrad(torch.autograd.Function):
         return tuple(p.view_as(p) for p in parts)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
+        if torch.is_grad_enabled():   # the engine runs backward functions in grad mode iff create_graph=True
+            raise RuntimeError(HIGHER_ORDER)
         v = [g if g is not None else torch.zeros_like(s) for g, s in zip(grads, ctx.adjoint.star)]
         return (None, *ctx.adjoint(v))

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch._C._functorch import maybe_current_level
 from torch.profiler import record_function
 
 from .. import checks
@@ -36,7 +37,13 @@ from .backward import JFB, Backward, Implicit, Phantom, as_backward
 from .graphed import GraphedProblem
 from .jacobian import jacobian_pair as evaluation_pair
 
-__all__ = ["deq_solve", "DEQ", "LEGACY_KEYWORDS"]
+__all__ = ["deq_solve", "DEQ", "LEGACY_KEYWORDS", "FUNC_TRANSFORMS"]
+
+FUNC_TRANSFORMS = ("deq_solve: torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) are not supported: "
+                   "the solve runs data-dependent loops outside autograd and its implicit gradient is an autograd "
+                   "Function without functorch rules. Use torch.autograd.grad / .backward() for gradients (with "
+                   "torch.func.functional_call for other parameters: that works), and a batch dimension or a loop "
+                   "instead of vmap.")
 
 # The keywords deq_solve took before the backward objects, and the field each sets (deprecated).
 _LEGACY_IMPLICIT = {"b_solver": "solver", "b_max_iter": "max_iter", "b_tol": "tol", "b_stop_mode": "stop_mode",
@@ -93,6 +100,8 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     ``torch.enable_grad()``). Nothing else changes: z, its gradients and info's items are the same.
     """
     checks.boolean("jacobian_pair", jacobian_pair, where="deq_solve: ")
+    if maybe_current_level() is not None:
+        raise NotImplementedError(FUNC_TRANSFORMS)
     backward = resolve_backward(backward, deprecated)
     solve = get_solver(solver)
     layout = StateLayout(z0, "z0")

@@ -1,0 +1,94 @@
+"""Which autograd transforms work through deq_solve, and that the others are refused, never silently wrong.
+
+Supported: first-order gradients (.backward, torch.autograd.grad) with every backward method; higher-order
+gradients through JFB and Phantom (plain autograd: the derivative of their approximation, checked against
+autograd of the same unrolled steps); torch.func.functional_call. Refused with an error that names the
+limitation: a graph through the implicit backward (create_graph=True: gradient penalties, double backward),
+and torch.func transforms (grad, vjp, jvp, jacrev, vmap).
+"""
+import pytest
+import torch
+
+from lmdeq import deq_solve
+from lmdeq.deq import JFB, Implicit, Phantom
+
+from ..solvers.problems import tanh_contraction
+
+
+def _problem():
+    f0, z0, W, x = tanh_contraction(6, 3, 0.6, seed=4)
+    W = W.clone().requires_grad_()
+    return W, x, z0
+
+
+def _f(W, x):
+    return lambda z: torch.tanh(z @ W.T + x)
+
+
+def test_first_order_implicit_gradient_is_the_unrolled_one():
+    W, x, z0 = _problem()
+    z, _ = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=200, tol=1e-13,
+                     backward=Implicit(max_iter=200, tol=1e-13))
+    (g,) = torch.autograd.grad((z ** 2).sum(), W)
+    z_u = z0
+    for _ in range(200):
+        z_u = _f(W, x)(z_u)
+    (g_u,) = torch.autograd.grad((z_u ** 2).sum(), W)
+    assert float((g - g_u).norm() / g_u.norm()) < 1e-10
+
+
+def test_a_gradient_penalty_through_the_implicit_backward_is_refused():
+    W, x, z0 = _problem()
+    z, _ = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=200, tol=1e-13)
+    with pytest.raises(RuntimeError, match="create_graph=True through the DEQ's backward.*not supported"):
+        torch.autograd.grad((z ** 2).sum(), W, create_graph=True)
+    x = x.clone().requires_grad_()     # a penalty on the input gradient, W frozen
+    z, _ = deq_solve(_f(W.detach(), x), z0, solver="fixed_point", max_iter=200, tol=1e-13)
+    with pytest.raises(RuntimeError, match="silently wrong"):
+        torch.autograd.grad((z ** 2).sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("backward,steps", [(JFB(), 1), (Phantom(steps=3, tau=0.5), 3)])
+def test_higher_order_gradients_through_jfb_and_phantom_are_their_approximations(backward, steps):
+    W, x, z0 = _problem()
+    z, _ = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=200, tol=1e-13, backward=backward)
+    (g,) = torch.autograd.grad((z ** 2).sum(), W, create_graph=True)
+    (gg,) = torch.autograd.grad((g ** 2).sum(), W)
+    # the same approximation written out: steps of f (damped for Phantom) from the detached fixed point
+    star = z.detach()
+    for _ in range(200):
+        star = _f(W, x)(star).detach()
+    z_a = star
+    for _ in range(steps):
+        z_a = _f(W, x)(z_a) if isinstance(backward, JFB) else (1 - backward.tau) * z_a + backward.tau * _f(W, x)(z_a)
+    (g_a,) = torch.autograd.grad((z_a ** 2).sum(), W, create_graph=True)
+    (gg_a,) = torch.autograd.grad((g_a ** 2).sum(), W)
+    assert float((gg - gg_a).norm() / gg_a.norm()) < 1e-8
+
+
+@pytest.mark.parametrize("transform", ["grad", "vjp", "jacrev", "vmap"])
+def test_torch_func_transforms_are_refused_by_name(transform):
+    W, x, z0 = _problem()
+    W = W.detach()
+
+    def solve(xx):
+        z, _ = deq_solve(_f(W, xx), torch.zeros_like(xx), solver="fixed_point", max_iter=50, tol=1e-8)
+        return z.sum()
+
+    call = {"grad": lambda: torch.func.grad(solve)(x), "vjp": lambda: torch.func.vjp(solve, x),
+            "jacrev": lambda: torch.func.jacrev(solve)(x), "vmap": lambda: torch.func.vmap(solve)(x)}[transform]
+    with pytest.raises(NotImplementedError, match="torch.func transforms .* are not supported"):
+        call()
+
+
+def test_functional_call_works():
+    lin = torch.nn.Linear(6, 6).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    params = {k: (0.5 * v).detach().requires_grad_() for k, v in lin.named_parameters()}
+
+    def f_of(z):
+        return torch.tanh(torch.func.functional_call(lin, params, (z,)) + x)
+
+    z, info = deq_solve(f_of, torch.zeros_like(x), solver="anderson", max_iter=100, tol=1e-10)
+    z.sum().backward()
+    assert info.result == "converged" and params["weight"].grad is not None and lin.weight.grad is None

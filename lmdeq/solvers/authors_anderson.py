@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..numerics import acc_dtype
 from .state import StateLayout, check_solver_args
 from .info import Result, SolverError, SolverInfo
-from .tracking import DIVERGE_FACTOR, outcome_code
+from .tracking import DIVERGE_FACTOR, outcome_code, padded_width
 
 __all__ = ["authors_anderson"]
 
@@ -81,7 +81,7 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
 
     acc = acc_dtype(dtype)
     checked = steps - 2
-    trace = {mode: torch.zeros(checked, dtype=torch.float64, device=dev) for mode in ("abs", "rel")}
+    trace = {mode: [] for mode in ("abs", "rel")}   # one 0-d tensor per checked step (never sized by max_iter)
     lowest = {mode: torch.full((), float("inf"), dtype=torch.float64, device=dev) for mode in ("abs", "rel")}
     lowest_at = {mode: torch.zeros((), dtype=torch.float64, device=dev) for mode in ("abs", "rel")}
     nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
@@ -106,7 +106,7 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
         res["rel"] = res["abs"] / (_REL_EPS + torch.linalg.vector_norm(Fx[:, slot]).to(torch.float64))
         nonfinite |= ~torch.isfinite(res["abs"])
         for mode in ("abs", "rel"):
-            trace[mode][k - 2] = res[mode]
+            trace[mode].append(res[mode])
             better = res[mode] < lowest[mode]
             lowest[mode] = torch.where(better, res[mode], lowest[mode])
             lowest_at[mode] = torch.where(better, torch.full_like(lowest_at[mode], k + 1), lowest_at[mode])
@@ -124,9 +124,10 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
     converged = (lowest[stop_mode] < tol) & ~nonfinite
     per_sample = lambda t: t.to(acc).expand(B).clone()  # noqa: E731 (pooled value, one per sample)
 
-    def padded(mode):  # (B, checked): the checked steps, padded with the lowest residual after an early stop
-        cols = torch.cat([trace[mode][:done], lowest[mode].expand(checked - done)])
-        return cols.to(acc).expand(B, checked).clone()
+    def padded(mode):  # (B, width): the checked steps, padded with the lowest residual after an early stop
+        width = padded_width(checked, done)
+        cols = torch.cat([torch.stack(trace[mode][:done]), lowest[mode].expand(width - done)])
+        return cols.to(acc).expand(B, width).clone()
 
     main = trace[stop_mode]
     diverged = (main[done - 1] > DIVERGE_FACTOR * main[0]) if done >= 2 else torch.zeros((), dtype=torch.bool,

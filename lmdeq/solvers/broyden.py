@@ -1,7 +1,8 @@
 """Limited-memory Broyden's method ("good" Broyden on the inverse Jacobian) for g(z) = f(z) - z = 0.
 
 The inverse Jacobian of g is approximated by  J^{-1} ~ -I + U V^T  with at most ``memory`` rank-one
-terms (u_i, v_i) held in a ring buffer: the workspace is (B, memory, n) twice, whatever ``max_iter``.
+terms (u_i, v_i) held in a ring buffer: the workspace is (B, k, n) twice with k the number of terms in use
+(at most ``memory``, grown as updates are made), whatever ``max_iter``.
 A step is
 
     z_{k+1} = z_k - J^{-1} g_k = z_k + g_k - U (V^T g_k),
@@ -52,7 +53,10 @@ def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "a
     if steps == 0:
         return tracker.finish(0, raise_on_failure=raise_on_failure, solver="broyden")
     acc = acc_dtype(layout.dtype)
-    U = torch.zeros(layout.batch, memory, layout.numel, dtype=acc, device=layout.device)
+    # Slots for the updates the solve can make (at most steps - 1 and memory), allocated as they are needed
+    # beyond the first 64: TorchDEQ's LBFGS_thres=None means memory = max_iter, which may be huge.
+    needed = min(memory, max(steps - 1, 1))
+    U = torch.zeros(layout.batch, min(needed, _FIRST_SLOTS), layout.numel, dtype=acc, device=layout.device)
     V = torch.zeros_like(U)
 
     z = layout.pack(layout.parts(x0), layout.new_flat()).to(acc)
@@ -77,11 +81,23 @@ def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "a
         ok = torch.isfinite(denom) & (denom.abs() > 1e-30)
         u = torch.where(ok, (dz - jdg) / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(dz))
         slot = count % memory
+        if slot == U.shape[1]:   # every slot in use and the ring not yet full: double it (up to ``needed``)
+            U, V = _grown(U, needed), _grown(V, needed)
         U[:, slot] = u
         V[:, slot] = torch.where(ok, vt, torch.zeros_like(vt))
         count += 1
         z, g = z_new, g_new
     return tracker.finish(f_evals, raise_on_failure=raise_on_failure, solver="broyden")
+
+
+_FIRST_SLOTS = 64
+
+
+def _grown(ring: torch.Tensor, limit: int) -> torch.Tensor:
+    """``ring`` (B, k, n) with k doubled (at most ``limit``), the new slots zero."""
+    grown = ring.new_zeros(ring.shape[0], min(2 * ring.shape[1], limit), ring.shape[2])
+    grown[:, :ring.shape[1]] = ring
+    return grown
 
 
 def _record(tracker, layout, z, g, step):

@@ -12,7 +12,8 @@ Two info layouts (``contract``, see :mod:`lmdeq.solvers.info`):
 * ``'lmdeq'``: TorchDEQ's six keys plus ``converged``, ``f_evals``, ``result``; the traces have one
   column per step the budget allows (B, ``capacity``; the first ``f_evals`` columns are measured, and
   after an early stop the rest repeat the lowest residual, TorchDEQ's padding), so the infos of solves
-  with equal budgets always merge; the lowest residuals start at inf.
+  with equal budgets always merge; the lowest residuals start at inf. A budget above
+  :data:`TRACE_PAD_LIMIT` gives the measured columns only (memory follows the solve, never ``max_iter``).
 * ``'torchdeq'``: exactly TorchDEQ 0.1.0's six keys; the traces are (B, ``trace_width``) with a first
   column of 1e8, then the steps after the first ``hidden`` ones (Anderson's two set-up steps, which
   TorchDEQ never records), then (after an early stop) the lowest residuals repeated to
@@ -30,11 +31,42 @@ from ..numerics import acc_dtype
 from .info import Result, SolverError, SolverInfo
 from .state import StateLayout
 
-__all__ = ["Tracker", "default_check_every", "start_solve", "CONTRACTS", "outcome_code"]
+__all__ = ["Tracker", "Columns", "default_check_every", "start_solve", "CONTRACTS", "outcome_code",
+           "padded_width", "TRACE_PAD_LIMIT"]
 
 CONTRACTS = ("lmdeq", "torchdeq")
 TORCHDEQ_INIT = 1e8   # TorchDEQ's initial "lowest" residual and the first column of its traces
 DIVERGE_FACTOR = 1e4
+# Traces are padded to the step budget (so that the infos of solves with equal budgets merge) up to this many
+# columns; a larger budget ("run until converged": max_iter=10**12) gives traces of the measured steps only, so
+# that memory follows the solve, never max_iter.
+TRACE_PAD_LIMIT = 4096
+
+
+def padded_width(budget: int, measured: int) -> int:
+    """Columns of a returned trace: the budget while it is at most TRACE_PAD_LIMIT, else the measured steps."""
+    return budget if budget <= TRACE_PAD_LIMIT else measured
+
+
+class Columns:
+    """(rows, n) columns appended one at a time: storage for min(expected, TRACE_PAD_LIMIT) columns up front
+    (a solve within the limit never reallocates, which a CUDA-graph capture relies on), doubled beyond."""
+
+    def __init__(self, rows: int, expected: int, dtype, device):
+        self.data = torch.zeros(rows, max(1, min(expected, TRACE_PAD_LIMIT)), dtype=dtype, device=device)
+        self.n = 0
+
+    def append(self, column: torch.Tensor) -> None:
+        if self.n == self.data.shape[1]:
+            grown = self.data.new_zeros(self.data.shape[0], 2 * self.data.shape[1])
+            grown[:, :self.n] = self.data
+            self.data = grown
+        self.data[:, self.n] = column
+        self.n += 1
+
+    def measured(self) -> torch.Tensor:
+        """The appended columns (a view)."""
+        return self.data[:, :self.n]
 
 
 def default_check_every(device: torch.device) -> int:
@@ -68,7 +100,8 @@ class Tracker:
         acc = acc_dtype(layout.dtype)
         B, dev = layout.batch, layout.device
         init = TORCHDEQ_INIT if contract == "torchdeq" else float("inf")
-        self.trace = {m: torch.zeros(B, capacity, dtype=acc, device=dev) for m in ("abs", "rel")}
+        self.capacity = capacity
+        self.trace = {m: Columns(B, capacity, acc, dev) for m in ("abs", "rel")}
         self.lowest = {m: torch.full((B,), init, dtype=acc, device=dev) for m in ("abs", "rel")}
         self.latest = dict(self.lowest)
         self.lowest_step = torch.zeros(B, dtype=torch.float32, device=dev)
@@ -82,11 +115,10 @@ class Tracker:
                owned: bool = False):
         """Record the residuals of step ``step``. ``estimate`` (internal parts) is the point they vouch
         for; ``owned=True`` says the solver will not overwrite it later (no defensive copy needed)."""
-        col = self.records
         self.records += 1
         for mode, res in (("abs", abs_res), ("rel", rel_res)):
-            res = res.to(self.trace[mode].dtype)
-            self.trace[mode][:, col] = res
+            res = res.to(self.trace[mode].data.dtype)
+            self.trace[mode].append(res)
             self.latest[mode] = res
         self.nonfinite |= ~torch.isfinite(self.latest["abs"])
         for mode in ("abs", "rel"):
@@ -124,7 +156,7 @@ class Tracker:
         crit = self.lowest[self.stop_mode]
         converged = (crit < self.tol) & ~self.nonfinite
         dev = crit.device
-        main = self.trace[self.stop_mode]
+        main = self.trace[self.stop_mode].measured()
         if n >= 2:
             diverged = (main[:, n - 1] > DIVERGE_FACTOR * main[:, 0]).any()
         else:
@@ -157,15 +189,15 @@ class Tracker:
         return self.layout.external(self.best), self.trajectory, info
 
     def _trace(self, mode: str) -> torch.Tensor:
-        trace = self.trace[mode]
+        trace = self.trace[mode].measured()
         B, lowest = trace.shape[0], self.lowest[mode].unsqueeze(1)
         if self.contract == "lmdeq":
-            pad = trace.shape[1] - self.records
+            pad = padded_width(self.capacity, self.records) - self.records
             if pad == 0:
-                return trace
-            return torch.cat([trace[:, :self.records], lowest.expand(B, pad)], dim=1)
-        shown = trace[:, min(self.hidden, self.records):self.records]   # a slice: no index tensor, no copy
-        pad = self.trace_width - 1 - shown.shape[1]
+                return trace.contiguous()
+            return torch.cat([trace, lowest.expand(B, pad)], dim=1)
+        shown = trace[:, min(self.hidden, self.records):]   # a slice: no index tensor, no copy
+        pad = padded_width(self.trace_width - 1, shown.shape[1]) - shown.shape[1]
         cols = [torch.full((B, 1), TORCHDEQ_INIT, dtype=trace.dtype, device=trace.device), shown,
                 lowest.expand(B, pad)]
         return torch.cat(cols, dim=1)

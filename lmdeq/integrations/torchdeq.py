@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from .. import checks
 from ..deq import jac_reg, power_method
 from ..solvers import SOLVERS, TORCHDEQ_SOLVERS
+from . import torchdeq_options
 
 __all__ = ["register", "unregister", "registered", "main", "NAMES", "TORCHDEQ_NAMES", "LOSS_NAMES", "jac_reg",
            "power_method"]
@@ -114,6 +115,7 @@ def register(replace: bool = False) -> list:
         registry[name] = fn
     if replace:
         _patch_losses()
+        torchdeq_options.install()   # one warning naming the DEQ options nothing reads
     return sorted(entries)
 
 
@@ -132,6 +134,7 @@ def unregister() -> list:
             restored.append(name)
         del _saved[name]
     _restore_losses()
+    torchdeq_options.uninstall()
     return sorted(restored)
 
 
@@ -145,9 +148,12 @@ def registered(replace: bool = False):
     saved = dict(_saved)
     attrs = [(module, name, getattr(module, name)) for module, name in _loss_slots()] if replace else []
     saved_attrs = dict(_saved_attrs)
+    watching = torchdeq_options.installed()
     try:
         yield register(replace)
     finally:
+        if not watching:
+            torchdeq_options.uninstall()
         for name, fn in before.items():
             if fn is _MISSING:
                 registry.pop(name, None)

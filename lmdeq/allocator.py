@@ -83,10 +83,7 @@ def tune_cpu_allocator(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
 def configure_process() -> dict:
     """What lmdeq's own entry points call first: tune unless ``LMDEQ_TUNE_ALLOCATOR=0``, or unless glibc's
     own environment variables already set the thresholds (then those stand)."""
-    value = os.environ.get(ENV_VAR, "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"{ENV_VAR} must be 0 or 1, got {value!r}")
-    if value == "0":
+    if not checks.env_flag(ENV_VAR, True):
         _state.update(tuned=False, source="off", reason=f"{ENV_VAR}=0")
         return allocator_state()
     if any(os.environ.get(v) for v in _GLIBC_ENV):

@@ -1,22 +1,93 @@
-"""argparse value types shared by the ``lmdeq`` subcommands: a bad value is an argparse error naming the
-flag (exit status 2), never a substitution."""
+"""argparse value types shared by the ``lmdeq`` subcommands and scripts: a bad value is an argparse error naming
+the flag (exit status 2, one line), never a substitution and never a traceback later.
+
+Every flag that takes a value has one of these types (tests/test_cli_fuzz.py tries every flag of every
+parser with empty, huge, negative, non-finite, unicode and wrong-type values):
+
+* integers: :func:`int_in` (a range; ``positive_int`` and ``non_negative_int`` counts up to 2**31 - 1,
+  ``seed`` up to 2**63 - 1, what torch's generators take);
+* floats: :func:`float_in` (finite, a range, open or closed ends);
+* text: :func:`text` (a path, a name: not empty, no NUL); :func:`file_tag` (a file-name suffix);
+  :func:`name_list` (comma-separated names, possibly none).
+"""
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Optional
+
+SEED_MAX = 2 ** 63 - 1    # what torch's generators take
+COUNT_MAX = 2 ** 31 - 1   # any count (epochs, a batch size, workers, steps) beyond this is a typo
 
 
-def int_at_least(lowest: int, kind: str):
-    """An argparse type: an integer >= ``lowest`` (``kind`` names it in the error)."""
+def int_in(lowest: int, highest: Optional[int] = None, kind: str = "an"):
+    """An argparse type: an integer in [lowest, highest] (``kind`` names it in the error)."""
     def parse(text: str) -> int:
         try:
-            v = int(text)
+            v = int(text.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}") from None
-        if v < lowest:
-            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {v}")
+            raise argparse.ArgumentTypeError(f"expected {kind} integer, got {text!r}") from None
+        if v < lowest or (highest is not None and v > highest):
+            span = f">= {lowest}" if highest is None else f"in [{lowest}, {highest}]"
+            raise argparse.ArgumentTypeError(f"expected {kind} integer ({span}), got {v}")
         return v
     return parse
 
 
-positive_int = int_at_least(1, "positive")
-non_negative_int = int_at_least(0, "non-negative")
+positive_int = int_in(1, COUNT_MAX, "a positive")
+non_negative_int = int_in(0, COUNT_MAX, "a non-negative")
+seed = int_in(0, SEED_MAX, "a seed: a non-negative")
+
+
+def float_in(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
+             high_open: bool = False, kind: str = "a"):
+    """An argparse type: a finite float within the bounds given (open or closed)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind} number, got {text!r}") from None
+        bad = not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)) or \
+            (high is not None and (v >= high if high_open else v > high))
+        if bad:
+            lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+            hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+            span = f"in {lo or '(-inf'}, {hi or 'inf)'}" if (lo or hi) else "finite"
+            raise argparse.ArgumentTypeError(f"expected {kind} number {span}, got {text!r}")
+        return v
+    return parse
+
+
+finite_float = float_in(kind="a finite")
+non_negative_float = float_in(0.0, kind="a non-negative")
+positive_float = float_in(0.0, low_open=True, kind="a positive")
+
+
+def text(kind: str = "a value"):
+    """An argparse type: non-empty text without NUL characters (a path or a name)."""
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"expected {kind}, got an empty string")
+        if "\x00" in value:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got text with a NUL character")
+        return value
+    return parse
+
+
+path = text("a path")
+
+
+def file_tag(value: str) -> str:
+    """An argparse type: a suffix for result file names (may be empty): letters, digits, '.', '_', '+', '-'."""
+    bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "._+-"))})
+    if bad:
+        raise argparse.ArgumentTypeError(f"a file-name tag may hold letters, digits and . _ + - only, got {value!r}")
+    return value
+
+
+def name_list(value: str) -> str:
+    """An argparse type: comma-separated names (letters, digits, '_'), possibly none at all ('')."""
+    bad = [n for n in value.split(",") if n.strip() and not n.strip().replace("_", "").isalnum()]
+    if bad or "\x00" in value:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {value!r}")
+    return value

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from typing import Iterable, Optional
 
 from .errors import ConfigError, ConfigTypeError
@@ -95,6 +96,17 @@ def boolean(name: str, value, *, where: str = "") -> bool:
     if not isinstance(value, bool):
         raise ConfigTypeError(f"{where}{name} must be a bool, got {_got(value)}")
     return value
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The environment variable ``name`` as a switch: unset -> ``default``, '1' -> True, '0' -> False, anything
+    else (an empty value too) a ConfigError naming the variable."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value.strip() not in ("0", "1"):
+        raise ConfigError(f"{name} must be 0 or 1 (or unset), got {value!r}")
+    return value.strip() == "1"
 
 
 def choice(name: str, value, options: Iterable, *, where: str = ""):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .command import run_command
+from .command import configure_or_exit, run_command
 
 
 def _info(args):
@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .allocator import configure_process
-
-    configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
+    configure_or_exit("lmdeq")   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
     args = build_parser().parse_args(argv)
     return run_command(args, f"lmdeq {args.command}")
 

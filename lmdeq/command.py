@@ -43,6 +43,18 @@ def _rank() -> tuple[int, int]:
         return 0, 1
 
 
+def configure_or_exit(prog: str) -> None:
+    """What lmdeq's entry points call first (:func:`lmdeq.allocator.configure_process`); a bad
+    LMDEQ_TUNE_ALLOCATOR is one line and exit status 2, as any documented error."""
+    from .allocator import configure_process
+
+    try:
+        configure_process()
+    except LmdeqError as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def run_command(args: argparse.Namespace, prog: str) -> int:
     """Run ``args.handler(args)``: an LmdeqError becomes one line on stderr and exit status 2. Under torchrun,
     ranks other than 0 name themselves in their lines (``lmdeq train [rank 1/4]: ...``) and print only

@@ -32,7 +32,6 @@ the caller's graph), and not at all with ``LMDEQ_CUDA_GRAPHS=0``.
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections import OrderedDict
@@ -52,8 +51,8 @@ _disabled: Optional[str] = None  # why a capture failed in this process (graphs 
 
 
 def enabled_by_env() -> bool:
-    """False when ``LMDEQ_CUDA_GRAPHS=0``."""
-    return os.environ.get("LMDEQ_CUDA_GRAPHS", "1") != "0"
+    """False when ``LMDEQ_CUDA_GRAPHS=0`` (a value other than 0 or 1 is a ConfigError naming the variable)."""
+    return checks.env_flag("LMDEQ_CUDA_GRAPHS", True)
 
 
 def disabled_reason() -> Optional[str]:

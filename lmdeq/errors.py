@@ -8,7 +8,7 @@ keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["LmdeqError", "ConfigError", "ConfigTypeError", "DataError", "DataNotFoundError",
+__all__ = ["LmdeqError", "BackendError", "ConfigError", "ConfigTypeError", "DataError", "DataNotFoundError",
            "DataUnavailableError", "CheckpointError", "RunDirectoryError", "RunLockedError", "NonFiniteError",
            "first_line"]
 
@@ -53,6 +53,10 @@ class RunDirectoryError(LmdeqError, FileExistsError):
 
 class RunLockedError(RunDirectoryError):
     """Another live process is training into the run directory."""
+
+
+class BackendError(LmdeqError, RuntimeError):
+    """A kernel backend forced by LMDEQ_BACKEND that cannot run on the tensors' device."""
 
 
 class NonFiniteError(LmdeqError, FloatingPointError):

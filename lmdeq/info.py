@@ -10,6 +10,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, allocator, cuda_graphs
+from .command import configure_or_exit
 from .ops import OP_NAMES, backends
 
 
@@ -91,7 +92,7 @@ def report() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    allocator.configure_process()   # report what lmdeq's own processes run with
+    configure_or_exit("lmdeq info")   # report what lmdeq's own processes run with
     print(report())
     return 0
 

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..argtypes import non_negative_int, positive_int
+from ..argtypes import file_tag, non_negative_int, path, positive_int, text
 from ..errors import ConfigError
 
 SUITES = ("speedup", "solvers", "tta")
@@ -25,21 +25,22 @@ SUITES = ("speedup", "solvers", "tta")
 def add_arguments(parser):
     parser.add_argument("suite", nargs="?", default="speedup", choices=SUITES,
                         help="which benchmark (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--device", type=text("a device"), default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="batch size (default: 128 on GPU, 32 on CPU / --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="the CPU configuration (speedup: cifar10-small, batch 32, 3 steps)")
-    parser.add_argument("--out", default="benchmarks/results", help="directory for result files")
+    parser.add_argument("--out", type=path, default="benchmarks/results", help="directory for result files")
     sp = parser.add_argument_group("speedup")
-    sp.add_argument("--preset", default=None, help="model preset (default: cifar10-large on GPU, cifar10-small on CPU)")
+    sp.add_argument("--preset", type=text("a preset name"), default=None, help="model preset (default: cifar10-large on GPU, cifar10-small on CPU)")
     sp.add_argument("--steps", type=positive_int, default=None, help="timed steps per method (default: 10 GPU, 3 CPU)")
     sp.add_argument("--warmup", type=non_negative_int, default=None,
                     help="untimed warm-up steps (default: 3 GPU, 2 CPU)")
-    sp.add_argument("--weights", action="append", default=[], metavar="CHECKPOINT",
+    sp.add_argument("--weights", type=path, action="append", default=[], metavar="CHECKPOINT",
                     help="trained checkpoint from `lmdeq train` (repeat: one original, one Lipschitz)")
-    sp.add_argument("--data", default=None, help="take the batch from this dataset (default: random images)")
-    sp.add_argument("--methods", default="original,authors,lmdeq", help="comma-separated subset of methods")
+    sp.add_argument("--data", type=path, default=None, help="take the batch from this dataset (default: random images)")
+    sp.add_argument("--methods", type=text("comma-separated methods"), default="original,authors,lmdeq",
+                    help="comma-separated subset of methods")
     sp.add_argument("--profile", action="store_true",
                     help="profile one more training step per method: where the time goes")
     sp.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
@@ -52,7 +53,7 @@ def add_arguments(parser):
                     help="fast path: exact a-priori counts, no syncs (default on GPU) or checked solves (CPU)")
     sp.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                     help="fast path: do not replay the solves as CUDA graphs")
-    sp.add_argument("--tag", default="", help="suffix for result file names")
+    sp.add_argument("--tag", type=file_tag, default="", help="suffix for result file names")
     so = parser.add_argument_group("solvers")
     so.add_argument("--max-iter", type=positive_int, default=18, help="f-evaluations per solve (default: %(default)s)")
     so.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per case (median reported)")
@@ -67,9 +68,9 @@ def check_weights(paths) -> None:
     from ..train.checkpoint import load_checkpoint
     from ..train.model import check_solvable, load_weights, model_from_config
 
-    for path in paths:
-        source = f"--weights {path}"
-        ckpt = load_checkpoint(path)
+    for weights in paths:
+        source = f"--weights {weights}"
+        ckpt = load_checkpoint(weights)
         model = model_from_config(ckpt["model_config"], source)
         load_weights(model, ckpt["model_state"], source)
         check_solvable(model, source, ConfigError)

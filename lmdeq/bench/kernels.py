@@ -39,7 +39,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from .. import ops
-from ..allocator import configure_process
+from ..argtypes import path, positive_int, text
+from ..command import configure_or_exit
 from ..faults import fault_point
 from ..models import mdeq
 from ..ops import backends, reference
@@ -351,19 +352,19 @@ def targets(result: dict, device: torch.device) -> List[str]:
 def build_parser(results: Path = RESULTS) -> argparse.ArgumentParser:
     """The command line of benchmarks/kernels.py; ``results``: the default of ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=text("a device"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--rounds", type=int, default=None,
+    parser.add_argument("--rounds", type=positive_int, default=None,
                         help="interleaved rounds per case (default: 3 on CPU, 1 on GPU)")
-    parser.add_argument("--compile-for", default="all",
+    parser.add_argument("--compile-for", type=text("SIZE:BATCH cases"), default="all",
                         help="torch.compile baselines for these SIZE:BATCH cases, e.g. large:128 ('all', 'none')")
     parser.add_argument("--cases", type=parse_cases, default=CASES,
                         help="SIZE:BATCH cases in the order to run, op 3 as SIZE:1, e.g. large:128,large:1 "
                              "(default 'all': the headline first, " + ",".join(f"{s}:{b}" for s, b in CASES) + ")")
     parser.add_argument("--skip-backends", type=parse_backends, action="append", default=[],
                         help="fused backends to leave out, comma-separated (repeatable), e.g. cuda")
-    parser.add_argument("--dtypes", default="float32", help="comma-separated, e.g. float32,bfloat16")
-    parser.add_argument("--out", type=Path, default=Path(results))
+    parser.add_argument("--dtypes", type=text("dtypes"), default="float32", help="comma-separated, e.g. float32,bfloat16")
+    parser.add_argument("--out", type=lambda v: Path(path(v)), default=Path(results))
     return parser
 
 
@@ -399,11 +400,9 @@ def write_json(path: Path, result: dict) -> None:
 
 
 def main(argv=None, results: Path = RESULTS) -> int:
-    configure_process()   # lmdeq's own process: pinned allocator unless LMDEQ_TUNE_ALLOCATOR=0
+    configure_or_exit("kernels")   # lmdeq's own process: pinned allocator unless LMDEQ_TUNE_ALLOCATOR=0
     parser = build_parser(results)
     args = parser.parse_args(argv)
-    if args.rounds is not None and args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     load_start = load_average()
     device = torch.device(args.device)
     rounds = args.rounds or (1 if device.type == "cuda" else 3)

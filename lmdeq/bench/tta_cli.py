@@ -36,6 +36,7 @@ from typing import Dict, List
 import torch
 
 from .. import checks
+from ..argtypes import file_tag, name_list, float_in, non_negative_int, path, positive_float, positive_int, seed, text
 
 __all__ = ["PROTOCOLS", "add_arguments", "build_parser", "run", "main"]
 
@@ -60,14 +61,14 @@ def _accuracies(text: str) -> List[float]:
 
 def add_shared_arguments(p) -> None:
     """The flags ``lmdeq bench`` already defines (added here for the standalone script only)."""
-    p.add_argument("--data", default=None, help="CIFAR-10 source, as for lmdeq train --data (required)")
-    p.add_argument("--preset", default=None, help="model preset (default: the protocol's)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the protocol's, 64 CPU / 128 GPU)")
-    p.add_argument("--methods", default=DEFAULT_METHODS,
+    p.add_argument("--data", type=path, default=None, help="CIFAR-10 source, as for lmdeq train --data (required)")
+    p.add_argument("--preset", type=text("a preset name"), default=None, help="model preset (default: the protocol's)")
+    p.add_argument("--device", type=text("a device"), default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: the protocol's, 64 CPU / 128 GPU)")
+    p.add_argument("--methods", type=text("comma-separated methods"), default=DEFAULT_METHODS,
                    help="comma-separated: original, authors, lmdeq, original_jr (MDEQ + Jacobian reg.)")
-    p.add_argument("--out", default="benchmarks/results", help="directory for result files")
-    p.add_argument("--tag", default="", help="suffix for result file names")
+    p.add_argument("--out", type=path, default="benchmarks/results", help="directory for result files")
+    p.add_argument("--tag", type=file_tag, default="", help="suffix for result file names")
 
 
 def _model_override(text: str):
@@ -81,35 +82,35 @@ def add_arguments(p) -> None:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
                    help="tta: cpu (cifar10-small, 10,000 images, batch 64) or gpu (cifar10-large, full split, "
                         "batch 128, 12 min per method); default: gpu if CUDA is available")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="tta: epochs of the schedule, the same for every method (default: the protocol's)")
-    p.add_argument("--budget-minutes", type=float, default=None,
+    p.add_argument("--budget-minutes", type=positive_float, default=None,
                    help="tta: stop a method once its training clock passes this (default: the protocol's)")
-    p.add_argument("--evals-per-epoch", type=int, default=8, help="tta: curve points per epoch (default: 8)")
+    p.add_argument("--evals-per-epoch", type=positive_int, default=8, help="tta: curve points per epoch (default: 8)")
     p.add_argument("--targets", type=_accuracies, default=None,
                    help="tta: accuracies to time, comma-separated (default: 0.3,0.4,0.5,0.6)")
-    p.add_argument("--target", type=float, action="append", default=None,
+    p.add_argument("--target", type=float_in(0.0, 1.0, True, True, "an accuracy"), action="append", default=None,
                    help="tta: one more accuracy to time (repeatable)")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+    p.add_argument("--variants", type=name_list, default=DEFAULT_VARIANTS,
                    help="tta: certificate-cost variants to add, comma-separated, '' for none "
                         f"(default: {DEFAULT_VARIANTS})")
-    p.add_argument("--limit-train", type=int, default=None, help="tta: stratified training subset (default: protocol)")
-    p.add_argument("--limit-val", type=int, default=None, help="tta: stratified validation subset (default: protocol)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--limit-train", type=positive_int, default=None, help="tta: stratified training subset (default: protocol)")
+    p.add_argument("--limit-val", type=positive_int, default=None, help="tta: stratified validation subset (default: protocol)")
+    p.add_argument("--val-fraction", type=float_in(0.0, 1.0, high_open=True, kind="a fraction"), default=0.1,
                    help="tta: share held out for validation when the data has no test split (default: 0.1)")
     p.add_argument("--full-split", action="store_true", help="tta: no training / validation subsets")
-    p.add_argument("--seed", type=int, default=0, help="tta: seed of the init, split and data order (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="tta: seed of the init, split and data order (default: 0)")
     p.add_argument("--no-unrolled-warmup", dest="unrolled_warmup", action="store_false",
                    help="tta: (a) without its recipe's unrolled warm-up")
     p.add_argument("--model-set", dest="model_set", action="append", type=_model_override, default=[],
                    metavar="KEY=VALUE", help="tta: a model setting for every method (repeatable; e.g. smaller "
                                              "channels for a smoke run)")
-    p.add_argument("--workers", type=int, default=0, help="tta: data decoding processes (default: 0)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="tta: data decoding processes (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="tta: no progress bar while the data is decoded")
     p.add_argument("--resume", action="store_true",
                    help="tta: continue the run whose state <out>/time_to_accuracy-<device><tag>.state.pt holds (written "
                         "after every round) with the same settings; the curves are the same as uninterrupted")
-    p.add_argument("--save-runs", default=None, metavar="DIR",
+    p.add_argument("--save-runs", type=path, default=None, metavar="DIR",
                    help="tta: write each method's final weights (DIR/<method>/last.pt, for lmdeq bench --weights "
                         "and lmdeq eval) and its curve (DIR/<method>/metrics.jsonl)")
 
@@ -336,9 +337,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from ..allocator import configure_process
+    from ..command import configure_or_exit
 
-    configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
+    configure_or_exit("time to accuracy")   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0: glibc's)
     return run(build_parser().parse_args(argv))
 
 

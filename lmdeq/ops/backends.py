@@ -39,7 +39,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import BackendError, ConfigError
 
 __all__ = ["BACKENDS", "ENV_VAR", "choose", "extension", "build_info", "requested", "unavailable_reason",
            "triton_kernels", "triton_interpreted", "run_triton", "device_guard", "arch_runs_on"]
@@ -277,7 +277,7 @@ def choose(device: torch.device) -> str:
     if want != "auto":
         why = unavailable_reason(want, device)
         if why is not None:
-            raise RuntimeError(f"{ENV_VAR}={want} cannot run on {device.type} tensors: {why}")
+            raise BackendError(f"{ENV_VAR}={want} cannot run on {device.type} tensors: {why}")
         return want
     order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
     skipped = []

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..allocator import configure_process
-from ..command import run_command
+from ..command import configure_or_exit, run_command
+from ..argtypes import float_in, non_negative_float, path, positive_float, seed, text
 from ..argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
 from ..errors import ConfigError
 from .config import TrainConfig
@@ -53,9 +53,9 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", type=text("a device"), default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes (default: 0)")
-    p.add_argument("--cache-dir", help="where archives are extracted and images decoded "
+    p.add_argument("--cache-dir", type=path, help="where archives are extracted and images decoded "
                                        "(default: $LMDEQ_CACHE/datasets or ~/.cache/lmdeq/datasets)")
     p.add_argument("--strict", action="store_true",
                    help="fail on the first image file that cannot be decoded (default: skip such files and report "
@@ -67,7 +67,7 @@ def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--preset", help="model preset of lmdeq.models.PRESETS (default: cifar10-small)")
+    m.add_argument("--preset", type=text("a preset name"), help="model preset of lmdeq.models.PRESETS (default: cifar10-small)")
     variant = m.add_mutually_exclusive_group()
     variant.add_argument("--lipschitz", dest="lipschitz", action="store_const", const=True,
                          help="the Lipschitz MDEQ with a certified contraction bound (default)")
@@ -78,11 +78,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "JSON list/dict, else string), e.g. --set dropout=0.1 --set channels=[16,16]")
     d = p.add_argument_group("data")
     src = d.add_mutually_exclusive_group()
-    src.add_argument("--data", help="ImageFolder directory, .tar.gz of one, or torchvision:<root>")
+    src.add_argument("--data", type=path, help="ImageFolder directory, .tar.gz of one, or torchvision:<root>")
     src.add_argument("--dataset", choices=["cifar10"],
                      help="torchvision's CIFAR-10 in the cache directory, downloaded when missing")
-    d.add_argument("--val-data", help="validation images (default: the data's test split, else a hold-out)")
-    d.add_argument("--val-fraction", type=float, help="share of training images held out for validation "
+    d.add_argument("--val-data", type=path, help="validation images (default: the data's test split, else a hold-out)")
+    d.add_argument("--val-fraction", type=float_in(0.0, 1.0, high_open=True, kind="a fraction"), help="share of training images held out for validation "
                                                       "when there is no test split (default: 0.1; 0: none)")
     d.add_argument("--limit-train", type=_positive_int, help="train on a stratified subset of this many images")
     d.add_argument("--limit-val", type=_positive_int, help="validate on a stratified subset of this many images")
@@ -94,15 +94,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "a new cosine cycle from --lr to --min-lr)")
     o.add_argument("--batch-size", type=_positive_int, help="(default: 128)")
     o.add_argument("--eval-batch-size", type=_positive_int, help="(default: 256)")
-    o.add_argument("--lr", type=float, help="Adam learning rate, start of the per-step cosine (default: 1e-3)")
-    o.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine (default: 1e-6)")
-    o.add_argument("--weight-decay", type=float, help="(default: 0)")
-    o.add_argument("--grad-clip", type=float, help="max global gradient norm, 0: off (default: 0)")
-    o.add_argument("--seed", type=_non_negative_int, help="seeds init, data split and order (default: 0)")
+    o.add_argument("--lr", type=positive_float, help="Adam learning rate, start of the per-step cosine (default: 1e-3)")
+    o.add_argument("--min-lr", type=non_negative_float, help="learning rate at the end of the cosine (default: 1e-6)")
+    o.add_argument("--weight-decay", type=non_negative_float, help="(default: 0)")
+    o.add_argument("--grad-clip", type=non_negative_float, help="max global gradient norm, 0: off (default: 0)")
+    o.add_argument("--seed", type=seed, help="seeds init, data split and order (default: 0)")
     r = p.add_argument_group("run")
-    r.add_argument("--out", help="run directory for metrics.jsonl, last.pt, best.pt "
+    r.add_argument("--out", type=path, help="run directory for metrics.jsonl, last.pt, best.pt "
                                  "(default: runs/<preset>-<variant>-seed<seed>, or the --resume file's directory)")
-    r.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
+    r.add_argument("--resume", nargs="?", const=True, type=path, metavar="CHECKPOINT",
                    help="continue a run exactly: from CHECKPOINT (a last.pt, or a run directory), or from "
                         "<out>/last.pt when no path is given. A checkpoint other than its directory's last.pt "
                         "continues only into a new --out (a fork)")
@@ -115,8 +115,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt written by lmdeq train")
-    p.add_argument("--data", help="images to evaluate on (default: the checkpoint's training data)")
+    p.add_argument("--checkpoint", type=path, required=True, help="a last.pt / best.pt written by lmdeq train")
+    p.add_argument("--data", type=path, help="images to evaluate on (default: the checkpoint's training data)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val",
                    help="val: the run's validation images (test split or its hold-out); train: its training "
                         "images; all: every image of --data (default: val)")
@@ -166,7 +166,7 @@ def handle_train(args: argparse.Namespace) -> int:
     with distributed(resolve_device(args.device), args.dist_backend) as (dist, _device):
         resume = None
         if args.resume is not None:
-            if args.resume:
+            if args.resume is not True:   # (True: --resume without a path)
                 resume = resume_path(args.resume)
             elif args.out:
                 resume = Path(args.out) / LAST
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)
-    configure_process()   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
+    configure_or_exit("lmdeq")   # before the first large tensor (LMDEQ_TUNE_ALLOCATOR=0 keeps glibc's defaults)
     args = parser.parse_args(argv)
     return run_command(args, f"lmdeq {args.command}")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..argtypes import path
 from ..errors import CheckpointError
 from ..data.archive import file_sha256
 from .checkpoint import BEST, RUN, VERSION, load_checkpoint, save_checkpoint
@@ -68,8 +69,8 @@ def export_weights(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmdeq.train.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("src", help="a checkpoint written by lmdeq train (best.pt / last.pt)")
-    p.add_argument("dst", help="the model-only checkpoint to write")
+    p.add_argument("src", type=path, help="a checkpoint written by lmdeq train (best.pt / last.pt)")
+    p.add_argument("dst", type=path, help="the model-only checkpoint to write")
     args = p.parse_args(argv)
     try:
         out = export_weights(args.src, args.dst)

@@ -37,10 +37,10 @@ def test_variants_alternate_and_speedups_come_from_the_rounds():
 
 
 def test_rounds_must_be_positive(capsys, monkeypatch):
-    monkeypatch.setattr(kernels, "configure_process", lambda: None)   # keep the test process's allocator
+    monkeypatch.setattr(kernels, "configure_or_exit", lambda prog: None)   # keep the test process's allocator
     with pytest.raises(SystemExit):
         kernels.main(["--rounds", "0", "--out", "/nonexistent"])
-    assert "--rounds must be >= 1" in capsys.readouterr().err
+    assert "argument --rounds: expected a positive integer" in capsys.readouterr().err
 
 
 
@@ -66,7 +66,7 @@ def test_cases_run_headline_first_and_parse():
 def test_results_are_written_after_every_case_and_backends_can_be_left_out(tmp_path, monkeypatch):
     """main() with fake timings: the JSON holds every case measured so far (incomplete until the last),
     then the complete result and the PNG; --skip-backends leaves a backend's variants out."""
-    monkeypatch.setattr(kernels, "configure_process", lambda: None)
+    monkeypatch.setattr(kernels, "configure_or_exit", lambda prog: None)
     monkeypatch.setattr(kernels, "median_ms", lambda fn, device, quick: 1.0)
     monkeypatch.setattr(kernels, "copy_bandwidth_gbps", lambda device, quick: 10.0)
     seen = []

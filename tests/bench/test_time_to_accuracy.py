@@ -157,7 +157,7 @@ def test_lmdeq_bench_tta_subcommand(tiny_folder, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv,match", [(["--methods", "fastest"], "--methods must be"),
                                         (["--variants", "lmdeq_uncapped"], "--methods must be"),
-                                        (["--epochs", "0"], "--epochs must be"),
+                                        (["--epochs", "0"], "argument --epochs: expected a positive integer"),
                                         (["--targets", "1.5"], None)])
 def test_bad_arguments_are_named(tiny_folder, tmp_path, monkeypatch, argv, match, capsys):
     monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))

@@ -1,13 +1,14 @@
 """Decode an ImageFolder directory (``<root>/<class>/<image>``) into :class:`LabelledImages`, once.
 
 The decoded uint8 tensor is cached under ``<cache_dir>/decoded/<key>.pt`` where the key hashes the
-directory's path and every image's relative path, size and modification time, so editing the folder
-invalidates the cache. The cache file is written atomically; a cache file that does not load (torn,
+directory's path and every image's relative path, size, modification and status-change times and mode, so
+editing the folder (or fixing a file's permissions) invalidates the cache. The cache file is written atomically; a cache file that does not load (torn,
 altered) is rebuilt, with a warning.
 
-Files that do not decode (truncated, zero bytes, not an image) are skipped and reported (a count and
-the first few paths, every time the data is loaded); with ``strict=True`` the first one is a DataError
-naming it. Images of another size than the first readable one are an error (the batch needs one size).
+Files that do not decode (truncated, zero bytes, not an image, a floating-point image) are skipped and
+reported (a count and the first few paths, every time the data is loaded); with ``strict=True`` the first one
+is a DataError naming it. 16-bit images keep their top 8 bits. Which files are images (links, loops, special
+files): :mod:`lmdeq.data.scan`. Images of another size than the first readable one are an error (the batch needs one size).
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..atomic import atomic_write_bytes, remove_stale_temporaries
 from ..errors import DataError, DataNotFoundError
 from ..torch_files import load_failure_reason, torch_save_bytes
 from .images import LabelledImages
+from .scan import scan_image_folder
 
 SPLIT_TEST_NAMES = ("test", "val")
 SHOWN_SKIPS = 5
@@ -67,10 +69,27 @@ def _read_image(path: str, size: tuple[int, int] | None):
                 if size is not None and im.size != size:
                     return DataError(f"data: {path} is {im.size[0]}x{im.size[1]}, expected {size[0]}x{size[1]} like "
                                      "the first image (every image of a data set must have one size)")
-                arr = np.asarray(im.convert("RGB"))
+                arr = _rgb8(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return f"{type(err).__name__}: {err}"
+    if isinstance(arr, str):
+        return arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _rgb8(im: Image.Image):
+    """(H, W, 3) uint8 of an opened image, or why it has no defined 8-bit value. 16-bit grayscale keeps its top
+    8 bits (PIL's ``convert('RGB')`` clips every value above 255 to white); a 32-bit integer image whose values
+    fit 16 bits is read as 16-bit; floating-point images are refused (no defined range)."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            return f"a {im.mode} image with values outside 0..65535 has no defined 8-bit value"
+        gray = (a >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode == "F":
+        return "a 32-bit floating-point image has no defined 8-bit value"
+    return np.asarray(im.convert("RGB"))
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -91,7 +110,9 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], classes: list[str]) -
     digest.update("\0".join(classes).encode())
     for path, label in samples:
         st = os.stat(path)
-        digest.update(f"\0{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        # ctime and mode too: a chmod that makes an unreadable file readable changes neither size nor mtime
+        digest.update(f"\0{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+                      f"\0{st.st_mode}".encode())
     return digest.hexdigest()[:24]
 
 
@@ -167,8 +188,7 @@ def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike, wor
     unreadable files skipped and reported (``strict``: a DataError instead)."""
     root = Path(root)
     try:
-        classes, class_to_idx = find_classes(str(root))
-        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+        classes, samples = scan_image_folder(root)
     except FileNotFoundError as err:
         raise DataNotFoundError(
             f"data: {root} is not an ImageFolder directory (<root>/<class>/<image>, one subdirectory per class "

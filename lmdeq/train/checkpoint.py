@@ -38,7 +38,7 @@ LAST_NAME = "last.pt"
 _MODEL = ("model_state", "model_config", "train_config", "epoch")
 _REQUIRED = {
     RUN: _MODEL + ("optimizer", "scheduler", "step", "train_size", "best_val_acc", "best_epoch", "lipschitz_bound",
-                   "lipschitz_bound_eval", "rng", "run_id", "classes", "history", "best_model_state"),
+                   "lipschitz_bound_eval", "rng", "run_id", "classes", "history", "best_model_state", "data_digest"),
     BEST: _MODEL + ("step", "run_id", "classes", "record", "best_val_acc", "best_epoch", "lipschitz_bound",
                     "lipschitz_bound_eval"),
 }

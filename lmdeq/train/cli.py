@@ -108,6 +108,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "continues only into a new --out (a fork)")
     r.add_argument("--bound-every", type=_positive_int, default=50,
                    help="recompute the certified bound L every this many steps (default: 50)")
+    r.add_argument("--allow-data-change", action="store_true",
+                   help="--resume on other images than the run was trained on (last.pt records their digests; "
+                        "without this flag a resume on other data is an error naming what changed)")
     r.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over the whole global batch (torch's SyncBatchNorm, CUDA "
                         "only; default: each process normalises with its shard's statistics)")
@@ -182,7 +185,8 @@ def handle_train(args: argparse.Namespace) -> int:
         try:
             summary = run_training(cfg, device=args.device, workers=args.workers, out_dir=out, resume=resume,
                                    cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every,
-                                   strict=args.strict, dist_backend=args.dist_backend, sync_bn=args.sync_bn)
+                                   strict=args.strict, dist_backend=args.dist_backend, sync_bn=args.sync_bn,
+                                   allow_data_change=args.allow_data_change)
         except KeyboardInterrupt:
             if dist.is_main:
                 kept = (f"{Path(out) / LAST} holds the last completed epoch; continue with: lmdeq train --resume "

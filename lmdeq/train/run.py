@@ -155,7 +155,8 @@ def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", worke
                  cache_dir: str | os.PathLike | None = None, progress: bool = True, bound_every: int = 50,
                  strict: bool = False, model_factory: Callable[[TrainConfig], torch.nn.Module] | None = None,
                  on_epoch_end: Callable[[dict], None] | None = None,
-                 print_fn: Callable[[str], None] = print, dist_backend: str = "auto", sync_bn: bool = False) -> dict:
+                 print_fn: Callable[[str], None] = print, dist_backend: str = "auto", sync_bn: bool = False,
+                 allow_data_change: bool = False) -> dict:
     """Train per ``cfg`` (resuming from ``resume`` if given) and return the trainer's summary.
 
     ``model_factory(cfg)`` builds the model (default :func:`~lmdeq.train.model.build_model`, or the
@@ -164,6 +165,8 @@ def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", worke
     undecodable image is an error instead of being skipped. Under torchrun the run is data-parallel (see
     the module docstring): ``dist_backend`` 'auto' (nccl on CUDA, gloo on the CPU), 'gloo' or 'nccl';
     ``sync_bn``: BatchNorm statistics over the global batch (torch's SyncBatchNorm, CUDA only).
+    A resumed run must see the images it was trained on (the digests last.pt records); ``allow_data_change``
+    continues on other images with a warning instead of a DataError.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -171,11 +174,12 @@ def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", worke
         return _train(cfg, dist, dev, workers=workers, out_dir=out_dir, resume=resume, cache_dir=cache_dir,
                       progress=progress and dist.is_main, bound_every=bound_every, strict=strict,
                       model_factory=model_factory, on_epoch_end=on_epoch_end,
-                      print_fn=print_fn if dist.is_main else (lambda _line: None), sync_bn=sync_bn)
+                      print_fn=print_fn if dist.is_main else (lambda _line: None), sync_bn=sync_bn,
+                      allow_data_change=allow_data_change)
 
 
 def _train(cfg: TrainConfig, dist: Dist, dev: torch.device, *, workers, out_dir, resume, cache_dir, progress,
-           bound_every, strict, model_factory, on_epoch_end, print_fn, sync_bn) -> dict:
+           bound_every, strict, model_factory, on_epoch_end, print_fn, sync_bn, allow_data_change) -> dict:
     ckpt = None
     if resume is not None:
         resume = resume_path(resume)
@@ -210,7 +214,7 @@ def _train(cfg: TrainConfig, dist: Dist, dev: torch.device, *, workers, out_dir,
         check_classes(splits.train, cfg.data, model)
         trainer = Trainer(model, cfg, splits.train, splits.val, dev, workers=workers, out_dir=out_dir,
                           progress=progress, bound_every=bound_every, on_epoch_end=on_epoch_end, print_fn=print_fn,
-                          dist=dist)
+                          dist=dist, allow_data_change=allow_data_change)
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
             if forking:

@@ -43,7 +43,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import DataError, NonFiniteError
+from ..errors import CheckpointError, DataError, NonFiniteError
 from . import replicas
 from ..data.batches import check_shardable, train_batches
 from .checkpoint import capture_rng_state, restore_generators, restore_rng_state
@@ -81,7 +81,7 @@ class Trainer:
                  val_data: LabelledImages | None, device: torch.device, workers: int = 0,
                  out_dir: str | Path | None = None, progress: bool = True, bound_every: int = 50,
                  on_epoch_end: Callable[[dict], None] | None = None, print_fn: Callable[[str], None] = print,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, allow_data_change: bool = False):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if val_data is not None and val_data.classes != train_data.classes:
@@ -94,6 +94,10 @@ class Trainer:
         self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
         self.forward_model = model  # what runs the training forward pass: the DDP wrapper once fit() starts
         self.train_data, self.val_data = train_data, val_data
+        # What the run trains and validates on (the exact images, labels and classes after the split), recorded
+        # in last.pt: a resume on other data is refused unless allow_data_change (see load_state_dict).
+        self.data_digest = {"train": train_data.digest(), "val": val_data.digest() if val_data is not None else None}
+        self.allow_data_change = allow_data_change
         self.workers, self.progress, self.bound_every = workers, progress and dist.is_main, bound_every
         self.on_epoch_end = on_epoch_end
         self.print = print_fn if dist.is_main else (lambda _line: None)
@@ -136,6 +140,7 @@ class Trainer:
             "step": self.step,
             "train_size": len(self.train_data),
             "classes": list(self.train_data.classes),
+            "data_digest": dict(self.data_digest),
             "run_id": self.run_id,
             "forked_from": self.forked_from,
             "history": [dict(r) for r in self.history],
@@ -149,6 +154,23 @@ class Trainer:
             "elastic_run_id": os.environ.get(ELASTIC_RUN_ID),  # lets a torchrun restart continue this run
         }
 
+    def _check_same_data(self, saved) -> None:
+        """DataError naming what differs when the checkpoint's run trained or validated on other images (same
+        count and classes, other content: --data pointing at other files), unless ``allow_data_change``."""
+        if not isinstance(saved, dict) or not all(isinstance(saved.get(k), (str, type(None))) for k in ("train", "val")):
+            raise CheckpointError(f"checkpoint: its data_digest field is damaged ({type(saved).__name__}: "
+                                  f"{str(saved)[:60]!r})")
+        changed = [name for name, key in (("training", "train"), ("validation", "val"))
+                   if saved.get(key) != self.data_digest[key]]
+        if not changed:
+            return
+        what = " and ".join(changed)
+        if not self.allow_data_change:
+            raise DataError(f"data: the {what} images differ from those the run was trained on (same count and "
+                            "classes, other content: does --data point at other files, or were files edited?); "
+                            "resume with the original data, or pass --allow-data-change to continue on these")
+        log.warning("data: resuming on other %s images than the run was trained on (--allow-data-change)", what)
+
     def load_state_dict(self, ckpt: dict) -> None:
         """Continue from a run state of this run (same config; ``epochs`` may have grown, see
         :mod:`lmdeq.train.config`); the RNG state is restored last."""
@@ -161,6 +183,7 @@ class Trainer:
         if tuple(ckpt["classes"]) != tuple(self.train_data.classes):
             raise DataError(f"checkpoint: its run trained on the classes {list(ckpt['classes'])}, the data now has "
                             f"{list(self.train_data.classes)}")
+        self._check_same_data(ckpt["data_digest"])
         saved_bounds = cycle_bounds(TrainConfig.from_dict(saved_cfg), self.steps_per_epoch)
         bounds = cycle_bounds(self.cfg, self.steps_per_epoch)
         if bounds[:len(saved_bounds) - 1] != saved_bounds[:-1] or bounds[-1] < saved_bounds[-1]:

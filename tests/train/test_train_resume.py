@@ -142,3 +142,33 @@ def test_resume_refuses_a_different_training_set(image_folder, tmp_path, tiny_mo
     write_image_folder(other / "train", per_class=9)
     with pytest.raises(ValueError, match=r"batch_size\) = \(18, 5\), this one \(27, 5\)"):
         _run(cfg.replace(data=str(other)), tmp_path / "run", tiny_model_cls, resume=tmp_path / "run" / "last.pt")
+
+
+def test_resume_refuses_other_images_of_the_same_count_unless_told(image_folder, tmp_path, tiny_model_cls, caplog):
+    """Same count and classes, other pixels (--data pointing at another folder): the run is not the one that
+    was started. Refused, naming what changed; --allow-data-change continues with a warning."""
+    import logging
+
+    from train_helpers import write_image_folder
+
+    from lmdeq.errors import CheckpointError, DataError
+
+    cfg = _config(image_folder.parent).replace(epochs=2)
+    with pytest.raises(Interrupted):
+        _run(cfg, tmp_path / "run", tiny_model_cls, on_epoch_end=_stop_after(1))
+    started_on = load_checkpoint(tmp_path / "run" / "last.pt")["data_digest"]
+    other = tmp_path / "other"
+    write_image_folder(other / "train", seed=7)   # same count and classes as image_folder, other noise
+    moved = cfg.replace(data=str(other))
+    with pytest.raises(DataError, match="the training and validation images differ .* --allow-data-change"):
+        _run(moved, tmp_path / "run", tiny_model_cls, resume=tmp_path / "run" / "last.pt")
+    with caplog.at_level(logging.WARNING, logger="lmdeq.train"):
+        done = _run(moved, tmp_path / "run", tiny_model_cls, resume=tmp_path / "run" / "last.pt",
+                    allow_data_change=True)
+    assert done["steps"] == 8 and "resuming on other training and validation images" in caplog.text
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["data_digest"]["train"] != started_on["train"]   # last.pt records what it now trained on
+    damaged = dict(ckpt, data_digest=["not", "a", "dict"], epoch=1)
+    torch.save(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match="data_digest field is damaged"):
+        _run(moved.replace(epochs=3), tmp_path / "fork", tiny_model_cls, resume=tmp_path / "damaged.pt")

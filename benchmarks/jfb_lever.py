@@ -20,6 +20,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from lmdeq.argtypes import output_file, path, positive_int
 from lmdeq.bench.device import environment, load_average
 from lmdeq.bench.interleave import interleaved_rounds, ratio_spread, spread
 from lmdeq.bench.speedup import _batch
@@ -41,13 +42,13 @@ def _grads(model, x, y):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", required=True)
-    p.add_argument("--data", default=None)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=4, help="batches for the gradient comparison")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--out", default=None)
+    p.add_argument("--weights", type=path, required=True)
+    p.add_argument("--data", type=path, default=None)
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--batches", type=positive_int, default=4, help="batches for the gradient comparison")
+    p.add_argument("--rounds", type=positive_int, default=7)
+    p.add_argument("--warmup", type=positive_int, default=2)
+    p.add_argument("--out", type=output_file, default=None)
     args = p.parse_args(argv)
     ckpt = load_checkpoint(args.weights)
     implicit, jfb = _model(ckpt, "implicit"), _model(ckpt, "jfb")

@@ -7,13 +7,15 @@ parser with empty, huge, negative, non-finite, unicode and wrong-type values):
 * integers: :func:`int_in` (a range; ``positive_int`` and ``non_negative_int`` counts up to 2**31 - 1,
   ``seed`` up to 2**63 - 1, what torch's generators take);
 * floats: :func:`float_in` (finite, a range, open or closed ends);
-* text: :func:`text` (a path, a name: not empty, no NUL); :func:`file_tag` (a file-name suffix);
+* text: :func:`text` (a path, a name: not empty, no NUL); :func:`output_file` / :func:`output_dir` (where
+  results go: a writable directory, checked before any work); :func:`file_tag` (a file-name suffix);
   :func:`name_list` (comma-separated names, possibly none).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Optional
 
 SEED_MAX = 2 ** 63 - 1    # what torch's generators take
@@ -75,6 +77,35 @@ def text(kind: str = "a value"):
 
 
 path = text("a path")
+
+
+def _writable_dir(directory: str) -> bool:
+    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
+
+
+def output_file(value: str) -> str:
+    """An argparse type: a file to write (or a stem, extensions added): its directory must exist, writable."""
+    value = path(value)
+    parent = os.path.dirname(os.path.abspath(value))
+    if not _writable_dir(parent):
+        raise argparse.ArgumentTypeError(f"cannot write {value!r}: {parent} is not a writable directory"
+                                         + ("" if os.path.exists(parent) else " (it does not exist)"))
+    if os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"cannot write {value!r}: it is a directory")
+    return value
+
+
+def output_dir(value: str) -> str:
+    """An argparse type: a directory to write into, made if missing: it (or its nearest existing ancestor) must
+    be a writable directory."""
+    value = path(value)
+    probe = os.path.abspath(value)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not _writable_dir(probe):
+        what = "not a directory" if not os.path.isdir(probe) else "not writable"
+        raise argparse.ArgumentTypeError(f"cannot write into {value!r}: {probe} is {what}")
+    return value
 
 
 def file_tag(value: str) -> str:

@@ -27,7 +27,10 @@ def _bench(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="lmdeq", description="Fast, provably convergent deep equilibrium models")
+    parser.add_argument("--version", action="version", version=f"lmdeq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p_info = sub.add_parser("info", help="versions, build and the backend chosen for each op")

@@ -440,8 +440,9 @@ def cases() -> list[Case]:
     case("train --resume without a path or --out", "run directory", ["train", "--resume"], needle="needs --out")
     train("train --out a run directory", "run directory", out_dir="{w}/run", needle="already holds a run",
           needs=("run",), check=run_untouched)
-    train("train --out a file", "run directory", out_dir="{w}/a-file", needle="is a file", needs=("data", "layouts"))
-    train("train --out under a file", "run directory", out_dir="{w}/a-file/run", needle="is a file",
+    train("train --out a file", "run directory", out_dir="{w}/a-file", needle="is not a directory",
+          needs=("data", "layouts"))
+    train("train --out under a file", "run directory", out_dir="{w}/a-file/run", needle="is not a directory",
           needs=("data", "layouts"))
     train("train that fails before epoch 1", "run directory", data="{w}/missing", out_dir="{w}/fresh/run",
           needle="does not exist", check=no_run_dir("fresh"))
@@ -476,7 +477,7 @@ def cases() -> list[Case]:
                          (["--weights", "{w}/mis-shaped.pt"], "do not fit the model"),
                          (["--weights", "{w}/no-train-config.pt"], "lacks ['train_config']"),
                          (["--weights", "{w}/payload.pt"], "not a readable"),
-                         (["--out", "{w}/a-file"], "is a file"),
+                         (["--out", "{w}/a-file"], "is not a directory"),
                          (["--data", "{w}/small-images"], "its images are"),
                          (["--data", "{w}/missing"], "does not exist"),
                          (["solvers", "--repeats", "0"], "positive integer"),

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..argtypes import file_tag, non_negative_int, path, positive_int, text
+from ..argtypes import file_tag, non_negative_int, output_dir, path, positive_int, text
 from ..errors import ConfigError
 
 SUITES = ("speedup", "solvers", "tta")
@@ -30,7 +30,7 @@ def add_arguments(parser):
                         help="batch size (default: 128 on GPU, 32 on CPU / --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="the CPU configuration (speedup: cifar10-small, batch 32, 3 steps)")
-    parser.add_argument("--out", type=path, default="benchmarks/results", help="directory for result files")
+    parser.add_argument("--out", type=output_dir, default="benchmarks/results", help="directory for result files")
     sp = parser.add_argument_group("speedup")
     sp.add_argument("--preset", type=text("a preset name"), default=None, help="model preset (default: cifar10-large on GPU, cifar10-small on CPU)")
     sp.add_argument("--steps", type=positive_int, default=None, help="timed steps per method (default: 10 GPU, 3 CPU)")

@@ -39,7 +39,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from .. import ops
-from ..argtypes import path, positive_int, text
+from ..argtypes import output_dir, positive_int, text
 from ..command import configure_or_exit
 from ..faults import fault_point
 from ..models import mdeq
@@ -364,7 +364,7 @@ def build_parser(results: Path = RESULTS) -> argparse.ArgumentParser:
     parser.add_argument("--skip-backends", type=parse_backends, action="append", default=[],
                         help="fused backends to leave out, comma-separated (repeatable), e.g. cuda")
     parser.add_argument("--dtypes", type=text("dtypes"), default="float32", help="comma-separated, e.g. float32,bfloat16")
-    parser.add_argument("--out", type=lambda v: Path(path(v)), default=Path(results))
+    parser.add_argument("--out", type=lambda v: Path(output_dir(v)), default=Path(results))
     return parser
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from ..argtypes import path, text
+from ..argtypes import output_file, path, text
 from .report import markdown_table
 from .tta_report import plot_curves
 
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("metrics", type=path, help="metrics.jsonl of an lmdeq train run")
     p.add_argument("--label", type=text("a label"), default="lmdeq train", help="the curve's name")
-    p.add_argument("--out", type=path, required=True, help="output path without extension (.png and .md are written)")
+    p.add_argument("--out", type=output_file, required=True, help="output path without extension (.png and .md are written)")
     args = p.parse_args(argv)
     with open(args.metrics) as fh:
         records = [json.loads(line) for line in fh if line.strip()]

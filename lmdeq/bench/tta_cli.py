@@ -36,7 +36,8 @@ from typing import Dict, List
 import torch
 
 from .. import checks
-from ..argtypes import file_tag, name_list, float_in, non_negative_int, path, positive_float, positive_int, seed, text
+from ..argtypes import (file_tag, float_in, name_list, non_negative_int, output_dir, path, positive_float, positive_int,
+                        seed, text)
 
 __all__ = ["PROTOCOLS", "add_arguments", "build_parser", "run", "main"]
 
@@ -67,7 +68,7 @@ def add_shared_arguments(p) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: the protocol's, 64 CPU / 128 GPU)")
     p.add_argument("--methods", type=text("comma-separated methods"), default=DEFAULT_METHODS,
                    help="comma-separated: original, authors, lmdeq, original_jr (MDEQ + Jacobian reg.)")
-    p.add_argument("--out", type=path, default="benchmarks/results", help="directory for result files")
+    p.add_argument("--out", type=output_dir, default="benchmarks/results", help="directory for result files")
     p.add_argument("--tag", type=file_tag, default="", help="suffix for result file names")
 
 
@@ -110,7 +111,7 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true",
                    help="tta: continue the run whose state <out>/time_to_accuracy-<device><tag>.state.pt holds (written "
                         "after every round) with the same settings; the curves are the same as uninterrupted")
-    p.add_argument("--save-runs", type=path, default=None, metavar="DIR",
+    p.add_argument("--save-runs", type=output_dir, default=None, metavar="DIR",
                    help="tta: write each method's final weights (DIR/<method>/last.pt, for lmdeq bench --weights "
                         "and lmdeq eval) and its curve (DIR/<method>/metrics.jsonl)")
 

@@ -20,6 +20,7 @@ closes over its inputs (the injection) and parameters.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Callable, Optional
 
@@ -32,6 +33,7 @@ from .. import checks
 from ..deprecation import deprecated
 from ..errors import ConfigTypeError
 from ..solvers import SolverInfo, StateLayout, get_solver
+from ..solvers.state import KNOWN_OPTIONS
 from .adjoint import implicit_gradient
 from .backward import JFB, Backward, Implicit, Phantom, as_backward
 from .graphed import GraphedProblem
@@ -56,12 +58,25 @@ def _spelled(cls: type, fields: dict) -> str:
     return f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 
+def _hint(unknown) -> str:
+    """Advice for keywords deq_solve does not take: a solver's own option goes in solver_kwargs; a near miss
+    of one of deq_solve's arguments is named."""
+    solver_options = [k for k in unknown if k in KNOWN_OPTIONS]
+    if solver_options:
+        spelled = ", ".join(f"{k!r}: ..." for k in solver_options)
+        return f": {solver_options} are options of the solver, pass them as solver_kwargs={{{spelled}}}"
+    own = [p for p in inspect.signature(deq_solve).parameters if p not in ("f", "z0", "deprecated")]
+    close = {k: difflib.get_close_matches(k, own, n=1) for k in unknown}
+    named = [f"{k!r} (did you mean {c[0]!r}?)" for k, c in close.items() if c]
+    return f"; {', '.join(named)}" if named else f"; deq_solve takes {own}"
+
+
 def resolve_backward(backward, legacy: dict, caller: str = "deq_solve") -> Backward:
     """The backward object of ``backward`` and the deprecated keywords ``legacy`` (see the module docstring);
     a keyword deq_solve never took is a TypeError naming it."""
     unknown = sorted(set(legacy) - set(LEGACY_KEYWORDS))
     if unknown:
-        raise ConfigTypeError(f"{caller} got unexpected keyword argument(s) {unknown}")
+        raise ConfigTypeError(f"{caller} got unexpected keyword argument(s) {unknown}{_hint(unknown)}")
     if not legacy:
         return as_backward(backward)
     if not isinstance(backward, str):

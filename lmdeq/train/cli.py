@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..command import configure_or_exit, run_command
-from ..argtypes import float_in, non_negative_float, path, positive_float, seed, text
+from ..argtypes import float_in, non_negative_float, output_dir, path, positive_float, seed, text
 from ..argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
 from ..errors import ConfigError
 from .config import TrainConfig
@@ -100,7 +100,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--grad-clip", type=non_negative_float, help="max global gradient norm, 0: off (default: 0)")
     o.add_argument("--seed", type=seed, help="seeds init, data split and order (default: 0)")
     r = p.add_argument_group("run")
-    r.add_argument("--out", type=path, help="run directory for metrics.jsonl, last.pt, best.pt "
+    r.add_argument("--out", type=output_dir, help="run directory for metrics.jsonl, last.pt, best.pt "
                                  "(default: runs/<preset>-<variant>-seed<seed>, or the --resume file's directory)")
     r.add_argument("--resume", nargs="?", const=True, type=path, metavar="CHECKPOINT",
                    help="continue a run exactly: from CHECKPOINT (a last.pt, or a run directory), or from "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..argtypes import path
+from ..argtypes import output_file, path
 from ..errors import CheckpointError
 from ..data.archive import file_sha256
 from .checkpoint import BEST, RUN, VERSION, load_checkpoint, save_checkpoint
@@ -70,7 +70,7 @@ def export_weights(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmdeq.train.export", description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=path, help="a checkpoint written by lmdeq train (best.pt / last.pt)")
-    p.add_argument("dst", type=path, help="the model-only checkpoint to write")
+    p.add_argument("dst", type=output_file, help="the model-only checkpoint to write")
     args = p.parse_args(argv)
     try:
         out = export_weights(args.src, args.dst)

@@ -8,7 +8,7 @@ keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["LmdeqError", "BackendError", "ConfigError", "ConfigTypeError", "DataError", "DataNotFoundError",
+__all__ = ["LmdeqError", "UnsupportedError", "BackendError", "ConfigError", "ConfigTypeError", "DataError", "DataNotFoundError",
            "DataUnavailableError", "CheckpointError", "RunDirectoryError", "RunLockedError", "NonFiniteError",
            "first_line"]
 
@@ -53,6 +53,10 @@ class RunDirectoryError(LmdeqError, FileExistsError):
 
 class RunLockedError(RunDirectoryError):
     """Another live process is training into the run directory."""
+
+
+class UnsupportedError(LmdeqError, NotImplementedError):
+    """A use lmdeq refuses rather than answer wrongly (e.g. a gradient of the implicit gradient)."""
 
 
 class BackendError(LmdeqError, RuntimeError):

@@ -167,6 +167,21 @@ def build(w: Path, need: str, run) -> None:
             (w / "unreadable" / "train" / c / "0.jpg").write_bytes(b"junk")
         root = image_folder(w / "mixed-size" / "train")
         _png(root / "k4" / "odd.png", 7, size=(30, 32))
+    elif need == "odd-files":
+        # links that loop or leave the root, a FIFO named like an image, a second link to an image
+        root = image_folder(w / "loop-data" / "train")
+        os.symlink("..", root / "k0" / "loop")
+        root = image_folder(w / "outside-data" / "train")
+        _png(w / "outside.png", 99)
+        os.symlink(w / "outside.png", root / "k0" / "outside.png")
+        root = image_folder(w / "fifo-data" / "train")
+        os.mkfifo(root / "k0" / "fifo.jpg")
+        root = image_folder(w / "twice-data" / "train")
+        os.symlink(root / "k1" / "0.png", root / "k0" / "also-k1.png")
+        root = image_folder(w / "sixteen-bit" / "train", classes=("a", "b"))
+        for c in ("a", "b"):
+            ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+            Image.fromarray(ramp).save(root / c / "g16.png")
     elif need == "layouts":
         image_folder(w / "one-class", classes=("airplane",), per_class=3)
         image_folder(w / "one-class-train" / "train", classes=("airplane",), per_class=3)
@@ -329,6 +344,62 @@ def train_a_diverging_model(w: Path) -> None:
     cfg = TrainConfig(data=str(w / "data"), epochs=1, batch_size=15, val_fraction=0.25)
     run_training(cfg, device="cpu", out_dir=w / "diverging", cache_dir=w / "cache", progress=False,
                  model_factory=lambda _c: Diverging(), print_fn=lambda s: None)
+
+
+def _tiny_deq(backward="implicit"):
+    import torch
+
+    from lmdeq import deq_solve
+
+    W = (0.1 * torch.randn(6, 6, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    return lambda xx=x, b=backward: deq_solve(lambda z: torch.tanh(z @ W.T + xx), torch.zeros_like(xx),
+                                              solver="fixed_point", max_iter=100, tol=1e-10, backward=b)[0], W, x
+
+
+def gradient_penalty_through_implicit(w: Path) -> None:
+    import torch
+
+    solve, W, _ = _tiny_deq()
+    (g,) = torch.autograd.grad((solve() ** 2).sum(), W, create_graph=True)
+    g.norm().backward()
+
+
+def double_backward_through_jfb(w: Path) -> None:
+    import torch
+
+    solve, W, _ = _tiny_deq("jfb")
+    (g,) = torch.autograd.grad((solve() ** 2).sum(), W, create_graph=True)
+    (gg,) = torch.autograd.grad(g.norm(), W)
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+
+
+def func_transform(kind: str):
+    def call(w: Path) -> None:
+        import torch
+
+        solve, _, x = _tiny_deq()
+        fn = lambda xx: solve(xx).sum()   # noqa: E731
+        {"grad": lambda: torch.func.grad(fn)(x), "vmap": lambda: torch.func.vmap(fn)(x),
+         "jvp": lambda: torch.func.jvp(fn, (x,), (x,))}[kind]()
+    return call
+
+
+def sixteen_bit_images_decode(w: Path) -> None:
+    from lmdeq.data.folder import load_image_folder
+
+    data = load_image_folder(w / "sixteen-bit" / "train", w / "cache")
+    top = int(data.images.float().mean())
+    assert 100 < top < 160, f"16-bit ramp decoded to mean {top} (clipped?)"   # the ramp's top bits: mean ~127
+
+
+def huge_max_iter(w: Path) -> None:
+    import torch
+
+    from lmdeq.solvers import broyden
+
+    _, _, info = broyden(lambda z: 0.5 * z + 1, torch.zeros(2, 1000), max_iter=10 ** 12, tol=1e-8)
+    assert info.result == "converged" and info["abs_trace"].shape[1] < 100
 
 
 def last_pt_untouched_by_divergence(w: Path):
@@ -500,6 +571,32 @@ def cases() -> list[Case]:
             ("run_training of a diverging model", train_a_diverging_model, "training diverged", ("data",),
              last_pt_untouched_by_divergence)]:
         case(name, "library", [], needle=needle, needs=needs, check=check, call=call)
+    # autograd transforms through a DEQ: refused by name, or correct
+    for name, call, expect, needle in [
+            ("gradient penalty through the implicit backward", gradient_penalty_through_implicit, "error",
+             "create_graph=True through the DEQ's backward"),
+            ("double backward through JFB", double_backward_through_jfb, "ok", ""),
+            ("torch.func.grad through deq_solve", func_transform("grad"), "error", "torch.func transforms"),
+            ("torch.func.vmap over deq_solve", func_transform("vmap"), "error", "torch.func transforms"),
+            ("torch.func.jvp through deq_solve", func_transform("jvp"), "error", "torch.func transforms"),
+            ("broyden with max_iter=10**12", huge_max_iter, "ok", "")]:
+        case(name, "autograd and solvers", [], expect=expect, needle=needle, call=call)
+    # environment variables
+    for env, needle in [({"LMDEQ_TUNE_ALLOCATOR": "maybe"}, "LMDEQ_TUNE_ALLOCATOR must be 0 or 1"),
+                        ({"LMDEQ_TUNE_ALLOCATOR": ""}, "LMDEQ_TUNE_ALLOCATOR must be 0 or 1"),
+                        ({"LMDEQ_CUDA_GRAPHS": "perhaps"}, "LMDEQ_CUDA_GRAPHS must be 0 or 1"),
+                        ({"LMDEQ_BACKEND": "bogus"}, "is not one of"),
+                        ({"LMDEQ_BACKEND": "cuda"}, "cannot run on cpu tensors")]:
+        spelled = " ".join(f"{k}={v!r}" for k, v in env.items())
+        train(f"train with {spelled}", "environment", needle=needle, env=env)
+    # data files: links, loops, special files, modes
+    for folder, expect, needle in [("loop-data", "warn", "already visited"),
+                                   ("outside-data", "warn", "leading out of the data root"),
+                                   ("fifo-data", "warn", "special file"), ("twice-data", "warn", "reached twice")]:
+        train(f"train on a folder with {folder.replace('-data', '')} links/files", "data files", expect=expect,
+              needle=needle, data=f"{{w}}/{folder}", needs=("odd-files",))
+    case("16-bit grayscale images", "data files", [], expect="ok", call=sixteen_bit_images_decode,
+         needs=("odd-files",))
     # kill -9 at exact instants, then resume
     for fault in ("step@1", "epoch-end@1", "last.pt:partial@1", "last.pt:renamed@1", "best.pt:partial@1",
                   "metrics.jsonl:partial@2", "last.pt:written@3", "metrics.jsonl:renamed@3"):

@@ -21,6 +21,7 @@ from typing import Callable, List, Optional
 import torch
 from torch.profiler import record_function
 
+from ..errors import UnsupportedError
 from ..solvers import StateLayout, get_solver
 from .backward import Implicit
 from .graphed import GraphedProblem
@@ -161,6 +162,6 @@ class ImplicitGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         if torch.is_grad_enabled():   # the engine runs backward functions in grad mode iff create_graph=True
-            raise RuntimeError(HIGHER_ORDER)
+            raise UnsupportedError(HIGHER_ORDER)
         v = [g if g is not None else torch.zeros_like(s) for g, s in zip(grads, ctx.adjoint.star)]
         return (None, *ctx.adjoint(v))

@@ -31,7 +31,7 @@ from torch.profiler import record_function
 
 from .. import checks
 from ..deprecation import deprecated
-from ..errors import ConfigTypeError
+from ..errors import ConfigTypeError, UnsupportedError
 from ..solvers import SolverInfo, StateLayout, get_solver
 from ..solvers.state import KNOWN_OPTIONS
 from .adjoint import implicit_gradient
@@ -116,7 +116,7 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     """
     checks.boolean("jacobian_pair", jacobian_pair, where="deq_solve: ")
     if maybe_current_level() is not None:
-        raise NotImplementedError(FUNC_TRANSFORMS)
+        raise UnsupportedError(FUNC_TRANSFORMS)
     backward = resolve_backward(backward, deprecated)
     solve = get_solver(solver)
     layout = StateLayout(z0, "z0")

@@ -200,6 +200,15 @@ def _save_run(directory: str, run, cfg) -> None:
             fh.write(json.dumps(p) + "\n")
 
 
+def _fail(err) -> None:
+    """A documented error: one line on stderr and exit status 2, as every lmdeq command."""
+    from ..command import one_line
+
+    print(f"time to accuracy: error: {one_line(err) if isinstance(err, BaseException) else err}", file=sys.stderr,
+          flush=True)
+    raise SystemExit(2)
+
+
 def _save_state(path: str, runs, settings: Dict, rounds: List[Dict]) -> None:
     """Every method's state after a round, atomically (a kill at any instant leaves the previous round's)."""
     from ..atomic import atomic_write_bytes
@@ -242,7 +251,7 @@ def run(args) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("time to accuracy: --device cuda requested but no CUDA device is visible")
+        _fail("--device cuda requested but no CUDA device is visible")
     try:
         if not args.data:
             raise ValueError("--data is required (an ImageFolder directory, a .tar.gz of one, 'cifar10' or "
@@ -257,7 +266,7 @@ def run(args) -> int:
         steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
         specs = _specs(args, s, cfg.epochs * steps_per_epoch, device)
     except (ValueError, TypeError, FileNotFoundError, DataUnavailableError) as err:
-        raise SystemExit(f"time to accuracy: error: {err}") from None
+        _fail(err)
     load_start = os.getloadavg()
     log(f"data: {splits.describe()}; {s['protocol']} protocol, {s['preset']}, batch {cfg.batch_size}, "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps, {len(interval_bounds(steps_per_epoch, s['evals_per_epoch']))} "
@@ -280,7 +289,7 @@ def run(args) -> int:
         try:
             sittings = _load_state(state_path, runs, result["settings"])
         except ValueError as err:
-            raise SystemExit(f"time to accuracy: error: {err}") from None
+            _fail(err)
         done = max(len(r.points) for r in runs)
         log(f"resumed from {state_path}: {done} rounds done in {len(sittings)} earlier sitting(s)")
     sittings.append({"start_round": max(len(r.points) for r in runs), "load_average_start": list(load_start),

@@ -2,6 +2,7 @@
 targets are evaluated from the data, and the script / ``lmdeq bench tta`` run end to end on a tiny
 ImageFolder with tiny models (JSON with every point, PNG, Markdown, saved runs)."""
 import json
+import re
 
 import pytest
 import torch
@@ -168,12 +169,20 @@ def test_bad_arguments_are_named(tiny_folder, tmp_path, monkeypatch, argv, match
     assert (match or "accuracies in (0, 1)") in message
 
 
-def test_data_is_required_and_must_exist(tmp_path):
+def _fails(call, capsys, match):
+    """A documented error: exit status 2 and one line naming it."""
+    with pytest.raises(SystemExit) as exc:
+        call()
+    last = capsys.readouterr().err.strip().splitlines()[-1]   # (progress lines may come first)
+    assert exc.value.code == 2 and last.startswith("time to accuracy: error: ") and re.search(match, last), \
+        (exc.value.code, last)
+
+
+def test_data_is_required_and_must_exist(tmp_path, capsys):
     tta = load_script("benchmarks/time_to_accuracy.py")
-    with pytest.raises(SystemExit, match="--data is required"):
-        tta.main(["--device", "cpu", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="error: .*missing"):
-        tta.main(["--data", str(tmp_path / "missing"), "--device", "cpu", "--out", str(tmp_path)])
+    _fails(lambda: tta.main(["--device", "cpu", "--out", str(tmp_path)]), capsys, "--data is required")
+    _fails(lambda: tta.main(["--data", str(tmp_path / "missing"), "--device", "cpu", "--out", str(tmp_path)]),
+           capsys, "time to accuracy: error: .*missing")
 
 
 def test_the_jr_baseline_trains_with_its_own_draws():
@@ -196,7 +205,7 @@ def test_the_jr_baseline_trains_with_its_own_draws():
         assert torch.equal(a, b), name
 
 
-def test_an_interrupted_run_resumes_to_the_same_curves(tiny_folder, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_to_the_same_curves(tiny_folder, tmp_path, monkeypatch, capsys):
     """Killed after its first round (mid-epoch: 2 points per epoch) and continued with --resume, the run
     gives every method the points of an uninterrupted run (times aside); other settings are refused."""
     from lmdeq.bench import tta_cli
@@ -222,8 +231,8 @@ def test_an_interrupted_run_resumes_to_the_same_curves(tiny_folder, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         tta.main(argv(tmp_path / "cut"))
     monkeypatch.setattr(tta_cli, "_save_state", real_save)
-    with pytest.raises(SystemExit, match="other settings: seed 0 -> 1"):
-        tta.main(argv(tmp_path / "cut", "--resume", "--seed", "1"))
+    capsys.readouterr()
+    _fails(lambda: tta.main(argv(tmp_path / "cut", "--resume", "--seed", "1")), capsys, "other settings: seed 0 -> 1")
     assert tta.main(argv(tmp_path / "cut", "--resume")) == 0
     whole, cut = [json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("whole", "cut")]
     assert [s["start_round"] for s in cut["sittings"]] == [0, 1] and len(whole["sittings"]) == 1
@@ -233,8 +242,8 @@ def test_an_interrupted_run_resumes_to_the_same_curves(tiny_folder, tmp_path, mo
         for pa, pb in zip(a["points"], b["points"]):
             assert {k: v for k, v in pa.items() if k not in TIMES + ("train_s",)} == \
                 {k: v for k, v in pb.items() if k not in TIMES + ("train_s",)}
-    with pytest.raises(SystemExit, match="no saved state"):
-        tta.main(argv(tmp_path / "never", "--resume"))
+    capsys.readouterr()
+    _fails(lambda: tta.main(argv(tmp_path / "never", "--resume")), capsys, "no saved state")
 
 
 def test_targets_against_the_jr_baseline():

@@ -12,7 +12,7 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         if v != v:  # NaN
             return "nan"
-        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return f"{v:.3g}" if abs(v) < 1e3 else f"{v:.0f}"   # (1550, not 1.55e+03)
     return str(v)
 
 
@@ -31,14 +31,17 @@ def markdown_table(rows: Sequence[Dict], columns: Sequence[str], headers: Sequen
 
 
 def bar_chart(path: str, title: str, groups: List[str], series: Dict[str, List[float]], ylabel: str,
-              errors: Optional[Dict[str, List[Dict[str, float]]]] = None) -> str:
+              errors: Optional[Dict[str, List[Dict[str, float]]]] = None, log_y: bool = False,
+              notes: Sequence[str] = ()) -> str:
     """Grouped bars: one group per entry of ``groups``, one bar per series. ``errors[name]`` (optional):
-    one spread per bar (:func:`lmdeq.bench.interleave.spread`), drawn as a min-max whisker. Returns
-    ``path``."""
+    one spread per bar (:func:`lmdeq.bench.interleave.spread`), drawn as a min-max whisker. ``log_y``: a
+    logarithmic value axis (bars that differ by 10x stay readable); ``notes``: lines written in a box on the
+    figure (the headline ratios, what the whiskers are, a load warning). Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) * max(1, len(series)) / 2), 4.0))
     width = 0.8 / max(1, len(series))
@@ -51,9 +54,15 @@ def bar_chart(path: str, title: str, groups: List[str], series: Dict[str, List[f
         bars = ax.bar(xs, values, width, label=name, yerr=yerr, capsize=3 if yerr else 0)
         ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=7, padding=2)
     ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel + (" (log scale)" if log_y else ""))
+    if log_y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: _fmt(float(v))))
+    ax.set_title(title, fontsize=10, wrap=True)
+    ax.legend(fontsize=8, loc="upper right")
+    if notes:
+        ax.text(0.99, 0.80, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="0.7"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

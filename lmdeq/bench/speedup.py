@@ -372,14 +372,33 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
         stem = os.path.join(out_dir, f"speedup-{device_slug(device)}{tag}")
         with open(stem + ".json", "w") as fh:
             json.dump(result, fh, indent=1)
-        groups = [f"{r['weights']}\n{r['method']}" for r in rows]
+        groups = [f"{r['weights']}\n{SHORT.get(r['method'], r['method'])}" for r in rows]
         bar_chart(stem + ".png", f"lmdeq speed-up, {preset}, batch {batch}, {result['env']['device']}",
                   groups, {"train ms/step": [r["train_ms"] for r in rows],
                            "inference ms/batch": [r["infer_ms"] for r in rows]}, "milliseconds",
                   errors={"train ms/step": [r["train_spread"] for r in rows],
-                          "inference ms/batch": [r["infer_spread"] for r in rows]})
+                          "inference ms/batch": [r["infer_spread"] for r in rows]},
+                  log_y=True, notes=chart_notes(result))
         result["files"] = [stem + ".json", stem + ".png"]
     return result
+
+
+SHORT = {"original": "(a) MDEQ", "original_jr": "(a-JR) MDEQ+JR", "authors": "(b) authors'", "lmdeq": "(c) lmdeq"}
+
+
+def chart_notes(result: Dict) -> List[str]:
+    """The lines written on the chart: the headline ratios (median of the per-round ratios, per weight set),
+    what the bars and whiskers are, and the load warning when the machine was busier than its threads."""
+    lines = []
+    for weights, ratios in result["ratios"].items():
+        shown = [f"{name.split(' ', 1)[1]} {r['median']:.2f}x" for name, r in ratios.items()
+                 if name.startswith("train ") and name.split(" ", 1)[1] in ("aJR/c", "a/c", "b/c", "aJR/b")]
+        if shown:
+            lines.append(f"train, {weights}: " + ", ".join(shown))
+    lines.append(f"bars: median of {result['steps']} interleaved rounds; whiskers: min-max")
+    if result["load"].get("warning"):
+        lines.append("WARNING: " + result["load"]["warning"])
+    return lines
 
 
 def profile_table(rows: List[Dict]) -> str:

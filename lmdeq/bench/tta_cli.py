@@ -309,7 +309,8 @@ def run(args) -> int:
 
     def on_round(done, total):
         elapsed = time.perf_counter() - started
-        log(f"round {done}/{total} done, {elapsed / 60:.1f} min elapsed, about {elapsed / done * (total - done) / 60:.1f} "
+        per_round = elapsed / max(1, done - sittings[-1]["start_round"])   # this sitting's pace
+        log(f"round {done}/{total} done, {elapsed / 60:.1f} min elapsed, about {per_round * (total - done) / 60:.1f} "
             f"min left; load average {os.getloadavg()[0]:.2f}")
         result["methods"] = methods_json()
         sittings[-1].update(end_round=done, wall_s=time.perf_counter() - started,

@@ -225,6 +225,7 @@ def plot_curves(path: str, methods: Sequence[Dict], accuracies: Sequence[float],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(12, 4.5))
     for m in methods:
@@ -239,8 +240,9 @@ def plot_curves(path: str, methods: Sequence[Dict], accuracies: Sequence[float],
         ax.set_ylabel("validation accuracy")
         ax.grid(True, alpha=0.3)
     ax_t.set_xscale("log")
-    ax_t.set_xlabel("training wall-clock (s, evaluation excluded)")
+    ax_t.set_xlabel("training wall-clock (s, evaluation excluded; log scale)")
     ax_e.set_xlabel("epochs")
+    ax_e.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_t.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -661,8 +661,8 @@ class BaselineJR(Baseline):
 
 
 # -- weights from lmdeq ----------------------------------------------------------------------------------------
-# lmdeq state-dict name -> released name (as tests/released/test_released_function.py RENAMES).
-_RENAMES = [
+# lmdeq state-dict name -> released name (also used by tests/released/test_released_function.py).
+RENAMES = [
     (r"^stem\.(\d+)\.", r"downsample.\1."),
     (r"^injection\.(\d+)\.", r"stage0.\1."),
     (r"^cell\.blocks\.(\d+)\.", r"fullstage.branches.\1.blocks.0."),
@@ -677,16 +677,16 @@ _RENAMES = [
     (r"^head\.final\.", r"final_layer."),
     (r"^head\.classifier\.", r"classifier."),
 ]
-_LMDEQ_ONLY = re.compile(r"(\.(sigma|power_vector|released_cap_u)|^optimizer_steps)$")
+LMDEQ_ONLY = re.compile(r"(\.(sigma|power_vector|released_cap_u)|^optimizer_steps)$")
 
 
 def lmdeq_to_released(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """{released name: tensor} from an lmdeq original-MDEQ state dict (each entry mapped exactly once)."""
     out = {}
     for name, value in state_dict.items():
-        if _LMDEQ_ONLY.search(name):
+        if LMDEQ_ONLY.search(name):
             continue
-        for pattern, repl in _RENAMES:
+        for pattern, repl in RENAMES:
             if re.match(pattern, name):
                 new = re.sub(pattern, repl, name)
                 break

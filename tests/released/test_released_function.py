@@ -13,7 +13,6 @@ and parameter names, torch.nn.functional for conv / batch norm / standard group 
 The classification head is locuslab's (the authors' copy of mdeq.py is not in their repository's
 MDEQ-Vision/lib/models; their code imports locuslab's structure).
 """
-import re
 
 import pytest
 import torch
@@ -21,40 +20,17 @@ from torch.nn import functional as F
 
 from lmdeq.models import AUTHORS_SOLVER, mdeq
 
-# lmdeq state-dict name -> released name (None: lmdeq-only state, e.g. norm estimates).
-RENAMES = [
-    (r"^stem\.(\d+)\.", r"downsample.\1."),
-    (r"^injection\.(\d+)\.", r"stage0.\1."),
-    (r"^cell\.blocks\.(\d+)\.", r"fullstage.branches.\1.blocks.0."),
-    (r"^cell\.fusion\.paths\.(\d+)\.(\d+)\.convs\.(\d+)\.", r"fullstage.fuse_layers.\1.\2.net.\3.conv."),
-    (r"^cell\.fusion\.paths\.(\d+)\.(\d+)\.norms\.(\d+)\.", r"fullstage.fuse_layers.\1.\2.net.\3.gnorm."),
-    (r"^cell\.fusion\.paths\.(\d+)\.(\d+)\.conv\.", r"fullstage.fuse_layers.\1.\2.net.conv."),
-    (r"^cell\.fusion\.paths\.(\d+)\.(\d+)\.norm\.", r"fullstage.fuse_layers.\1.\2.net.gnorm."),
-    (r"^cell\.fusion\.post\.(\d+)\.", r"fullstage.post_fuse_layers.\1."),
-    (r"^head\.increase\.(\d+)\.project\.", r"incre_modules.\1.0.downsample."),
-    (r"^head\.increase\.(\d+)\.", r"incre_modules.\1.0."),
-    (r"^head\.downsample\.", r"downsamp_modules."),
-    (r"^head\.final\.", r"final_layer."),
-    (r"^head\.classifier\.", r"classifier."),
-]
-LMDEQ_ONLY = re.compile(r"\.(sigma|power_vector|released_cap_u)$")
+from ..bench.scripts import load_script
+
+# lmdeq state-dict name -> released name: benchmarks/independent/mdeq_small.py (the independent MDEQ-small, which
+# loads lmdeq's weights the same way) holds the mapping.
+_INDEPENDENT = load_script("benchmarks/independent/mdeq_small.py")
+RENAMES = _INDEPENDENT.RENAMES
 
 
 def transplant(model):
     """{released name: tensor} from an lmdeq model's state dict (every entry mapped exactly once)."""
-    out = {}
-    for name, value in model.state_dict().items():
-        if LMDEQ_ONLY.search(name):
-            continue
-        for pattern, repl in RENAMES:
-            if re.match(pattern, name):
-                new = re.sub(pattern, repl, name)
-                break
-        else:
-            raise AssertionError(f"no released name for {name}")
-        assert new not in out
-        out[new] = value.detach().clone()
-    return out
+    return _INDEPENDENT.lmdeq_to_released(model.state_dict())
 
 
 class Released:

@@ -95,23 +95,40 @@ def method_config(method: str, preset: str, check_every: Optional[int] = None, s
     raise ConfigError(f"method must be one of {METHODS + VARIANTS}, got {method!r}")
 
 
-def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:
-    """Load the first checkpoint of the model's variant (original / Lipschitz, with or without Jacobian
-    regularisation, preset); return its path."""
+def _variant(config: dict):
     from ..models.presets import jacobian_regularised
 
-    def variant(config):
-        return bool(config.get("lipschitz")), config.get("preset"), jacobian_regularised(config)
+    return bool(config.get("lipschitz")), config.get("preset"), jacobian_regularised(config)
 
-    for ckpt in checkpoints:
-        if variant(ckpt["model_config"]) == variant(model.config):
-            missing, unexpected = model.load_state_dict(ckpt["model_state"], strict=False)
-            # Buffers of the certified parametrisation (norm estimates) may be absent in (b); parameters may not.
-            params = {n for n, _ in model.named_parameters()}
-            if params & set(missing):
-                raise ValueError(f"checkpoint {ckpt['path']} lacks parameters {sorted(params & set(missing))[:5]}")
-            return ckpt["path"]
-    return None
+
+def _fitting(config: dict, checkpoints: List[dict]) -> Optional[dict]:
+    """The first checkpoint of ``config``'s variant (original / Lipschitz, with or without Jacobian
+    regularisation, preset), or None."""
+    return next((c for c in checkpoints if _variant(c["model_config"]) == _variant(config)), None)
+
+
+def with_architecture(config: dict, ckpt: Optional[dict]) -> dict:
+    """``config`` (a method's mdeq() arguments) with the architecture of the checkpoint it will load: a run
+    trained with ``--set channels=...`` (any key of ARCH_KEYS, or num_classes) keeps its own shapes."""
+    from ..models.presets import ARCH_KEYS
+
+    if ckpt is None:
+        return config
+    saved = ckpt["model_config"]
+    return {**config, **{k: saved[k] for k in ARCH_KEYS + ("num_classes",) if k in saved}}
+
+
+def _load_weights(model, checkpoints: List[dict]) -> Optional[str]:
+    """Load the first checkpoint of the model's variant (see :func:`_fitting`); return its path."""
+    ckpt = _fitting(model.config, checkpoints)
+    if ckpt is None:
+        return None
+    missing, unexpected = model.load_state_dict(ckpt["model_state"], strict=False)
+    # Buffers of the certified parametrisation (norm estimates) may be absent in (b); parameters may not.
+    params = {n for n, _ in model.named_parameters()}
+    if params & set(missing):
+        raise ValueError(f"checkpoint {ckpt['path']} lacks parameters {sorted(params & set(missing))[:5]}")
+    return ckpt["path"]
 
 
 class Method:
@@ -324,7 +341,10 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
             entries, sources = {}, {}
             for method in methods:
                 torch.manual_seed(seed)
-                model = mdeq(**method_config(method, preset, check_every, solve_mode, cuda_graphs))
+                config = method_config(method, preset, check_every, solve_mode, cuda_graphs)
+                if wset == "trained":   # the shapes of the checkpoint it loads (a run trained with --set channels=...)
+                    config = with_architecture(config, _fitting(config, checkpoints))
+                model = mdeq(**config)
                 sources[method] = "random init (seed %d)" % seed
                 if wset == "trained":
                     loaded = _load_weights(model, checkpoints)

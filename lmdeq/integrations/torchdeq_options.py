@@ -1,4 +1,5 @@
-"""After ``register(replace=True)``: one warning naming the DEQ options that no part of TorchDEQ's DEQ reads.
+"""After ``register(replace=True)``: one warning naming the DEQ options that no part of TorchDEQ's DEQ reads, and an
+error naming an unknown solver (``f_solver='andersen'``: TorchDEQ's own lookup is a bare ``assert``).
 
 TorchDEQ 0.1.0 reads its DEQ options with ``DEQConfig.get(key, default)``, so a misspelt option
 (``f_max_itr=2``) or one it does not have (a bare ``stop_mode='rel'``: it reads ``f_stop_mode`` and
@@ -109,13 +110,32 @@ def _watched_get_deq(get_deq):
     return wrapper
 
 
+def _named_get_solver(get_solver):
+    """TorchDEQ's ``get_solver`` whose unknown name is a ConfigError naming it and the closest registered one
+    (TorchDEQ's is a bare ``assert``)."""
+    @functools.wraps(get_solver)
+    def wrapper(key):
+        from torchdeq.solver import _solvers
+
+        if key not in _solvers:
+            from ..errors import ConfigError
+
+            close = difflib.get_close_matches(str(key), sorted(_solvers), n=1)
+            raise ConfigError(f"TorchDEQ solver {key!r} is not registered" + (f" (did you mean {close[0]!r}?)" if close
+                                                                            else "") + f"; registered: {sorted(_solvers)}")
+        return get_solver(key)
+
+    return wrapper
+
+
 def _targets():
     import torchdeq
-    from torchdeq import core
+    from torchdeq import core, solver
 
     return [((core.DEQIndexing, "__init__"), lambda f: _watched_init(f, "DEQIndexing")),
             ((core.DEQSliced, "__init__"), lambda f: _watched_init(f, "DEQSliced")),
-            ((core, "get_deq"), _watched_get_deq), ((torchdeq, "get_deq"), _watched_get_deq)]
+            ((core, "get_deq"), _watched_get_deq), ((torchdeq, "get_deq"), _watched_get_deq),
+            ((solver, "get_solver"), _named_get_solver), ((core, "get_solver"), _named_get_solver)]
 
 
 def install() -> None:

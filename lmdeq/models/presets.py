@@ -102,7 +102,8 @@ RELEASED_JR = dict(dropout=0.22, unrolled_layers=8, unrolled_warmup_steps=0,
 RENAMED_KEYS = {"solver": ("f_solver",), "solver_kwargs": ("f_solver_kwargs",),
                 "stop_mode": ("f_stop_mode", "b_stop_mode")}
 
-_ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels")
+# The architecture a preset fixes (a checkpoint trained with --set on them keeps its own, see lmdeq bench --weights).
+ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels")
 _COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel",
                         b_stop_mode="rel", f_solver_kwargs={}, b_solver_kwargs={}, b_x0="v", backward="implicit",
                         solve_mode="checked", cuda_graphs=True, unrolled_warmup_steps=0,
@@ -117,7 +118,7 @@ _LIPSCHITZ_ONLY = ("s", "gamma_max", "alpha", "beta", "conv_cap", "constraint", 
 def _defaults(preset: str, lipschitz: bool) -> dict:
     spec = PRESETS[preset]
     cfg = {"preset": preset, "lipschitz": lipschitz}
-    cfg.update({k: copy.deepcopy(spec[k]) for k in _ARCH_KEYS})
+    cfg.update({k: copy.deepcopy(spec[k]) for k in ARCH_KEYS})
     cfg.update(copy.deepcopy(_COMMON_DEFAULTS))
     if lipschitz:
         cfg.update(_LIPSCHITZ_DEFAULTS)

@@ -43,7 +43,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import CheckpointError, DataError, NonFiniteError
+from .. import checks
+from ..errors import CheckpointError, DataError, NonFiniteError, first_line
 from . import replicas
 from ..data.batches import check_shardable, train_batches
 from .checkpoint import capture_rng_state, restore_generators, restore_rng_state
@@ -63,6 +64,19 @@ from .step import train_step
 __all__ = ["Trainer", "LAST", "BEST", "METRICS"]
 
 log = logging.getLogger("lmdeq.train")
+
+
+@contextlib.contextmanager
+def _field(name: str):
+    """A checkpoint field that cannot be applied (damaged: wrong type, shape or content) is a CheckpointError
+    naming it, not a traceback from deep inside torch (or a ConfigError about a value it holds)."""
+    try:
+        yield
+    except (CheckpointError, DataError):
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:   # (ConfigError too)
+        raise CheckpointError(f"checkpoint: its {name} field is damaged ({type(err).__name__}: "
+                              f"{first_line(err)[:160]})") from None
 
 
 class Trainer:
@@ -175,37 +189,46 @@ class Trainer:
         """Continue from a run state of this run (same config; ``epochs`` may have grown, see
         :mod:`lmdeq.train.config`); the RNG state is restored last."""
         saved_cfg = ckpt["train_config"]
-        saved = (ckpt["train_size"], saved_cfg["batch_size"])
+        with _field("train_size"):
+            saved = (int(ckpt["train_size"]), saved_cfg["batch_size"])
         now = (len(self.train_data), self.cfg.batch_size)
         if saved != now:
             raise DataError(f"checkpoint: its run had (training images, batch_size) = {saved}, this one {now}; the "
                             "batches and the lr schedule would not continue it (same --data and --limit-train?)")
-        if tuple(ckpt["classes"]) != tuple(self.train_data.classes):
-            raise DataError(f"checkpoint: its run trained on the classes {list(ckpt['classes'])}, the data now has "
+        with _field("classes"):
+            classes = tuple(str(c) for c in ckpt["classes"])
+        if classes != tuple(self.train_data.classes):
+            raise DataError(f"checkpoint: its run trained on the classes {list(classes)}, the data now has "
                             f"{list(self.train_data.classes)}")
         self._check_same_data(ckpt["data_digest"])
         saved_bounds = cycle_bounds(TrainConfig.from_dict(saved_cfg), self.steps_per_epoch)
         bounds = cycle_bounds(self.cfg, self.steps_per_epoch)
         if bounds[:len(saved_bounds) - 1] != saved_bounds[:-1] or bounds[-1] < saved_bounds[-1]:
             raise ValueError(f"the lr schedule {bounds} does not continue the checkpoint's {saved_bounds}")
-        self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        with _field("model_state"):
+            self.model.load_state_dict(ckpt["model_state"])
+        with _field("optimizer"):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        with _field("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         if bounds != saved_bounds:  # extended: the lr of the next step follows the new schedule
             lrs = [base * fn(self.scheduler.last_epoch)
                    for base, fn in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
             for group, lr in zip(self.optimizer.param_groups, lrs):
                 group["lr"] = lr
             self.scheduler._last_lr = lrs
-        self.epoch, self.step = ckpt["epoch"], ckpt["step"]
-        self.history = [dict(r) for r in ckpt["history"]]
+        with _field("epoch and step"):
+            self.epoch, self.step = checks.count("epoch", ckpt["epoch"]), checks.count("step", ckpt["step"])
+        with _field("history"):
+            self.history = [dict(r) for r in ckpt["history"]]
         self.run_id = ckpt["run_id"]
         self.forked_from = ckpt.get("forked_from")
         self.best_val_acc, self.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
-        best = ckpt["best_model_state"]
-        if self.best_epoch is not None:
-            best = ckpt["model_state"] if best is None else best
-            self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in best.items()}
+        with _field("best_model_state"):
+            best = ckpt["best_model_state"]
+            if self.best_epoch is not None:
+                best = ckpt["model_state"] if best is None else best
+                self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in best.items()}
         self.bound, self.bound_eval = ckpt["lipschitz_bound"], ckpt["lipschitz_bound_eval"]
         saved_world = ckpt.get("world_size", 1)
         if saved_world != self.dist.world and self.dist.is_main:
@@ -213,8 +236,9 @@ class Trainer:
                         "schedule continue unchanged, but shard-dependent state (BatchNorm statistics without "
                         "--sync-bn, dropout masks) differs from a run kept at %d", saved_world, self.dist.world,
                         saved_world)
-        restore_generators(ckpt["rng"], self._generators())
-        restore_rng_state(ckpt["rng"])
+        with _field("rng"):
+            restore_generators(ckpt["rng"], self._generators())
+            restore_rng_state(ckpt["rng"])
 
     # -- training ------------------------------------------------------------------------------
     def _postfix(self, meter: MeanMeter, last: dict) -> dict:

@@ -95,3 +95,18 @@ def test_training_curve_for_the_readme(trained, capsys):
     assert (tmp / "curve.png").stat().st_size > 0
     table = (tmp / "curve.md").read_text()
     assert table.startswith("| epoch |") and len(table.strip().splitlines()) == 3   # header, rule, epoch 1
+
+
+def test_bench_takes_a_checkpoint_trained_with_other_shapes(tmp_path):
+    """A run trained with --set channels=... (a documented use) keeps its shapes in lmdeq bench --weights."""
+    tiny = dict(channels=[8, 8], expansion=2, num_groups=4, head_channels=[2, 4], final_channels=16)
+    cfg = TrainConfig(preset="cifar10-small", data=str(tmp_path / "images"), val_fraction=0.4, epochs=1,
+                      batch_size=3)
+    write_image_folder(tmp_path / "images" / "train", per_class=1, classes=[f"c{i}" for i in range(10)])
+    run_training(cfg, device="cpu", out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+                 print_fn=lambda m: None, model_factory=lambda _c: mdeq("cifar10-small", **tiny))
+    result = speedup.run(batch=2, steps=1, warmup=0, weights=[str(tmp_path / "run" / "best.pt")],
+                         methods=("authors", "lmdeq"), out_dir=None, log=lambda m: None)
+    trained = [r for r in result["rows"] if r["weights"] == "trained"]
+    assert {r["method"] for r in trained} == {"authors", "lmdeq"}
+    assert all(r["weights_source"].endswith("best.pt") for r in trained)

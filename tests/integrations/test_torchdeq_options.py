@@ -55,3 +55,13 @@ def test_unregister_restores_the_constructors():
         torchdeq.get_deq(f_max_itr=2)   # TorchDEQ alone: silent, as before
     with interop.registered(replace=False):  # lmdeq_* names only: TorchDEQ's behaviour untouched
         assert torchdeq.core.DEQSliced.__init__ is before[0]
+
+
+def test_an_unknown_solver_name_is_named():
+    from lmdeq.errors import ConfigError
+
+    with interop.registered(replace=True):
+        with pytest.raises(ConfigError, match="'andersen' is not registered \\(did you mean 'anderson'\\?\\)"):
+            torchdeq.get_deq(f_solver="andersen")
+    with pytest.raises(AssertionError):   # TorchDEQ alone: its bare assert, as before
+        torchdeq.get_deq(f_solver="andersen")

@@ -172,3 +172,21 @@ def test_resume_refuses_other_images_of_the_same_count_unless_told(image_folder,
     torch.save(damaged, tmp_path / "damaged.pt")
     with pytest.raises(CheckpointError, match="data_digest field is damaged"):
         _run(moved.replace(epochs=3), tmp_path / "fork", tiny_model_cls, resume=tmp_path / "damaged.pt")
+
+
+@pytest.mark.parametrize("field,value", [("optimizer", "garbage"), ("optimizer", {"state": {}, "param_groups": []}),
+                                         ("scheduler", [1, 2]), ("rng", {"torch": "x"}), ("history", 5),
+                                         ("classes", 3), ("train_size", "many"), ("model_state", {"x": torch.ones(1)}),
+                                         ("epoch", -1), ("best_model_state", "w")])
+def test_a_damaged_field_is_a_checkpoint_error_naming_it(image_folder, tmp_path, tiny_model_cls, field, value):
+    from lmdeq.errors import CheckpointError
+
+    cfg = _config(image_folder.parent).replace(epochs=2)
+    with pytest.raises(Interrupted):
+        _run(cfg, tmp_path / "run", tiny_model_cls, on_epoch_end=_stop_after(1))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    if field == "best_model_state":
+        ckpt["best_epoch"] = 1
+    torch.save(dict(ckpt, **{field: value}), tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=f"its {field}.* field is damaged|its {field} field is damaged"):
+        _run(cfg, tmp_path / "fork", tiny_model_cls, resume=tmp_path / "damaged.pt")

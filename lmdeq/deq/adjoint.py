@@ -85,10 +85,35 @@ def implicit_gradient(f: Callable, layout: StateLayout, star: List[torch.Tensor]
         tracked = layout.check_output(fz)
     if graph is None:
         adjoint.linearisation = (star, tracked)
+        if not _reaches_another_leaf(tracked, star):
+            # Nothing f reads besides z* requires grad: there is no gradient to compute, and z* must not claim one
+            # (a result that requires grad for nothing cannot even be turned into numpy).
+            out = layout.external([p.detach() for p in star])
+            return (out, JacobianPair(fz, state)) if keep_pair else out
     out = layout.external(list(ImplicitGrad.apply(adjoint, *tracked)))
     if not keep_pair:
         return out
     return out, (JacobianPair(fz, state) if graph is None else None)
+
+
+def _reaches_another_leaf(outputs, star) -> bool:
+    """Whether autograd can reach, from ``outputs``, a leaf that requires grad other than the parts of ``star``
+    (a parameter of f, an input): a walk up the graph of one f-evaluation that stops at the first such leaf."""
+    own = {id(t) for t in star}
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)   # AccumulateGrad: a leaf that requires grad
+        if variable is not None:
+            if id(variable) not in own:
+                return True
+            continue
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return False
 
 
 class _Adjoint:

@@ -92,3 +92,17 @@ def test_functional_call_works():
     z, info = deq_solve(f_of, torch.zeros_like(x), solver="anderson", max_iter=100, tol=1e-10)
     z.sum().backward()
     assert info.result == "converged" and params["weight"].grad is not None and lin.weight.grad is None
+
+
+def test_nothing_requires_grad_so_neither_does_the_result():
+    """f with no parameter or input that requires grad: z* does not claim a gradient (.numpy() works), while
+    the pair for Jacobian regularisation is still there; with one parameter requiring grad it does."""
+    _, x, z0 = _problem()
+    W = torch.randn(6, 6, dtype=torch.float64) * 0.1
+    z, info = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=100, tol=1e-10, jacobian_pair=True)
+    assert not z.requires_grad and z.numpy().shape == (3, 6)
+    assert info.jacobian_pair.f0.requires_grad
+    z, _ = deq_solve(_f(W.requires_grad_(), x), z0, solver="fixed_point", max_iter=100, tol=1e-10)
+    assert z.requires_grad
+    z, _ = deq_solve(_f(W.detach(), x.clone().requires_grad_()), z0, solver="fixed_point", max_iter=100, tol=1e-10)
+    assert z.requires_grad   # an input that requires grad is reached too

@@ -140,11 +140,23 @@ def _copy_capped(src, out, name: str, limits: _Limits, chunk: int = 1 << 20) -> 
         out.write(block)
 
 
+def _check_no_file_on_the_way(target: Path, dest: Path, member: tarfile.TarInfo, archive: Path) -> None:
+    """DataError when an earlier member made a file where this member needs a directory, or a directory where
+    this member is a file: the archive is malformed, which must not read as a full disk."""
+    for parent in list(target.parents)[::-1]:
+        if parent.is_relative_to(dest) and parent != dest and parent.is_file():
+            raise DataError(f"data: {archive} is malformed: its member {member.name!r} lies inside "
+                            f"{parent.relative_to(dest).as_posix()!r}, which an earlier member made a file")
+    if target != dest and ((member.isdir() and target.is_file()) or (not member.isdir() and target.is_dir())):
+        raise DataError(f"data: {archive} is malformed: {member.name!r} is given twice, as a directory and as a file")
+
+
 def _extract_members(tar: tarfile.TarFile, dest: Path, limits: _Limits) -> int:
     n_files = 0
     for member in tar:
         rel = _safe_relative(member, limits.archive)
         target = dest.joinpath(*rel.parts) if rel.parts else dest
+        _check_no_file_on_the_way(target, dest, member, limits.archive)
         if member.isdir():
             target.mkdir(parents=True, exist_ok=True)
             continue

@@ -2,6 +2,7 @@
 and reported or refused (5), a torn or hostile decoded cache rebuilt (6), one-class folders (10), and
 pickle payloads that never run (weights_only on every load path)."""
 import io
+import re
 import logging
 import os
 import signal
@@ -204,3 +205,24 @@ def test_a_one_class_folder_is_that_folder_not_its_class(tmp_path):
     assert load_image_folder(root, tmp_path / "cache").classes == ("airplane",)
     wrapped = write_image_folder(tmp_path / "wrap" / "inner", per_class=1)
     assert find_split_dirs(tmp_path / "wrap") == (wrapped, None)  # a real wrapper is still descended
+
+
+@pytest.mark.parametrize("members,needle", [
+    ([("train/k0", "file"), ("train/k0/0.jpg", "file")], "lies inside 'train/k0', which an earlier member made a file"),
+    ([("train/k0", "dir"), ("train/k0", "file")], "'train/k0' is given twice, as a directory and as a file"),
+    ([("train/k0", "file"), ("train/k0", "dir")], "'train/k0' is given twice, as a directory and as a file"),
+])
+def test_a_member_that_is_a_file_and_a_directory_is_a_malformed_archive(tmp_path, members, needle):
+    """Not 'free space or choose another --cache-dir': the archive itself is wrong, and the error says so."""
+    path = tmp_path / "odd.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"xx"))
+    with pytest.raises(DataError, match="is malformed: .*" + re.escape(needle)):
+        extract_archive(path, tmp_path / "cache")

@@ -52,6 +52,9 @@ class StateLayout:
                                  "all parts of a list state must share the batch dimension")
         self.dtype = parts[0].dtype
         self.device = parts[0].device
+        if self.device.type == "meta":
+            raise ValueError(f"{arg} is on the meta device: a solve needs values (its stopping rule reads the residuals); "
+                             "move the state to a real device (to_empty() / load weights first)")
         for i, p in enumerate(parts):
             if p.dtype != self.dtype:
                 raise TypeError(f"{arg}[{i}] has dtype {p.dtype}, but {arg}[0] has {self.dtype}")

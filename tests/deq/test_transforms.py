@@ -106,3 +106,8 @@ def test_nothing_requires_grad_so_neither_does_the_result():
     assert z.requires_grad
     z, _ = deq_solve(_f(W.detach(), x.clone().requires_grad_()), z0, solver="fixed_point", max_iter=100, tol=1e-10)
     assert z.requires_grad   # an input that requires grad is reached too
+
+
+def test_a_meta_device_state_is_refused_by_name():
+    with pytest.raises(ValueError, match="z0 is on the meta device"):
+        deq_solve(lambda z: 0.5 * z, torch.zeros(2, 4, device="meta"), solver="fixed_point")

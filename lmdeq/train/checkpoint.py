@@ -105,6 +105,27 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, kind: str = RUN) -> 
                        fault=path.name)
 
 
+# The type of each field a checkpoint may hold (a field of another type is a damaged checkpoint, named as such).
+_FIELD_TYPES = {"train_config": dict, "model_config": (dict, type(None)), "epoch": int, "step": int,
+                "train_size": int, "classes": (list, tuple, type(None)), "history": list, "run_id": (str, type(None)),
+                "best_val_acc": (float, int, type(None)), "best_epoch": (int, type(None)),
+                "lipschitz_bound": (float, int, type(None)), "lipschitz_bound_eval": (float, int, type(None)),
+                "optimizer": dict, "scheduler": dict, "rng": dict, "data_digest": dict,
+                "best_model_state": (dict, type(None)), "record": (dict, type(None)), "world_size": int,
+                "forked_from": (str, type(None)), "elastic_run_id": (str, type(None))}
+
+
+def _bad_items(field: str, value) -> bool:
+    """Whether the items of a well-typed container field are of the wrong kind."""
+    if field == "classes" and value is not None:
+        return not all(isinstance(c, str) for c in value)
+    if field == "history":
+        return not all(isinstance(r, dict) for r in value)
+    if field in ("epoch", "step", "train_size", "world_size"):
+        return isinstance(value, bool) or value < (1 if field == "world_size" else 0)
+    return False
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | None = None) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` (with ``weights_only=True``: no pickled code
     runs). ``kind=RUN``: it must be a run's full state (resumable). CheckpointError for anything else,
@@ -134,8 +155,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
         raise CheckpointError(f"checkpoint: {path} is incomplete: it lacks {missing}")
     if not isinstance(ckpt["model_state"], dict) or not all(torch.is_tensor(v) for v in ckpt["model_state"].values()):
         raise CheckpointError(f"checkpoint: {path} has no model_state of tensors")
-    if not isinstance(ckpt["train_config"], dict):
-        raise CheckpointError(f"checkpoint: {path} has no train_config dict")
+    for field, types in _FIELD_TYPES.items():
+        if field in ckpt and not (isinstance(ckpt[field], types) and not _bad_items(field, ckpt[field])):
+            got = type(ckpt[field]).__name__
+            raise CheckpointError(f"checkpoint: {path} has a damaged {field} field (a {got}: {str(ckpt[field])[:40]!r})")
     if kind == RUN:
         if ckpt_kind == BEST:
             raise CheckpointError(f"checkpoint: {path} holds the weights of the best epoch only (no optimiser state, "

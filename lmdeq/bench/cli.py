@@ -39,7 +39,7 @@ def add_arguments(parser):
     sp.add_argument("--weights", type=path, action="append", default=[], metavar="CHECKPOINT",
                     help="trained checkpoint from `lmdeq train` (repeat: one original, one Lipschitz)")
     sp.add_argument("--data", type=path, default=None, help="take the batch from this dataset (default: random images)")
-    sp.add_argument("--methods", type=text("comma-separated methods"), default="original,authors,lmdeq",
+    sp.add_argument("--methods", type=text("comma-separated methods"), default="original,original_jr,authors,lmdeq",
                     help="comma-separated subset of methods")
     sp.add_argument("--profile", action="store_true",
                     help="profile one more training step per method: where the time goes")

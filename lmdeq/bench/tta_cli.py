@@ -45,7 +45,7 @@ PROTOCOLS = {
     "cpu": dict(preset="cifar10-small", batch=64, limit_train=10000, limit_val=2000, epochs=2, budget_minutes=None),
     "gpu": dict(preset="cifar10-large", batch=128, limit_train=None, limit_val=None, epochs=30, budget_minutes=12.0),
 }
-DEFAULT_METHODS = "original,authors,lmdeq"
+DEFAULT_METHODS = "original,original_jr,authors,lmdeq"   # (a), (a-JR) the paper's own baseline, (b), (c)
 DEFAULT_VARIANTS = "lmdeq_nocap,lmdeq_released_cap"
 DEFAULT_TARGETS = (0.3, 0.4, 0.5, 0.6)
 

@@ -2,7 +2,7 @@
 
 Measured on one device, in one run, with the same batch, the same weights policy and the same data:
 
-* (a) ``original`` — lmdeq's faithful original MDEQ: Broyden, 18/20 (large) or 22/22 (small) iterations,
+* (a) ``original`` — lmdeq's faithful original MDEQ: Broyden, 18/20 iterations (both presets, as released),
   relative tolerance 1e-3, eager;
 * (b) ``authors`` — the Lipschitz MDEQ as the authors release it: their Anderson
   (:func:`lmdeq.solvers.authors_anderson`: m=6, absolute lam=1e-4, 18/20 iterations, one residual pooled

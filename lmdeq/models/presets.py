@@ -86,8 +86,9 @@ SOLVE_MODES = ("checked", "apriori")
 # is 2, which RELEASED_JR sets) so that turning JR on does not change the solver unless asked.
 JR_KEYS = dict(jac_loss_weight=0.0, jac_loss_freq=0.0, jac_incremental=100_000_000, jac_stop_fraction=1.0,
                rand_f_thres_delta=0, jac_loss_vecs=2)
-# The released MDEQ + JR recipe (MDEQ-Vision experiments/cifar/cls_mdeq_LARGE_reg.yaml, in locuslab/deq and in
-# iiduka-researches/Lipschitz_mdeq): the original MDEQ with DROPOUT 0.22 and NUM_LAYERS 8 (PRETRAIN_STEPS 0:
+# The released MDEQ + JR recipe the Lipschitz MDEQ paper compares with (iiduka-researches/Lipschitz_mdeq
+# MDEQ-Vision experiments/cifar/cls_mdeq_LARGE_reg.yaml; locuslab/deq's file of that name differs: Broyden 8/7,
+# JAC_LOSS_FREQ 0.02, weight 0.4, PRETRAIN_STEPS 16000): the original MDEQ with DROPOUT 0.22 and NUM_LAYERS 8 (PRETRAIN_STEPS 0:
 # no unrolled warm-up), Anderson forward and backward (the locuslab solver: m = 6, lam = 1e-4, eps 1e-3, the
 # adjoint from 0) with STOP_MODE rel, F_THRES 7, B_THRES 8, RAND_F_THRES_DELTA 2; JAC_LOSS_WEIGHT 0.5,
 # JAC_LOSS_FREQ 0.05, JAC_INCREMENTAL not set (1e8), JAC_STOP_EPOCH 90 of END_EPOCH 200.

@@ -29,7 +29,7 @@ venv: $(DEPS_STAMP)
 install: $(INSTALL_STAMP)
 
 test: $(INSTALL_STAMP)
-	$(PY) -m lmdeq.info
+	$(PY) -m lmdeq.app.info
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests; there must be tests' >&2; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi
@@ -40,7 +40,7 @@ test-cpu-paths: $(INSTALL_STAMP)
 	$(PY) scripts/cpu_paths.py
 
 bench: $(INSTALL_STAMP)
-	$(PY) -m lmdeq.cli bench $(BENCH_ARGS)
+	$(PY) -m lmdeq.app.cli bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info lmdeq/_C*.so lmdeq/_build_info.json $(INSTALL_STAMP)

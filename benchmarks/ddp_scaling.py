@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _batches_data(args, n: int):
     import torch
 
-    from lmdeq.data import LabelledImages
-    from lmdeq.train import TrainConfig
-    from lmdeq.data.run_data import prepare_splits
+    from lmdeq.app.data import LabelledImages
+    from lmdeq.app.train import TrainConfig
+    from lmdeq.app.data.run_data import prepare_splits
 
     if args.data is None:
         g = torch.Generator().manual_seed(args.seed)
@@ -84,22 +84,22 @@ def _batches_data(args, n: int):
 
 
 def worker(args) -> None:
-    from lmdeq.allocator import configure_process
+    from lmdeq.app.allocator import configure_process
 
     configure_process()
     import torch
 
     torch.set_num_threads(args.threads)
-    from lmdeq.bench.device import device_slug, environment, sync
-    from lmdeq.train import TrainConfig
-    from lmdeq.train import replicas
-    from lmdeq.data.batches import train_batches
-    from lmdeq.train.checkpoint import seed_everything
-    from lmdeq.train.distributed import distributed
-    from lmdeq.train.hooks import solver_stats
-    from lmdeq.train.model import build_model
-    from lmdeq.train.optim import build_optimizer, build_scheduler
-    from lmdeq.train.step import train_step
+    from lmdeq.app.bench.device import device_slug, environment, sync
+    from lmdeq.app.train import TrainConfig
+    from lmdeq.app.train import replicas
+    from lmdeq.app.data.batches import train_batches
+    from lmdeq.app.train.checkpoint import seed_everything
+    from lmdeq.app.train.distributed import distributed
+    from lmdeq.app.train.hooks import solver_stats
+    from lmdeq.app.train.model import build_model
+    from lmdeq.app.train.optim import build_optimizer, build_scheduler
+    from lmdeq.app.train.step import train_step
 
     total = args.warmup + args.steps
     with distributed(torch.device(args.device), "auto") as (dist, device):

@@ -20,12 +20,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from lmdeq.argtypes import output_file, path, positive_int
-from lmdeq.bench.device import environment, load_average
-from lmdeq.bench.interleave import interleaved_rounds, ratio_spread, spread
-from lmdeq.bench.speedup import _batch
+from lmdeq.app.argtypes import output_file, path, positive_int
+from lmdeq.app.bench.device import environment, load_average
+from lmdeq.app.bench.interleave import interleaved_rounds, ratio_spread, spread
+from lmdeq.app.bench.speedup import _batch
 from lmdeq.models import mdeq
-from lmdeq.train.checkpoint import load_checkpoint
+from lmdeq.app.train.checkpoint import load_checkpoint
 
 
 def _model(ckpt: dict, backward: str) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""Kernel benchmark: every op's fused backends against the eager composite (lmdeq/bench/kernels.py).
+"""Kernel benchmark: every op's fused backends against the eager composite (lmdeq/app/bench/kernels.py).
 
     python benchmarks/kernels.py [--device cpu|cuda] [--quick] [--rounds N] [--compile-for all|none|large:128,...]
 
@@ -7,7 +7,7 @@ Results go to benchmarks/results/ (next to this script) unless --out says otherw
 import sys
 from pathlib import Path
 
-from lmdeq.bench.kernels import main
+from lmdeq.app.bench.kernels import main
 
 if __name__ == "__main__":
     sys.exit(main(results=Path(__file__).resolve().parent / "results"))

@@ -4,7 +4,7 @@
 """
 import sys
 
-from lmdeq.cli import main
+from lmdeq.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", "solvers", *sys.argv[1:]]))

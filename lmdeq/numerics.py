@@ -7,6 +7,8 @@ compiled kernels and these functions agree.
 
 * accumulation dtype: reductions of fp16 / bf16 / fp32 storage accumulate in fp32, of fp64 in fp64;
 * ``NORM_EPS``: the floor of a norm before it divides (``F.normalize``'s eps);
+* ``REL_EPS``: a relative residual is ||f(z) - z|| / (||f(z)|| + REL_EPS) (TorchDEQ's 1e-9), so a zero state
+  has a finite relative residual;
 * convolution sizes: conv2d with kernel k, stride s and padding p maps a side of n to
   ``(n + 2p - k) // s + 1``; conv_transpose2d maps o back to ``(o - 1) s - 2p + k + output_padding``, so
   the output padding that restores n exactly is ``n - ((o - 1) s - 2p + k)`` (in [0, s)).
@@ -17,9 +19,10 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["NORM_EPS", "acc_dtype", "conv_output_size", "conv_transpose_output_padding"]
+__all__ = ["NORM_EPS", "REL_EPS", "relative_residual", "acc_dtype", "conv_output_size", "conv_transpose_output_padding"]
 
 NORM_EPS = 1e-12
+REL_EPS = 1e-9
 
 IntPair = Union[int, Sequence[int]]
 
@@ -27,6 +30,11 @@ IntPair = Union[int, Sequence[int]]
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The accumulation dtype of a storage dtype: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def relative_residual(residual, norm):
+    """residual / (norm + REL_EPS): the relative residual of an estimate whose image has norm ``norm``."""
+    return residual / (norm + REL_EPS)
 
 
 def _pair(v: IntPair) -> Tuple[int, int]:

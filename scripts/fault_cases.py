@@ -259,7 +259,7 @@ def cache_clean(w: Path):
 def run_untouched(w: Path):
     import torch
 
-    from lmdeq.train.metrics import read_jsonl
+    from lmdeq.app.train.metrics import read_jsonl
 
     epochs = [r["epoch"] for r in read_jsonl(w / "run" / "metrics.jsonl")]
     if epochs != [1]:
@@ -292,37 +292,37 @@ def model_on_nan_images(w: Path) -> None:
 
 
 def source_of_a_missing_path(w: Path) -> None:
-    from lmdeq.data import load_source
+    from lmdeq.app.data import load_source
 
     load_source(str(w / "missing"), w / "cache")
 
 
 def extract_a_traversal_archive(w: Path) -> None:
-    from lmdeq.data.archive import extract_archive
+    from lmdeq.app.data.archive import extract_archive
 
     extract_archive(w / "traversal.tar.gz", w / "cache")
 
 
 def extract_a_bomb(w: Path) -> None:
-    from lmdeq.data.archive import extract_archive
+    from lmdeq.app.data.archive import extract_archive
 
     extract_archive(w / "bomb.tar.gz", w / "cache", max_member_bytes=1 << 20)
 
 
 def load_a_pickle_payload(w: Path) -> None:
-    from lmdeq.train.checkpoint import load_checkpoint
+    from lmdeq.app.train.checkpoint import load_checkpoint
 
     load_checkpoint(w / "payload.pt")
 
 
 def config_with_zero_epochs(w: Path) -> None:
-    from lmdeq.train import TrainConfig
+    from lmdeq.app.train import TrainConfig
 
     TrainConfig(epochs=0)
 
 
 def evaluate_nan_weights(w: Path) -> None:
-    from lmdeq.train import run_evaluation
+    from lmdeq.app.train import run_evaluation
 
     run_evaluation(w / "nan-weights.pt", device="cpu", cache_dir=w / "cache", progress=False)
 
@@ -330,7 +330,7 @@ def evaluate_nan_weights(w: Path) -> None:
 def train_a_diverging_model(w: Path) -> None:
     import torch
 
-    from lmdeq.train import TrainConfig, run_training
+    from lmdeq.app.train import TrainConfig, run_training
 
     class Diverging(torch.nn.Module):
         def __init__(self):
@@ -386,7 +386,7 @@ def func_transform(kind: str):
 
 
 def sixteen_bit_images_decode(w: Path) -> None:
-    from lmdeq.data.folder import load_image_folder
+    from lmdeq.app.data.folder import load_image_folder
 
     data = load_image_folder(w / "sixteen-bit" / "train", w / "cache")
     top = int(data.images.float().mean())
@@ -566,7 +566,7 @@ def cases() -> list[Case]:
             ("extract_archive of a bomb", extract_a_bomb, "over the per-file limit", ("archives",), cache_clean),
             ("load_checkpoint of a pickle payload", load_a_pickle_payload, "never loads", ("payloads",),
              nothing_escaped),
-            ("TrainConfig(epochs=0)", config_with_zero_epochs, "epochs must be >= 1", (), None),
+            ("TrainConfig(epochs=0)", config_with_zero_epochs, "epochs must be an int >= 1", (), None),
             ("run_evaluation of NaN weights", evaluate_nan_weights, "non-finite weights", ("run",), None),
             ("run_training of a diverging model", train_a_diverging_model, "training diverged", ("data",),
              last_pt_untouched_by_divergence)]:

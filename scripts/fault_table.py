@@ -87,9 +87,9 @@ def run_child(fn, env: dict, timeout: float = 600.0) -> tuple[int, str, str]:
 
 
 def run_cli(argv: list, env: dict, timeout: float = 600.0) -> tuple[int, str, str]:
-    """:func:`run_child` of ``lmdeq.cli.main(argv)``."""
+    """:func:`run_child` of ``lmdeq.app.cli.main(argv)``."""
     def cli():
-        from lmdeq.cli import main
+        from lmdeq.app.cli import main
 
         return main(argv)
     return run_child(cli, env, timeout)
@@ -143,7 +143,7 @@ def _format(argv: list, w: Path) -> list:
 
 def run_kill_case(case: Case, w: Path, reference: Path) -> tuple[str, str]:
     """Kill the run at ``case.fault``, resume it (or start it again when nothing was committed), compare."""
-    from lmdeq.train.rundir import compare_runs
+    from lmdeq.app.train.rundir import compare_runs
 
     out = w / f"kill-{case.fault.replace(':', '-').replace('@', '-')}"
     argv = _format(case.argv, w) + ["--out", str(out)]
@@ -160,10 +160,10 @@ def run_kill_case(case: Case, w: Path, reference: Path) -> tuple[str, str]:
 
 def _preload() -> None:
     """Import what the commands use once, here: every forked child then starts with it loaded."""
-    import lmdeq.bench.solvers  # noqa: F401
-    import lmdeq.bench.speedup  # noqa: F401
-    import lmdeq.train.run  # noqa: F401
-    from lmdeq.cli import build_parser
+    import lmdeq.app.bench.solvers  # noqa: F401
+    import lmdeq.app.bench.speedup  # noqa: F401
+    import lmdeq.app.train.run  # noqa: F401
+    from lmdeq.app.cli import build_parser
 
     build_parser()
 

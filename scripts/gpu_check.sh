@@ -47,7 +47,7 @@
 # step's cap), BENCH_ARGS, TTA_ARGS, KERNEL_ARGS (appended to those commands).
 # Smoke-only failure knobs (ignored outside --smoke), so that the CPU run walks every failure path:
 #   SIMULATE_TIMEOUT="STEP ..." | all   those steps hang until their cap stops them (train and kernels after
-#                                       writing their first results: LMDEQ_HANG_AT, lmdeq/faults.py; the build
+#                                       writing their first results: LMDEQ_HANG_AT, lmdeq/app/faults.py; the build
 #                                       in its CUDA part, so that the retry without CUDA runs)
 #   SIMULATE_FAILED_TEST="GROUP[:crash] ..."  that test group runs a stand-in whose CUDA test fails (or crashes the
 #                                       process, as an illegal memory access does)
@@ -223,7 +223,7 @@ pycmd() {  # pycmd ARGS...: run python ARGS under the step's cap (smoke, with AR
   capped $PY "$@"
 }
 bench() {  # bench ARGS...: one `lmdeq bench` run with the common settings
-  pycmd -m lmdeq.cli bench --steps 5 --warmup 2 --out "$RESULTS" "$@" "${BENCH_EXTRA[@]}"
+  pycmd -m lmdeq.app.cli bench --steps 5 --warmup 2 --out "$RESULTS" "$@" "${BENCH_EXTRA[@]}"
 }
 BENCH_METHODS=original,authors,lmdeq
 find_bench_methods() {  # BENCH_METHODS: original_jr too once this lmdeq's speedup.METHODS has it (asked at run time)
@@ -396,7 +396,7 @@ op_tests() {  # op_tests NAME KEYWORD: one op's GPU tests; their Triton half aga
   [ -f "$RESULTS/tests-triton.xml" ] && keyword="$keyword and not triton"
   gpu_tests "$1" tests/ops/test_gpu.py -k "$keyword"
 }
-step_info() { pycmd -m lmdeq.info; }
+step_info() { pycmd -m lmdeq.app.info; }
 step_tests_fixed_point() { op_tests tests-fixed-point fixed_point; }
 step_tests_anderson() { op_tests tests-anderson anderson; }
 step_tests_power_iteration() { op_tests tests-power-iteration power_iteration; }

@@ -141,8 +141,8 @@ WANTED_METHODS = ("original", "original_jr", "authors", "lmdeq")
 
 def bench_methods() -> List[str]:
     """The wanted methods that this lmdeq's speed-up benchmark knows, in its order (original_jr, MDEQ with
-    Jacobian regularization, only once lmdeq.bench.speedup.METHODS has it)."""
-    from lmdeq.bench.speedup import METHODS
+    Jacobian regularization, only once lmdeq.app.bench.speedup.METHODS has it)."""
+    from lmdeq.app.bench.speedup import METHODS
 
     return [m for m in METHODS if m in WANTED_METHODS]
 
@@ -152,7 +152,7 @@ def cmd_methods(args) -> int:
     missing = [m for m in WANTED_METHODS if m not in methods]
     print(",".join(methods))
     if missing:
-        print(f"(not in lmdeq.bench.speedup.METHODS: {', '.join(missing)})", file=sys.stderr)
+        print(f"(not in lmdeq.app.bench.speedup.METHODS: {', '.join(missing)})", file=sys.stderr)
     return 0
 
 

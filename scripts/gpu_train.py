@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lmdeq.bench import tta_cli, tta_run
+from lmdeq.app.bench import tta_cli, tta_run
 
 
 def saving_every_round(save_runs: str):
@@ -35,7 +35,7 @@ def saving_every_round(save_runs: str):
 
 
 def main(argv=None) -> int:
-    from lmdeq.allocator import configure_process
+    from lmdeq.app.allocator import configure_process
 
     configure_process()   # as the benchmark's own entry point: before the first large tensor
     parser = tta_cli.build_parser()

@@ -4,8 +4,8 @@ A test that compares with another library, or with a stored number, at the round
 CPU and fail on another: its result depends on the rounding of the CPU's code path (MKL's branch, oneDNN's
 ISA), not on the code under test. scripts/cpu_paths.py reruns the solver and contract tests under other code
 paths; with ``LMDEQ_TEST_OUTCOMES=<file>`` set, this plugin (loaded by tests/conftest.py) appends one JSON line
-per test verdict and per solver call (lmdeq's and TorchDEQ's), and the script fails if a verdict or the class
-of a result changes between code paths:
+per test verdict and per solve (lmdeq's solver objects and its TorchDEQ adapter, and TorchDEQ's solvers), and the
+script fails if a verdict or the class of a result changes between code paths:
 
     finite       every part of the returned state is finite
     converged    per sample: the lowest residual of the stop mode is below tol (not recorded for a tol below
@@ -65,8 +65,8 @@ def outcome_class(z, info, stop_mode: str, tol: float) -> dict:
 
 
 class _Recording:
-    """A solver that records the class of each result. It compares (and hashes) equal to the solver it wraps,
-    so that code which recognises a solver (``get_solver(name) in GRAPHED``) behaves as without it."""
+    """A solver function that records the class of each result. It compares (and hashes) equal to the function
+    it wraps, so that code which recognises a solver function behaves as without it."""
 
     def __init__(self, library: str, name: str, fn: Callable):
         functools.update_wrapper(self, fn)
@@ -96,23 +96,42 @@ class _Recording:
         return out
 
 
-def _wrap_registry(registry: dict, library: str) -> None:
+def _wrap_registry(registry: dict, library: str, names=None) -> None:
     for name, fn in list(registry.items()):
-        if callable(fn) and not isinstance(fn, _Recording):
+        if (names is None or name in names) and callable(fn) and not isinstance(fn, _Recording):
             registry[name] = _Recording(library, name, fn)
 
 
-def install() -> None:
-    """Wrap lmdeq's and TorchDEQ's solvers (registries and module attributes) with recorders."""
-    import lmdeq.solvers as ours
+def _recording_run(run: Callable) -> Callable:
+    """``Solver.run`` that records the class of each result (settings from the solver object)."""
 
-    wrapped = {}
-    for registry in (ours.SOLVERS, ours.TORCHDEQ_SOLVERS):
-        _wrap_registry(registry, "lmdeq")
-        wrapped.update({fn.__wrapped__: fn for fn in registry.values()})
-    for attr, fn in list(vars(ours).items()):
-        if callable(fn) and fn in wrapped:
-            setattr(ours, attr, wrapped[fn])
+    @functools.wraps(run)
+    def recorded(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        if _state["paused"]:
+            return out
+        test = _current_test()
+        index = _state["calls"][test] = _state["calls"].get(test, -1) + 1
+        _write({"kind": "call", "test": test, "index": index, "solver": f"lmdeq:{self.name}",
+                **outcome_class(out[0], out[2], self.stop_mode, float(self.tol))})
+        return out
+
+    recorded.recording = True
+    return recorded
+
+
+def install() -> None:
+    """Wrap lmdeq's and TorchDEQ's solvers with recorders: every lmdeq solve goes through ``Solver.run`` (the
+    solver objects' ``solve`` and the TorchDEQ adapter's functions alike) except the adapter's
+    ``simple_fixed_point_iter``, wrapped in the adapter's registry and module; TorchDEQ's solvers in its
+    registry and module attributes."""
+    from lmdeq.integrations import torchdeq_solvers as adapter
+    from lmdeq.solvers import Solver
+
+    if not getattr(Solver.run, "recording", False):
+        Solver.run = _recording_run(Solver.run)
+    _wrap_registry(adapter.TORCHDEQ_SOLVERS, "lmdeq", names=("simple_fixed_point_iter",))
+    adapter.simple_fixed_point_iter = adapter.TORCHDEQ_SOLVERS["simple_fixed_point_iter"]
     try:
         import torchdeq.solver as theirs
     except ImportError:

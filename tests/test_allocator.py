@@ -1,4 +1,4 @@
-"""CPU allocator tuning (lmdeq.allocator): lmdeq's own processes pin glibc's thresholds, ``import lmdeq``
+"""CPU allocator tuning (lmdeq.app.allocator): lmdeq's own processes pin glibc's thresholds, ``import lmdeq``
 does not, and the effect is the one claimed: steady-state training steps stop page-faulting."""
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lmdeq import allocator
+from lmdeq.app import allocator
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                            reason="mallopt tuning applies to Linux/glibc only")
@@ -16,7 +16,7 @@ glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0
 # Page faults per steady-state training step of the Lipschitz MDEQ-small (batch 16), in a fresh process.
 _FAULTS = r"""
 import json, resource, sys, torch
-from lmdeq.allocator import allocator_state, configure_process
+from lmdeq.app.allocator import allocator_state, configure_process
 configure_process()
 from lmdeq.models import mdeq
 torch.set_num_threads(1); torch.manual_seed(0)
@@ -55,8 +55,8 @@ def test_configured_process_stops_page_faulting_and_the_opt_out_restores_default
 
 
 def test_import_lmdeq_leaves_the_allocator_alone_and_the_opt_in_tunes_it():
-    code = ("import json, lmdeq; from lmdeq.allocator import allocator_state; before = allocator_state(); "
-            "after = lmdeq.tune_cpu_allocator(); print(json.dumps([before, after]))")
+    code = ("import json, lmdeq; from lmdeq.app.allocator import allocator_state, tune_cpu_allocator; "
+            "before = allocator_state(); after = tune_cpu_allocator(); print(json.dumps([before, after]))")
     before, after = _run(code)
     assert before["source"] == "default" and not before["tuned"]
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
@@ -66,7 +66,7 @@ def test_import_lmdeq_leaves_the_allocator_alone_and_the_opt_in_tunes_it():
 
 
 def test_lmdeq_processes_configure_the_allocator_first():
-    code = ("import json, contextlib, io; from lmdeq import cli; from lmdeq.allocator import allocator_state\n"
+    code = ("import json, contextlib, io; from lmdeq.app import cli; from lmdeq.app.allocator import allocator_state\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out: cli.main(['info'])\n"
             "print(json.dumps([allocator_state(), 'CPU allocator:' in out.getvalue()]))")
     state, reported = _run(code)

@@ -78,10 +78,11 @@ def test_damping_boolean_choice():
 
 @pytest.mark.parametrize("call", [
     lambda: __import__("lmdeq").ops.power_iteration_matrices([torch.randn(4, 3)], [torch.randn(4)], True),
-    lambda: __import__("lmdeq").solvers.anderson(lambda z: z, torch.zeros(1, 2), m=True),
+    lambda: __import__("lmdeq").solvers.Anderson(m=True),
     lambda: __import__("lmdeq").cuda_graphs.GraphCache(max_graphs=True),
-    lambda: __import__("lmdeq.bench.interleave").bench.interleave.interleaved_rounds({"a": lambda: 0.0}, rounds=True),
-    lambda: __import__("lmdeq.models.norm_estimates").models.norm_estimates.update_norm_estimates([], True),
+    lambda: __import__("lmdeq.app.bench.interleave").app.bench.interleave.interleaved_rounds({"a": lambda: 0.0},
+                                                                                           rounds=True),
+    lambda: __import__("lmdeq.models.constraints").models.constraints.update_norm_estimates([], True),
 ])
 def test_a_bool_count_is_the_same_mistake_everywhere(call):
     """A bool where a count goes: ConfigTypeError in every layer (ops, solvers, CUDA graphs, benchmarks, models)."""

@@ -13,8 +13,8 @@ VALUES = ["", " ", "-1", "0", str(2 ** 70), "nan", "inf", "1e309", "ünïcødé"
 
 
 def _parsers():
-    from lmdeq.bench import kernels, tta_cli
-    from lmdeq.cli import build_parser
+    from lmdeq.app.bench import kernels, tta_cli
+    from lmdeq.app.cli import build_parser
 
     out = {}
     top = build_parser()
@@ -96,7 +96,7 @@ def test_bad_lmdeq_switches_are_one_line_errors(value, monkeypatch):
     with pytest.raises(ConfigError, match="LMDEQ_CUDA_GRAPHS"):
         cuda_graphs.enabled_by_env()
     env = {"LMDEQ_TUNE_ALLOCATOR": value, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "lmdeq.cli", "info"], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "lmdeq.app.cli", "info"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "LMDEQ_TUNE_ALLOCATOR must be 0 or 1" in out.stderr and "Traceback" not in out.stderr

@@ -17,10 +17,10 @@ import json, torch, lmdeq
 from lmdeq import solvers
 from lmdeq.ops import backends
 f = lambda z: 0.5 * torch.tanh(z) + 1.0
-z, _, info = solvers.anderson(f, torch.zeros(2, 5), tol=1e-6, max_iter=50)
+info = solvers.Anderson(tol=1e-6, max_iter=50).solve(f, torch.zeros(2, 5)).stats
 W = torch.nn.Parameter(torch.eye(5) * 0.3)
-z2, _ = lmdeq.deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), tol=1e-8,
-                       backward=lmdeq.Implicit(tol=1e-8))
+z2, _ = lmdeq.deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), solver=lmdeq.Anderson(tol=1e-8),
+                       backward=lmdeq.Implicit(solver=lmdeq.FixedPoint(tol=1e-8)))
 z2.sum().backward()
 print(json.dumps({"file": lmdeq.__file__, "result": str(info.result), "grad": bool(W.grad.abs().sum() > 0),
                   "cpu_backend": backends.choose(torch.device("cpu")),

@@ -9,11 +9,11 @@ baseline slower than it needs to be inflates every ratio).
 Methods (both sides built on the same batch, with the same weights: lmdeq's model is built with seed ``--seed``
 and its parameters and buffers are copied into the independent model):
 
-* ``a``      lmdeq's (a), ``mdeq(**lmdeq.bench.speedup.method_config('original', 'cifar10-small'))``, timed through
+* ``a``      lmdeq's (a), ``mdeq(**lmdeq.app.bench.speedup.method_config('original', 'cifar10-small'))``, timed through
              the speed-up benchmark's own ``Method`` (Adam lr 1e-3, cross-entropy); vs ``indep a``, the released
              recipe of cls_mdeq_TINY.yaml (Broyden 18/20, rel 1e-3), Adam lr 1e-3 (no weight decay, as lmdeq's
              benchmark step);
-* ``a-JR``   (when ``'original_jr'`` is in ``lmdeq.bench.speedup.METHODS``) lmdeq's (a-JR) vs ``indep a-JR``, the
+* ``a-JR``   (when ``'original_jr'`` is in ``lmdeq.app.bench.speedup.METHODS``) lmdeq's (a-JR) vs ``indep a-JR``, the
              released JR recipe on MDEQ-small (Anderson 7/8, JR on a drawn 5 % of the steps with weight 0.5 and a
              forward threshold 7 + delta). Both sides take the same per-step draws (lmdeq's
              ``JacobianSchedule`` with the same seed); ``--jr-every-step`` makes every step a JR step on both
@@ -21,7 +21,7 @@ and its parameters and buffers are copied into the independent model):
 
 Timing: all methods live in one process (one ``torch.set_num_threads`` for all, ``--threads``; cuDNN's autotuner on
 for all unless ``--no-cudnn-benchmark``); after ``--warmup`` untimed rounds, each round runs every method's
-training step once (``lmdeq.bench.interleave.interleaved``), with a device synchronisation before and after each
+training step once (``lmdeq.app.bench.interleave.interleaved``), with a device synchronisation before and after each
 timed call; the solver statistics are read after the clock stops. Then the same for inference batches (eval
 mode, no grad). Reported per method: median and spread (IQR, min-max) of ms per step, forward f-evaluations,
 adjoint evaluations (vector-Jacobian products), ms per evaluation (step time / (forward f-evaluations + the
@@ -47,12 +47,12 @@ if HERE not in sys.path:
 
 import mdeq_small as indep  # noqa: E402
 
-from lmdeq.bench import speedup  # noqa: E402
-from lmdeq.bench.device import environment, load_average, load_record, sync  # noqa: E402
-from lmdeq.bench.interleave import interleaved, ratio_spread, spread  # noqa: E402
-from lmdeq.bench.report import fmt_spread, markdown_table  # noqa: E402
+from lmdeq.app.bench import speedup  # noqa: E402
+from lmdeq.app.bench.device import environment, load_average, load_record, sync  # noqa: E402
+from lmdeq.app.bench.interleave import interleaved, ratio_spread, spread  # noqa: E402
+from lmdeq.app.bench.report import fmt_spread, markdown_table  # noqa: E402
 from lmdeq.models import mdeq  # noqa: E402
-from lmdeq.train.jacobian import JacobianSchedule  # noqa: E402
+from lmdeq.app.train.jacobian import JacobianSchedule  # noqa: E402
 
 PRESET = "cifar10-small"
 
@@ -87,13 +87,13 @@ class _LmdeqForcedJR:
 
     enabled = True
 
-    def __init__(self, draws: ForcedDraws, f_max_iter: int):
-        self.draws, self.f_max_iter, self.flags = draws, f_max_iter, []
+    def __init__(self, draws: ForcedDraws, max_iter: int):
+        self.draws, self.max_iter, self.flags = draws, max_iter, []
 
     def forward(self, model, x, jr=None):   # (jr: the kind Method.train_step asks for; every step is a JR step here)
         d = self.draws.draw(len(self.flags))
         self.flags.append(True)
-        logits, jr = model(x, jac_loss=True, f_max_iter=self.f_max_iter + d["delta"])
+        logits, jr = model(x, jac_loss=True, max_iter=self.max_iter + d["delta"])
         return logits, d["factor"] * jr
 
 
@@ -129,6 +129,11 @@ def _indep_stats(model, jr_flags: Optional[List[bool]]):
 
 def recipe_check(lm_config: dict, recipe: dict) -> List[str]:
     """Differences between lmdeq's config and the released recipe the independent model runs."""
+    forward, adjoint = lm_config["forward"], lm_config["backward"].get("solver", {})
+    flat = dict(lm_config, f_max_iter=forward.get("max_iter"), b_max_iter=adjoint.get("max_iter"),
+                f_tol=forward.get("tol"), b_tol=adjoint.get("tol"), f_stop_mode=forward.get("stop_mode"),
+                b_stop_mode=adjoint.get("stop_mode"), b_x0=lm_config["backward"].get("x0"),
+                f_solver=forward.get("name"), b_solver=adjoint.get("name"))
     want = {"f_max_iter": recipe["f_thres"], "b_max_iter": recipe["b_thres"], "f_tol": recipe["eps"],
             "b_tol": recipe["eps"], "f_stop_mode": recipe["stop_mode"], "b_stop_mode": recipe["stop_mode"],
             "dropout": recipe["dropout"], "channels": recipe["channels"], "num_groups": recipe["num_groups"],
@@ -136,13 +141,14 @@ def recipe_check(lm_config: dict, recipe: dict) -> List[str]:
             "b_x0": "zeros", "unrolled_warmup_steps": 0}
     solver = {"broyden": "broyden", "anderson": "authors_anderson"}
     want["f_solver"], want["b_solver"] = solver[recipe["f_solver"]], solver[recipe["b_solver"]]
+    lm_config = flat
     if "jac_loss_weight" in recipe:
         want.update(jac_loss_weight=recipe["jac_loss_weight"], jac_loss_freq=recipe["jac_loss_freq"],
                     rand_f_thres_delta=recipe["rand_f_thres_delta"], jac_loss_vecs=recipe["jac_vecs"])
     out = [f"{k}: lmdeq {lm_config.get(k)!r}, released {v!r}" for k, v in want.items() if lm_config.get(k) != v]
-    for side, thres in (("f", recipe["f_thres"]), ("b", recipe["b_thres"])):
-        if lm_config.get(f"{side}_solver") == "broyden":
-            memory = (lm_config.get(f"{side}_solver_kwargs") or {}).get("memory", 16)   # lmdeq's broyden default
+    for side, thres, section in (("f", recipe["f_thres"], forward), ("b", recipe["b_thres"], adjoint)):
+        if section.get("name") == "broyden":
+            memory = section["memory"]
             if memory < thres - 1:
                 out.append(f"{side}_solver: lmdeq's Broyden keeps {memory} rank-one terms (a ring), released keeps "
                            f"all {thres - 1} its {thres} updates use: the iterates after update {memory} differ")
@@ -171,7 +177,7 @@ def build(pairs: List[str], x, y, seed: int, jr_every_step: bool, log) -> List[E
             continue
         ours = indep.BaselineJR(mine, lr=1e-3, weight_decay=0.0)
         if jr_every_step:
-            lm_step.jr = _LmdeqForcedJR(ForcedDraws(lm.config, seed), lm.config["f_max_iter"])
+            lm_step.jr = _LmdeqForcedJR(ForcedDraws(lm.config, seed), lm.config["forward"]["max_iter"])
             draws = ForcedDraws(lm.config, seed)
         else:
             draws = ScheduleDraws(lm.config, seed)   # the same draws as lmdeq's Method.jr
@@ -300,13 +306,13 @@ def profile(entries: List[Entry], device, top: int = 25) -> Dict[str, str]:
 
 
 def batch(size: int, device, data: Optional[str], seed: int):
-    """The speed-up benchmark's batch (``lmdeq.bench.speedup._batch``: a stratified CIFAR-10 batch from ``data``,
+    """The speed-up benchmark's batch (``lmdeq.app.bench.speedup._batch``: a stratified CIFAR-10 batch from ``data``,
     else N(0, 1) images with random labels from a generator seeded ``seed``)."""
     make = getattr(speedup, "_batch", None)
     if make is not None:
         return make(size, device, data, seed)
     if data:
-        raise SystemExit("lmdeq.bench.speedup._batch is gone: cannot load --data the way the benchmark does")
+        raise SystemExit("lmdeq.app.bench.speedup._batch is gone: cannot load --data the way the benchmark does")
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(size, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (size,), generator=g).to(device))
 
@@ -317,7 +323,7 @@ def main(argv=None) -> Dict:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=20, help="timed rounds (0: none, e.g. with --profile)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
-    p.add_argument("--data", default=None, help="CIFAR-10 archive (lmdeq.data); default: N(0, 1) images")
+    p.add_argument("--data", default=None, help="CIFAR-10 archive (lmdeq.app.data); default: N(0, 1) images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for all methods")
     p.add_argument("--pairs", default=None, help="comma-separated: a, a-JR (default: both where lmdeq has (a-JR))")
@@ -342,7 +348,7 @@ def main(argv=None) -> Dict:
 def _run(args, device, log) -> Dict:
     pairs = args.pairs.split(",") if args.pairs else (["a"] + (["a-JR"] if "original_jr" in speedup.METHODS else []))
     if "a-JR" in pairs and "original_jr" not in speedup.METHODS:
-        raise SystemExit("lmdeq.bench.speedup.METHODS has no 'original_jr': no (a-JR) to time")
+        raise SystemExit("lmdeq.app.bench.speedup.METHODS has no 'original_jr': no (a-JR) to time")
     load_start = load_average()
     x, y = batch(args.batch, device, args.data, args.seed)
     entries = build(pairs, x, y, args.seed, args.jr_every_step, log)

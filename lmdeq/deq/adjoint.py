@@ -22,7 +22,7 @@ import torch
 from torch.profiler import record_function
 
 from ..errors import UnsupportedError
-from ..solvers import StateLayout, get_solver
+from ..solvers import StateLayout
 from .backward import Implicit
 from .graphed import GraphedProblem
 from .jacobian import JacobianPair
@@ -65,13 +65,10 @@ def implicit_gradient(f: Callable, layout: StateLayout, star: List[torch.Tensor]
     ``keep_pair``: return ``(z, pair)`` with pair = :class:`~lmdeq.deq.jacobian.JacobianPair` (f(z*) as f
     returned it, the state f received) of the tracked evaluation, which is differentiable in z* when the
     adjoint runs eagerly; None when the adjoint is graphed (its linearisation is then made inside the graph)."""
-    kwargs = backward.solver_arguments()
-    if graph is not None and not graph.usable(layout.device, backward.solver, backward.iterations,
-                                              backward.solver_kwargs):
+    if graph is not None and not graph.usable(layout.device, backward.solver):
         graph = None
-    adjoint = _Adjoint(layout, star, get_solver(backward.solver), kwargs, on_backward, graph,
-                       (backward.solver, repr(sorted(kwargs.items())), backward.x0), _autocast_state(layout.device),
-                       backward.x0)
+    adjoint = _Adjoint(layout, star, backward.solver, on_backward, graph, (repr(backward.solver), backward.x0),
+                       _autocast_state(layout.device), backward.x0)
     if graph is None:
         # The tracked evaluation, differentiable in z* too, is the one the adjoint's vector-Jacobian
         # products run on: f is evaluated once for both (its graph is kept until the backward pass).
@@ -122,9 +119,9 @@ class _Adjoint:
     ``graph``, an evaluation inside the captured graph under the forward pass's autocast state (so f
     is the same map in both solves)."""
 
-    def __init__(self, layout, star, solve, kwargs, on_backward, graph, tag, autocast, x0="v"):
+    def __init__(self, layout, star, solver, on_backward, graph, tag, autocast, x0="v"):
         self.layout, self.star, self.x0 = layout, star, x0
-        self.solve, self.kwargs, self.on_backward = solve, kwargs, on_backward
+        self.solver, self.on_backward = solver, on_backward
         self.graph, self.tag, self.autocast = graph, tag, autocast
         self.linearisation = None
         self.states = []   # the tensors f received for the tracked evaluation (eager), see adjoint_done
@@ -143,8 +140,8 @@ class _Adjoint:
             return layout.external([v + (j if j is not None else 0.0) for v, j in zip(v_parts, jt)])
 
         start = list(v_parts) if self.x0 == "v" else [torch.zeros_like(v) for v in v_parts]
-        g, _, info = self.solve(adjoint_map, layout.external(start), **self.kwargs)
-        return layout.parts(g), info
+        sol = self.solver.solve(adjoint_map, layout.external(start))
+        return layout.parts(sol.value), sol.stats
 
     def __call__(self, v_parts):
         _mark_solved(self.states, False)   # a repeated backward pass (retain_graph) needs dL/dz* again

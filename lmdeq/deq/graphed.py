@@ -1,8 +1,8 @@
 """The CUDA-graph binding of a DEQ problem: how :func:`lmdeq.deq_solve` runs a solve as one graph replay.
 
-When a solve is a fixed-point solve (``'fixed_point'``, the only solver graphed: Anderson's and Broyden's dense
-solves are not proven capturable on every linear-algebra backend) that runs a fixed number of steps
-(``iterations``, so no host sync) on a CUDA device, the whole forward solve and the whole adjoint solve
+When a solve is a fixed-point solve (:class:`~lmdeq.solvers.FixedPoint`, the only solver graphed: Anderson's and
+Broyden's dense solves are not proven capturable on every linear-algebra backend) that runs a fixed number of
+steps (``exact=True``, so no host sync) on a CUDA device, the whole forward solve and the whole adjoint solve
 (re-evaluation of f at z* plus every vector-Jacobian product) are each captured once per key and replayed as
 one CUDA graph (the capture machinery is :mod:`lmdeq.cuda_graphs`); the tracked evaluation f(z*) and the
 gradient into the parameters stay eager. Results equal the eager solves.
@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Hashable, List, Optional, Sequence
+from typing import Callable, Hashable, List, Sequence
 
 import torch
 
 from ..cuda_graphs import GraphCache
 from ..ops import backends
-from ..solvers import SolverInfo, get_solver
+from ..solvers import FixedPoint, Solver, SolverInfo
 
 __all__ = ["GraphedProblem", "GRAPHED_SOLVERS"]
 
-GRAPHED_SOLVERS = ("fixed_point",)
-_GRAPHED = tuple(get_solver(name) for name in GRAPHED_SOLVERS)
+GRAPHED_SOLVERS = (FixedPoint,)
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,10 @@ class GraphedProblem:
     inputs: Sequence[torch.Tensor]
     bind: Callable[[List[torch.Tensor]], AbstractContextManager]
 
-    def usable(self, device, solver, steps: Optional[int], solver_kwargs: Optional[dict]) -> bool:
-        """A fixed-point solver (:data:`GRAPHED_SOLVERS`), a fixed step count, no trajectory, CUDA (or the
+    def usable(self, device, solver: Solver) -> bool:
+        """A fixed-point solver (:data:`GRAPHED_SOLVERS`) with a fixed step count (``exact``), CUDA (or the
         cache's device), graphs enabled."""
-        return (get_solver(solver) in _GRAPHED and steps is not None and not (solver_kwargs or {}).get("indexing")
-                and self.cache.enabled(device))
+        return isinstance(solver, GRAPHED_SOLVERS) and solver.exact and self.cache.enabled(device)
 
     def run(self, tag: Hashable, body: Callable, state: Sequence[torch.Tensor], grad: bool):
         """``body(f, static_state) -> (parts, info)`` through the cache: returns (parts, info) where the

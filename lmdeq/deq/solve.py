@@ -1,19 +1,14 @@
 """The DEQ layer: solve z* = f(z*) without building a graph, then attach gradients.
 
-``deq_solve(f, z0, solver=..., max_iter=..., tol=..., stop_mode=..., iterations=..., solver_kwargs=...,
-backward=...)``: the forward solve takes the solver contract's arguments (:mod:`lmdeq.solvers`); ``backward`` is
-how gradients are computed, an object of :mod:`lmdeq.deq.backward` (``Implicit(...)``, ``JFB()``,
-``Phantom(...)``, None) or its shorthand string (``'implicit'``, ``'jfb'``, ``'phantom'``, ``'none'``).
+``deq_solve(f, z0, solver=Anderson(...), backward=Implicit(solver=FixedPoint(...)))``: the two halves of a solve
+are objects configured alike: ``solver`` is the forward solve (a :class:`lmdeq.solvers.Solver` carrying its
+settings), ``backward`` how gradients are computed (an object of :mod:`lmdeq.deq.backward`: ``Implicit(...)``,
+whose adjoint is solved by its own solver object, ``JFB()``, ``Phantom(...)``, or None).
 
-The keywords of the backward pass that deq_solve took before the backward objects (``b_solver``, ``b_max_iter``,
-``b_tol``, ``b_stop_mode``, ``b_iterations``, ``b_solver_kwargs``, ``b_x0``, ``phantom_steps``, ``phantom_tau``)
-still work, with a DeprecationWarning naming the object to pass instead; as before, they apply only to the
-backward method they belong to. (The ``b_`` names live on in flat configs, :mod:`lmdeq.deq.flat`.)
-
-CUDA graphs (``graph=GraphedProblem(...)``, :mod:`lmdeq.deq.graphed`): fixed-count fixed-point solves on a
+CUDA graphs (``graph=GraphedProblem(...)``, :mod:`lmdeq.deq.graphed`): exact-count fixed-point solves on a
 CUDA device are replayed as CUDA graphs. Profiler ranges (``torch.profiler.record_function``):
 ``lmdeq::forward_solve``, ``lmdeq::tracked_f`` and ``lmdeq::adjoint_solve`` mark the three parts of a solve
-(see :mod:`lmdeq.bench.profile`).
+(see :mod:`lmdeq.app.bench.profile`).
 
 ``f`` maps a state (tensor, or list/tuple of tensors, batch first) to a state of the same structure and
 closes over its inputs (the injection) and parameters.
@@ -30,81 +25,58 @@ from torch._C._functorch import maybe_current_level
 from torch.profiler import record_function
 
 from .. import checks
-from ..deprecation import deprecated
 from ..errors import ConfigTypeError, UnsupportedError
-from ..solvers import SolverInfo, StateLayout, get_solver
-from ..solvers.state import KNOWN_OPTIONS
+from ..solvers import Anderson, Solver, SolverInfo, StateLayout
 from .adjoint import implicit_gradient
-from .backward import JFB, Backward, Implicit, Phantom, as_backward
+from .backward import JFB, Implicit, Phantom, as_backward
 from .graphed import GraphedProblem
 from .jacobian import jacobian_pair as evaluation_pair
 
-__all__ = ["deq_solve", "DEQ", "LEGACY_KEYWORDS", "FUNC_TRANSFORMS"]
+__all__ = ["deq_solve", "DEQ", "FUNC_TRANSFORMS", "DEFAULT_SOLVER"]
 
 FUNC_TRANSFORMS = ("deq_solve: torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) are not supported: "
                    "the solve runs data-dependent loops outside autograd and its implicit gradient is an autograd "
                    "Function without functorch rules. Use torch.autograd.grad / .backward() for gradients (with "
                    "torch.func.functional_call for other parameters: that works), and a batch dimension or a loop "
                    "instead of vmap.")
-
-# The keywords deq_solve took before the backward objects, and the field each sets (deprecated).
-_LEGACY_IMPLICIT = {"b_solver": "solver", "b_max_iter": "max_iter", "b_tol": "tol", "b_stop_mode": "stop_mode",
-                    "b_iterations": "iterations", "b_solver_kwargs": "solver_kwargs", "b_x0": "x0"}
-_LEGACY_PHANTOM = {"phantom_steps": "steps", "phantom_tau": "tau"}
-LEGACY_KEYWORDS = tuple(_LEGACY_IMPLICIT) + tuple(_LEGACY_PHANTOM)
-
-
-def _spelled(cls: type, fields: dict) -> str:
-    return f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+DEFAULT_SOLVER = Anderson(max_iter=40, tol=1e-3)
+_SOLVER_SETTINGS = {"max_iter", "tol", "stop_mode", "exact", "iterations", "check_every", "raise_on_failure", "m",
+                    "lam", "tau", "memory", "solver_kwargs", "b_solver", "b_max_iter", "b_tol"}
+_SOLVER_HINT = ("solver must be a Solver object, e.g. solver=lmdeq.solvers.Anderson(max_iter=30, tol=1e-3) "
+                "(FixedPoint, Anderson, Broyden, AuthorsAnderson carry their own settings)")
 
 
 def _hint(unknown) -> str:
-    """Advice for keywords deq_solve does not take: a solver's own option goes in solver_kwargs; a near miss
+    """Advice for keywords deq_solve does not take: a solver's setting goes in the solver object, a near miss
     of one of deq_solve's arguments is named."""
-    solver_options = [k for k in unknown if k in KNOWN_OPTIONS]
-    if solver_options:
-        spelled = ", ".join(f"{k!r}: ..." for k in solver_options)
-        return f": {solver_options} are options of the solver, pass them as solver_kwargs={{{spelled}}}"
-    own = [p for p in inspect.signature(deq_solve).parameters if p not in ("f", "z0", "deprecated")]
+    settings = sorted(k for k in unknown if k in _SOLVER_SETTINGS)
+    if settings:
+        return f": {settings} are settings of the solver; {_SOLVER_HINT}"
+    own = [p for p in inspect.signature(deq_solve).parameters if p not in ("f", "z0", "unknown")]
     close = {k: difflib.get_close_matches(k, own, n=1) for k in unknown}
     named = [f"{k!r} (did you mean {c[0]!r}?)" for k, c in close.items() if c]
     return f"; {', '.join(named)}" if named else f"; deq_solve takes {own}"
 
 
-def resolve_backward(backward, legacy: dict, caller: str = "deq_solve") -> Backward:
-    """The backward object of ``backward`` and the deprecated keywords ``legacy`` (see the module docstring);
-    a keyword deq_solve never took is a TypeError naming it."""
-    unknown = sorted(set(legacy) - set(LEGACY_KEYWORDS))
-    if unknown:
-        raise ConfigTypeError(f"{caller} got unexpected keyword argument(s) {unknown}{_hint(unknown)}")
-    if not legacy:
-        return as_backward(backward)
-    if not isinstance(backward, str):
-        raise ConfigTypeError(f"{caller}: {sorted(legacy)} cannot be combined with backward={backward!r}; give every "
-                              "setting of the backward pass in the backward object")
-    implicit = {_LEGACY_IMPLICIT[k]: v for k, v in legacy.items() if k in _LEGACY_IMPLICIT}
-    phantom = {_LEGACY_PHANTOM[k]: v for k, v in legacy.items() if k in _LEGACY_PHANTOM}
-    advice = " and ".join(f"backward={_spelled(cls, fields)}" for cls, fields in ((Implicit, implicit),
-                                                                                   (Phantom, phantom)) if fields)
-    deprecated(f"{caller}: the keywords {', '.join(sorted(legacy))} are deprecated; pass {advice}")
-    if backward == "implicit":
-        return Implicit(**implicit)
-    if backward == "phantom":
-        return Phantom(**phantom)
-    return as_backward(backward)   # (the keywords of another method do not apply, as before)
+def check_solver(solver, where: str = "deq_solve") -> Solver:
+    """``solver`` if it is a :class:`~lmdeq.solvers.Solver`, else an error saying what to pass."""
+    if not isinstance(solver, Solver):
+        raise ConfigTypeError(f"{where}: {_SOLVER_HINT}, got {solver!r}")
+    return solver
 
 
-def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: float = 1e-3, stop_mode: str = "abs",
-              iterations: Optional[int] = None, solver_kwargs: Optional[dict] = None, backward="implicit",
+def deq_solve(f: Callable, z0, *, solver: Solver = DEFAULT_SOLVER, backward=Implicit(),
               on_backward: Optional[Callable[[dict], None]] = None, graph: Optional[GraphedProblem] = None,
-              jacobian_pair: bool = False, **deprecated):
+              jacobian_pair: bool = False, **unknown):
     """Find z* = f(z*) and return ``(z, info)`` where z carries gradients per ``backward``.
 
-    ``info`` is the forward solver's info dict (see :mod:`lmdeq.solvers`). ``on_backward(info)`` is called
-    with the adjoint solver's info when the implicit backward runs. ``iterations`` (and ``Implicit``'s) run
-    a solve for exactly that many steps with no host sync; with ``graph`` as well (a fixed-point solver and a
-    CUDA device) each such solve is one CUDA-graph replay, and ``info.cuda_graph`` says whether it was (False
-    when the capture failed and the solve ran eagerly).
+    ``solver``: the forward solve (default ``Anderson(max_iter=40, tol=1e-3)``); ``backward``: ``Implicit(...)``
+    (default: its adjoint by ``FixedPoint(max_iter=40, tol=1e-6)`` from v), ``JFB()``, ``Phantom(...)`` or None.
+    ``info`` is the forward solve's stats (:class:`lmdeq.solvers.SolverInfo`). ``on_backward(info)`` is called
+    with the adjoint solve's stats when the implicit backward runs. A solver with ``exact=True`` runs exactly
+    ``max_iter`` steps with no host sync; with ``graph`` as well (a FixedPoint solver and a CUDA device) each such
+    solve is one CUDA-graph replay, and ``info.cuda_graph`` says whether it was (False when the capture failed
+    and the solve ran eagerly).
 
     ``jacobian_pair=True`` adds ``info.jacobian_pair``, a :class:`~lmdeq.deq.JacobianPair` ``(f0, z0)``: f
     evaluated at the solved z*, with z* (detached from the solve, requiring grad) on f0's autograd graph, in the
@@ -114,25 +86,27 @@ def deq_solve(f: Callable, z0, *, solver="anderson", max_iter: int = 40, tol: fl
     backward (``None``, or grad disabled) or a graphed adjoint it costs one more f-evaluation at z* (under
     ``torch.enable_grad()``). Nothing else changes: z, its gradients and info's items are the same.
     """
+    if unknown:
+        raise ConfigTypeError(f"deq_solve got unexpected keyword argument(s) {sorted(unknown)}{_hint(unknown)}")
     checks.boolean("jacobian_pair", jacobian_pair, where="deq_solve: ")
     if maybe_current_level() is not None:
         raise UnsupportedError(FUNC_TRANSFORMS)
-    backward = resolve_backward(backward, deprecated)
-    solve = get_solver(solver)
+    check_solver(solver)
+    backward = as_backward(backward)
     layout = StateLayout(z0, "z0")
-    kwargs = dict(max_iter=max_iter, tol=tol, stop_mode=stop_mode, iterations=iterations, **(solver_kwargs or {}))
     start = [p.detach() for p in layout.parts(z0)]
-    if graph is not None and graph.usable(layout.device, solver, iterations, solver_kwargs):
+    if graph is not None and graph.usable(layout.device, solver):
         def body(g_f, static_z0):
-            z, _, inf = solve(g_f, layout.external(list(static_z0)), **kwargs)
-            return layout.parts(z), inf
+            sol = solver.solve(g_f, layout.external(list(static_z0)))
+            return layout.parts(sol.value), sol.stats
 
         with record_function("lmdeq::forward_solve"):
-            star, info = graph.run(("forward", solver, repr(sorted(kwargs.items()))), body, start, grad=False)
+            star, info = graph.run(("forward", repr(solver)), body, start, grad=False)
     else:
         with torch.no_grad(), record_function("lmdeq::forward_solve"):
-            z_star, _, info = solve(f, layout.external(start), **kwargs)
-        star = [p.detach() for p in layout.parts(z_star)]
+            sol = solver.solve(f, layout.external(start))
+        info = sol.stats
+        star = [p.detach() for p in layout.parts(sol.value)]
     if backward is None or not torch.is_grad_enabled():
         out = layout.external(star)
     elif isinstance(backward, JFB):
@@ -166,21 +140,23 @@ def _with_pair(info, pair) -> SolverInfo:
 
 
 class DEQ(nn.Module):
-    """A deep equilibrium layer: ``DEQ(func, **config)(z0, *args)`` solves z = func(z, *args).
+    """A deep equilibrium layer: ``DEQ(func, solver=..., backward=...)(z0, *args)`` solves z = func(z, *args).
 
-    ``config`` takes the keyword arguments of :func:`deq_solve` (an unknown key is an error, not a
-    silently ignored setting; the deprecated backward keywords are turned into the backward object here, once).
-    Returns ``(z, info)``; ``self.last_info`` keeps the latest forward info.
+    ``config`` takes the keyword arguments of :func:`deq_solve` (an unknown key is an error, not a silently
+    ignored setting; the solver and backward objects are checked here, once). Returns ``(z, info)``;
+    ``self.last_info`` keeps the latest forward info.
     """
 
     def __init__(self, func: Callable, **config):
         super().__init__()
-        allowed = set(inspect.signature(deq_solve).parameters) - {"f", "z0", "deprecated"}
-        unknown = sorted(set(config) - allowed - set(LEGACY_KEYWORDS))
+        allowed = set(inspect.signature(deq_solve).parameters) - {"f", "z0", "unknown"}
+        unknown = sorted(set(config) - allowed)
         if unknown:
-            raise ConfigTypeError(f"DEQ got unknown config key(s) {unknown}; valid keys: {sorted(allowed)}")
-        legacy = {k: config.pop(k) for k in LEGACY_KEYWORDS if k in config}
-        config["backward"] = resolve_backward(config.get("backward", "implicit"), legacy, "DEQ")
+            raise ConfigTypeError(f"DEQ got unknown config key(s) {unknown}; valid keys: {sorted(allowed)}"
+                                  + (f" ({_SOLVER_HINT})" if {"max_iter", "tol", "stop_mode"} & set(unknown) else ""))
+        if "solver" in config:
+            check_solver(config["solver"], "DEQ")
+        config["backward"] = as_backward(config.get("backward", Implicit()))
         self.func = func
         self.config = config
         self.last_info = None

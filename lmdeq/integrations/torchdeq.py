@@ -7,7 +7,7 @@
 With ``replace=True`` existing TorchDEQ code and command lines (``add_deq_args``: ``--f_solver anderson
 --b_solver broyden``) switch to lmdeq's solvers with this one call, made before the DEQ is built
 (``get_deq`` looks the names up when it is constructed). Under TorchDEQ's names the observable
-contract is TorchDEQ's (:mod:`lmdeq.solvers.torchdeq_contract`); under the ``lmdeq_*`` names it is
+contract is TorchDEQ's (:mod:`lmdeq.integrations.torchdeq_solvers`); under the ``lmdeq_*`` names it is
 lmdeq's (:mod:`lmdeq.solvers.info`). :func:`unregister` puts TorchDEQ's registry back as it was, and
 :func:`registered` does both around a block::
 
@@ -39,13 +39,13 @@ from contextlib import contextmanager
 
 from .. import checks
 from ..deq import jac_reg, power_method
-from ..solvers import SOLVERS, TORCHDEQ_SOLVERS
 from . import torchdeq_options
+from .torchdeq_solvers import LMDEQ_SOLVERS, TORCHDEQ_SOLVERS
 
 __all__ = ["register", "unregister", "registered", "main", "NAMES", "TORCHDEQ_NAMES", "LOSS_NAMES", "jac_reg",
            "power_method"]
 
-NAMES = {f"lmdeq_{name}": fn for name, fn in SOLVERS.items()}
+NAMES = dict(LMDEQ_SOLVERS)
 TORCHDEQ_NAMES = dict(TORCHDEQ_SOLVERS)
 # TorchDEQ's Jacobian functions, and the modules that hold them under these names (defining, re-exporting or
 # using them); register(replace=True) points each name that a module has at lmdeq's function.

@@ -1,12 +1,13 @@
 """Multiscale DEQ image classifiers: the original MDEQ and the Lipschitz MDEQ with a certified bound.
 
 ``mdeq(preset, lipschitz=True, **overrides)`` builds a model; ``PRESETS`` names the presets;
-``AUTHORS_SOLVER`` holds the Lipschitz-MDEQ authors' solver as released (their Anderson, m=6, 18/20
-iterations, adjoint from 0); with ``constraint='released'`` it is their model as released (baseline (b)).
+``AUTHORS_SOLVER`` holds the Lipschitz-MDEQ authors' solves as released (their Anderson, m=6, 18/20
+iterations, adjoint from 0): with ``constraint='released'`` it is their model as released (baseline (b)).
+``APRIORI_SOLVES`` runs both solves at exactly their certified counts (no checks, no host sync).
 ``RELEASED_JR`` holds the released MDEQ + Jacobian regularisation recipe (cls_mdeq_LARGE_reg.yaml): with
 ``lipschitz=False`` it is baseline (a-JR); ``model(x, jac_loss=True)`` returns the logits and the JR estimate.
 """
 from .classifier import MDEQClassifier, mdeq
-from .presets import AUTHORS_SOLVER, PRESETS, RELEASED_JR, resolve_config
+from .presets import APRIORI_SOLVES, AUTHORS_SOLVER, PRESETS, RELEASED_JR, resolve_config
 
-__all__ = ["mdeq", "PRESETS", "AUTHORS_SOLVER", "RELEASED_JR", "MDEQClassifier", "resolve_config"]
+__all__ = ["mdeq", "PRESETS", "AUTHORS_SOLVER", "APRIORI_SOLVES", "RELEASED_JR", "MDEQClassifier", "resolve_config"]

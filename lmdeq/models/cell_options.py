@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activation import ScaledReLU
+from .cell_parts import ScaledReLU
 from .deq_conv import DEQConv2d
 from .normalization import group_norm
 

@@ -1,25 +1,27 @@
 """The multiscale DEQ image classifier (original MDEQ or Lipschitz MDEQ with a certified bound), and
 :func:`mdeq`, the factory that builds it from a preset.
 
-    logits = head(z*),   z* = f(z*; x),   f = MDEQCell with the injection stem(x) (see mdeq_cell.py)
+    logits = head(z*),   z* = f(z*; x),   f = MDEQCell with the injection stem(x) (see mdeq_cell.py; the stem,
+    injection and head around it: outer.py)
 
 The public surface the trainer relies on:
 
 * ``model(x)`` -> logits (B, num_classes) for x of shape (B, 3, 32, 32);
-* ``model.last_info`` -> python numbers of the latest forward (and backward) solve (solve_stats.py);
+* ``model.last_info`` -> python numbers of the latest forward (and backward) solve (solves.py);
 * ``model.constraint_step()`` after each ``optimizer.step()`` (the constraint upkeep of the Lipschitz
   variant, constraints.py; with an unrolled warm-up it also counts the optimiser steps);
 * ``model.lipschitz_bound()`` -> certified bound on Lip(f) w.r.t. z (inf for the original variant);
 * ``model.fixed_point_problem(x)`` -> (f, z0) (problem.py);
 * ``model.graphs`` -> the :class:`~lmdeq.cuda_graphs.GraphCache` of its CUDA-graphed solves (used on CUDA
-  with ``solve_mode='apriori'`` and ``cuda_graphs=True``; graph_binding.py);
+  with exact a-priori counts, :data:`~lmdeq.models.presets.APRIORI_SOLVES`, and ``cuda_graphs=True``; problem.py);
 * ``model.config`` with ``mdeq(**model.config)`` rebuilding the model;
-* ``model(x, jac_loss=True, f_max_iter=k)`` -> (logits, the Jacobian-regularisation estimate
+* ``model(x, jac_loss=True, max_iter=k)`` -> (logits, the Jacobian-regularisation estimate
   :func:`lmdeq.deq.jac_reg` (f(z*), z*) with ``jac_loss_vecs`` vectors), the forward solve capped at k
   iterations for this call (the released JR recipe's random threshold; see presets.py).
 
-The solves' arguments come from the config (solve_setup.py). Unrolled warm-up (``unrolled_warmup_steps = P >
-0``, the original MDEQ recipe's PRETRAIN_STEPS, unrolled.py): while fewer than P optimiser steps have been
+The solves come from the config's ``forward`` / ``backward`` sections, resolved against the certified bound
+(solves.py). Unrolled warm-up (``unrolled_warmup_steps = P >
+0``, the original MDEQ recipe's PRETRAIN_STEPS, problem.py): while fewer than P optimiser steps have been
 counted (buffer ``optimizer_steps``, saved with the weights), a forward pass returns head(f^L(0)) with L =
 ``unrolled_layers``, trained by backpropagation through the L applications (in training and evaluation alike,
 as locuslab's code does); from step P on it is a DEQ (solve, implicit backward).
@@ -34,21 +36,16 @@ from torch import nn
 from .. import checks
 from ..cuda_graphs import GraphCache
 from ..deq import deq_solve, jac_reg, jacobian_pair
-from ..errors import ConfigError, NonFiniteError
+from ..errors import NonFiniteError
 from ..solvers import Result
 from .cell_options import CellOptions
 from .constraints import CachedBound, ConstraintUpkeep
-from .graph_binding import graphed_problem
-from .head import ClassificationHead
-from .image_input import IMAGE_SIZE, IN_CHANNELS, check_images
 from .mdeq_cell import MDEQCell
+from .outer import (IMAGE_SIZE, IN_CHANNELS, ClassificationHead, check_images, init_outer_weights, make_injection,
+                    make_stem)
 from .presets import resolve_config
-from .problem import fixed_point_problem
-from .solve_setup import SettledCounts, solve_arguments
-from .solve_stats import SolveStats
-from .stem import make_injection, make_stem
-from .unrolled import unrolled
-from .weight_init import init_outer_weights
+from .problem import fixed_point_problem, graphed_problem, unrolled
+from .solves import ResolvedSolves, SolveStats
 
 __all__ = ["MDEQClassifier", "mdeq", "IMAGE_SIZE", "IN_CHANNELS"]
 
@@ -75,7 +72,7 @@ class MDEQClassifier(nn.Module):
         self.head = ClassificationHead(channels, cfg["head_channels"], cfg["final_channels"], cfg["num_classes"])
         init_outer_weights(self.stem, self.injection, self.head)
         self.graphs = GraphCache(max_graphs=8)
-        self._counts = SettledCounts()
+        self._solves = ResolvedSolves(cfg)
         self._stats = SolveStats()
         self._bound = CachedBound(self.cell)
         self._constraints = ConstraintUpkeep(self, self.cell, cfg)
@@ -94,18 +91,18 @@ class MDEQClassifier(nn.Module):
         steps = self.config["unrolled_warmup_steps"]
         return steps > 0 and int(self.optimizer_steps) < steps
 
-    def forward(self, x: torch.Tensor, *, jac_loss: bool = False, f_max_iter: Optional[int] = None):
+    def forward(self, x: torch.Tensor, *, jac_loss: bool = False, max_iter: Optional[int] = None):
         """logits (B, num_classes); with ``jac_loss=True`` the pair (logits, jr), jr the 0-d Jacobian-
         regularisation estimate ``lmdeq.deq.jac_reg(f(z*), z*, vecs=config['jac_loss_vecs'])`` (differentiable;
         its Gaussian vectors come from torch's default CPU generator, as the released code's): on the tracked
         f(z*) of the implicit backward, at no extra f-evaluation (:func:`lmdeq.deq_solve`'s ``jacobian_pair``;
         another backward mode, a graphed adjoint or no grad: one more evaluation at z*), or, during the
         unrolled warm-up, at one more evaluation at the last unrolled state detached (as the released code).
-        ``f_max_iter``: this call's forward-solve iteration cap instead of the config's (checked solves with a
+        ``max_iter``: this call's forward-solve iteration cap instead of the config's (checked solves with a
         count; the released JR recipe's f_thres + delta)."""
         checks.boolean("jac_loss", jac_loss, where="MDEQClassifier: ")
-        if f_max_iter is not None:
-            f_max_iter = checks.integer("f_max_iter", f_max_iter, 1, where="MDEQClassifier: ")
+        if max_iter is not None:
+            max_iter = checks.integer("max_iter", max_iter, 1, where="MDEQClassifier: ")
         check_images(x)
         self._constraints.refresh_stale()
         f, z0, injection = fixed_point_problem(self.stem, self.injection, self.cell, x)
@@ -113,25 +110,20 @@ class MDEQClassifier(nn.Module):
             with self.cell.frozen_weights():
                 z, rel = unrolled(f, z0, self.config["unrolled_layers"])
                 pair = jacobian_pair(f, [p.detach() for p in z]) if jac_loss else None
-            self._stats.unrolled(self.config["unrolled_layers"], rel, self.config["f_tol"],
+            self._stats.unrolled(self.config["unrolled_layers"], rel, self._solves.forward.tol,
                                  backprop=torch.is_grad_enabled() and self.training)
             return self._output(self.head(z), pair)
-        kwargs, bound = solve_arguments(self.config, self.lipschitz_bound, self._counts)
-        if f_max_iter is not None:
-            if kwargs.get("iterations") is not None:
-                raise ConfigError("MDEQClassifier: f_max_iter applies to checked solves; this model's forward solve "
-                                  "runs a fixed a-priori count (solve_mode='apriori')")
-            kwargs["max_iter"] = f_max_iter
+        solver, backward, bound = self._solves.resolve(self.lipschitz_bound, max_iter)
         self._stats.bound_used(bound)
         graph = None
         if self.config["cuda_graphs"] and self.graphs.enabled(injection.device):
             graph = graphed_problem(self.cell, self.graphs, injection, self.training)
         with self.cell.frozen_weights():
-            z, info = deq_solve(f, z0, on_backward=self._stats.backward, graph=graph, jacobian_pair=jac_loss,
-                                **kwargs)
+            z, info = deq_solve(f, z0, solver=solver, backward=backward, on_backward=self._stats.backward, graph=graph,
+                                jacobian_pair=jac_loss)
         self._stats.forward(info, self.graphs.captures)
         # Checked solves read their residuals back anyway; a-priori (sync-free) solves are not read here.
-        if self.config["solve_mode"] == "checked" and info.result is Result.NONFINITE:
+        if not solver.exact and info.result is Result.NONFINITE:
             raise NonFiniteError("the forward solve produced NaN/Inf: non-finite input images or weights")
         return self._output(self.head(z), info.jacobian_pair if jac_loss else None)
 

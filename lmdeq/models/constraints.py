@@ -1,22 +1,52 @@
-"""The upkeep of the Lipschitz MDEQ's constraint after each optimiser step, and the cached certified bound.
+"""The upkeep of the Lipschitz MDEQ's constraint after each optimiser step: the conv-norm estimates it maintains,
+and the cached certified bound.
 
 Per ``constraint`` (:data:`lmdeq.models.presets.CONSTRAINTS`): 'certified' refreshes every conv's norm
 estimate with warm-started power iterations (the effective weights use them at the next forward); 'released'
 runs the authors' released cap instead (authors_cap.py); 'none' touches no conv. Then the GroupNorm gammas are
 clipped to [-gamma_max, gamma_max]. The original MDEQ has no constraint.
+
+Norm estimates (:func:`update_norm_estimates`, a batched power-iteration refresh of the operator-norm estimates of
+:class:`DEQConv2d` layers): all capped k x k convolutions go through one ``lmdeq.ops.conv_power_iteration`` call
+(power iteration on A^T A, where A x = conv2d(x, W) on the layer's input size and A^T is the matching
+conv_transpose2d), and all 1x1 convolutions through one ``lmdeq.ops.power_iteration_matrices`` call, so a fused
+kernel can treat every layer at once. Vectors are persistent (warm start), so a few iterations per training step
+track the slowly moving weights.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from .. import checks, ops
 from .authors_cap import ReleasedConvCap
+from .deq_conv import DEQConv2d
 from .mdeq_cell import MDEQCell
-from .norm_estimates import update_norm_estimates
 
-__all__ = ["ConstraintUpkeep", "CachedBound"]
+__all__ = ["update_norm_estimates", "ConstraintUpkeep", "CachedBound"]
+
+
+@torch.no_grad()
+def update_norm_estimates(convs: Sequence[DEQConv2d], n_iter: int) -> None:
+    """Run ``n_iter`` warm-started power iterations for each capped conv and store the estimates."""
+    n_iter = checks.integer("n_iter", n_iter, 1)
+    capped = [c for c in convs if c.cap is not None]
+    spatial = [c for c in capped if c.kernel_size > 1]
+    pointwise = [c for c in capped if c.kernel_size == 1]
+    if spatial:
+        sigmas, vectors = ops.conv_power_iteration(
+            [c.unscaled_weight().detach() for c in spatial], [c.power_vector for c in spatial],
+            [c.stride for c in spatial], [c.padding for c in spatial], n_iter)
+        for conv, sigma, vec in zip(spatial, sigmas, vectors):
+            conv.set_estimate(sigma, vec)
+    if pointwise:
+        sigmas, vectors = ops.power_iteration_matrices(
+            [c.unscaled_weight().detach().reshape(c.out_channels, c.in_channels) for c in pointwise],
+            [c.power_vector for c in pointwise], n_iter)
+        for conv, sigma, vec in zip(pointwise, sigmas, vectors):
+            conv.set_estimate(sigma, vec)
 
 
 class ConstraintUpkeep:

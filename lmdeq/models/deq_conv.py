@@ -8,7 +8,7 @@ sigma_hat estimates ||A_W||_2, the l2 operator norm of the linear map x -> conv2
 actual input size (C_in, H, W), by warm-started power iteration on the convolution itself
 (``lmdeq.ops.conv_power_iteration``; for a 1x1 convolution ||A_W||_2 = ||W||_2 for every input size,
 so ``lmdeq.ops.power_iteration_matrices`` is used). The persistent vector and sigma_hat are buffers,
-refreshed by :func:`lmdeq.models.norm_estimates.update_norm_estimates`.
+refreshed by :func:`lmdeq.models.constraints.update_norm_estimates`.
 
 Certificate: power iteration returns a lower estimate, so the layer assumes
 ||A_W||_2 <= (1 + margin) sigma_hat (checked against dense Jacobians in the tests). Under that
@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..deq import adjoint_done, is_solved_state
-from .grad_needs import gradient_needed
+from .cell_parts import gradient_needed
 
 __all__ = ["DEQConv2d"]
 
@@ -172,7 +172,7 @@ class DEQConv2d(nn.Module):
         if self.cap is None:
             return float("inf")
         if self._estimated_at is None:
-            raise RuntimeError("no norm estimate yet: run lmdeq.models.norm_estimates.update_norm_estimates")
+            raise RuntimeError("no norm estimate yet: run lmdeq.models.constraints.update_norm_estimates")
         return torch.clamp_max(self.sigma * (1.0 + self.margin), self.cap)
 
     def _param_versions(self):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .grad_needs import gradient_needed
+from .cell_parts import gradient_needed
 
 __all__ = ["MeanOnlyGroupNorm", "StandardGroupNorm", "group_norm"]
 

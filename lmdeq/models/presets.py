@@ -5,11 +5,9 @@
 :func:`lmdeq.models.mdeq` builds a model from; ``mdeq(**model.config)`` rebuilds the same model. Every key is
 checked: an unknown or misspelt override is an error, never silently ignored.
 
-The solves are configured in the flat spelling of :func:`lmdeq.deq_solve`'s arguments (:mod:`lmdeq.deq.flat`):
-``f_solver``, ``f_max_iter``, ``f_tol``, ``f_stop_mode``, ``f_solver_kwargs`` for the forward solve; ``backward``
-and ``b_solver``, ``b_max_iter``, ``b_tol``, ``b_stop_mode``, ``b_solver_kwargs``, ``b_x0`` for the implicit
-backward. The older keys ``solver``, ``solver_kwargs`` and ``stop_mode`` (which set the stop mode of both solves)
-are accepted with a DeprecationWarning (:data:`RENAMED_KEYS`).
+The solves are two sections, ``forward`` (a solver) and ``backward`` (a backward method), given as the objects
+:func:`lmdeq.deq_solve` takes (``forward=FixedPoint(...)``, ``backward=Implicit(solver=...)``) or their JSON dicts,
+and stored as dicts (:mod:`lmdeq.models.solves`).
 
 Original MDEQ (``lipschitz=False``, Bai et al. 2020, locuslab/deq experiments/cifar/cls_mdeq_LARGE.yaml and
 cls_mdeq_TINY.yaml): Broyden forward and backward, relative tolerance 1e-3, 18/20 iterations (both presets),
@@ -20,37 +18,35 @@ z = 0 as an explicit network (training and evaluation alike), then the model swi
 
 Lipschitz MDEQ (``lipschitz=True``, Sato & Iiduka, AISTATS 2026; the authors' released defaults):
 s = 0.4, gamma_max = 1.0, alpha = 0.5, beta = 0.3, conv_cap = 2.0. Default solver: plain fixed-point
-iteration, the cheapest per step, which the certified bound L < 1 guarantees to converge; with
-``f_max_iter=None`` / ``b_max_iter=None`` the iteration limit is the a-priori count for L (see
-:func:`lmdeq.solvers.apriori_iterations`), and ``solve_mode='apriori'`` runs exactly that count with no
-convergence checks. The authors' solver as released is ``mdeq(..., **AUTHORS_SOLVER)``
-(:func:`lmdeq.solvers.authors_anderson`, adjoint from 0) and their constraint as released
+iteration, the cheapest per step, which the certified bound L < 1 guarantees to converge, capped at the a-priori
+count for L (``max_iter=Apriori()``, :func:`lmdeq.solvers.apriori_iterations`); :data:`APRIORI_SOLVES` runs exactly
+that count with no convergence checks (``exact=True``). The authors' solver as released is ``mdeq(..., **AUTHORS_SOLVER)``
+(:class:`lmdeq.solvers.AuthorsAnderson`, adjoint from 0) and their constraint as released
 ``constraint='released'`` (see :data:`CONSTRAINTS`). ``cuda_graphs=True`` (default) replays each
-fixed-count solve (``solve_mode='apriori'``) as one CUDA graph on CUDA devices.
+exact-count solve (:data:`APRIORI_SOLVES`) as one CUDA graph on CUDA devices.
 
 Jacobian regularisation (Bai, Koltun & Kolter, ICML 2021), training settings of either variant, named after the
 released config keys (locuslab/deq and iiduka-researches/Lipschitz_mdeq MDEQ-Vision, ``LOSS.*`` and
 ``DEQ.RAND_F_THRES_DELTA``): on a training step drawn with probability ``jac_loss_freq`` the loss is
 ``CE + factor * jac_reg(f(z*), z*)`` (:func:`lmdeq.deq.jac_reg` with ``jac_loss_vecs`` vectors, on the tracked
-f(z*) of the implicit backward) and that step's forward solve runs ``f_max_iter + delta`` iterations, delta
+f(z*) of the implicit backward) and that step's forward solve runs its ``max_iter + delta`` iterations, delta
 uniform on {-rand_f_thres_delta, ..., 1}; ``factor = jac_loss_weight + 0.1 * (s // jac_incremental)`` at DEQ step
 s (optimiser steps after the unrolled warm-up, during which it is 0), and 0 from ``jac_stop_fraction`` of the
 run's steps on. Off unless ``jac_loss_weight > 0`` and ``jac_loss_freq > 0``. The model computes the estimate
 when asked (``model(x, jac_loss=True)``); the per-step draw is the training loop's
-(:mod:`lmdeq.train.jacobian`). :data:`RELEASED_JR` is the released recipe (cls_mdeq_LARGE_reg.yaml).
+(:mod:`lmdeq.app.train.jacobian`). :data:`RELEASED_JR` is the released recipe (cls_mdeq_LARGE_reg.yaml).
 """
 from __future__ import annotations
 
 import copy
 
 from .. import checks
-from ..deq import BACKWARD_MODES
-from ..deq.backward import ADJOINT_STARTS
-from ..deprecation import deprecated
+from ..deq import Implicit
 from ..errors import ConfigError, ConfigTypeError
-from ..solvers import STOP_MODES, get_solver
+from ..solvers import Apriori, AuthorsAnderson, Broyden, FixedPoint
+from .solves import check_solves, solve_sections
 
-__all__ = ["PRESETS", "AUTHORS_SOLVER", "CONSTRAINTS", "SOLVE_MODES", "RENAMED_KEYS", "RELEASED_JR", "JR_KEYS",
+__all__ = ["PRESETS", "AUTHORS_SOLVER", "APRIORI_SOLVES", "CONSTRAINTS", "RELEASED_JR", "JR_KEYS", "ARCH_KEYS",
            "resolve_config", "original_warmup_steps", "jacobian_regularised"]
 
 PRESETS = {
@@ -75,10 +71,12 @@ CONSTRAINTS = ("certified", "released", "none")
 
 # The authors' solver as released (iiduka-researches/Lipschitz_mdeq cls_mdeq_LARGE.yaml: Anderson m = 6,
 # lam = 1e-4, 18/20 iterations, rel tol 1e-3; the adjoint solve starts at 0).
-AUTHORS_SOLVER = dict(f_solver="authors_anderson", b_solver="authors_anderson", f_max_iter=18, b_max_iter=20,
-                      f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel", b_stop_mode="rel",
-                      f_solver_kwargs={"m": 6, "lam": 1e-4}, b_solver_kwargs={"m": 6, "lam": 1e-4}, b_x0="zeros")
-SOLVE_MODES = ("checked", "apriori")
+AUTHORS_SOLVER = dict(forward=AuthorsAnderson(max_iter=18, tol=1e-3, stop_mode="rel", m=6, lam=1e-4),
+                      backward=Implicit(solver=AuthorsAnderson(max_iter=20, tol=1e-3, stop_mode="rel", m=6, lam=1e-4),
+                                        x0="zeros"))
+# The Lipschitz variant's solves at exactly their certified counts: no convergence check, no host sync.
+APRIORI_SOLVES = dict(forward=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel", exact=True),
+                      backward=Implicit(solver=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel", exact=True)))
 
 # Jacobian regularisation: the keys and their defaults (off). jac_incremental's default is the released
 # JAC_INCREMENTAL default int(1e8) (the weight never grows); jac_loss_vecs = 2 is the released estimator's
@@ -93,25 +91,21 @@ JR_KEYS = dict(jac_loss_weight=0.0, jac_loss_freq=0.0, jac_incremental=100_000_0
 # adjoint from 0) with STOP_MODE rel, F_THRES 7, B_THRES 8, RAND_F_THRES_DELTA 2; JAC_LOSS_WEIGHT 0.5,
 # JAC_LOSS_FREQ 0.05, JAC_INCREMENTAL not set (1e8), JAC_STOP_EPOCH 90 of END_EPOCH 200.
 RELEASED_JR = dict(dropout=0.22, unrolled_layers=8, unrolled_warmup_steps=0,
-                   f_solver="authors_anderson", b_solver="authors_anderson", f_max_iter=7, b_max_iter=8,
-                   f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel", b_stop_mode="rel", f_solver_kwargs={"m": 6, "lam": 1e-4},
-                   b_solver_kwargs={"m": 6, "lam": 1e-4}, b_x0="zeros", backward="implicit",
+                   forward=AuthorsAnderson(max_iter=7, tol=1e-3, stop_mode="rel", m=6, lam=1e-4),
+                   backward=Implicit(solver=AuthorsAnderson(max_iter=8, tol=1e-3, stop_mode="rel", m=6, lam=1e-4),
+                                     x0="zeros"),
                    jac_loss_weight=0.5, jac_loss_freq=0.05, jac_incremental=100_000_000, jac_stop_fraction=90 / 200,
                    rand_f_thres_delta=2, jac_loss_vecs=2)
 
-# Keys of older configs (checkpoints, scripts): each sets the keys listed (DeprecationWarning).
-RENAMED_KEYS = {"solver": ("f_solver",), "solver_kwargs": ("f_solver_kwargs",),
-                "stop_mode": ("f_stop_mode", "b_stop_mode")}
-
 # The architecture a preset fixes (a checkpoint trained with --set on them keeps its own, see lmdeq bench --weights).
 ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels")
-_COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, f_tol=1e-3, b_tol=1e-3, f_stop_mode="rel",
-                        b_stop_mode="rel", f_solver_kwargs={}, b_solver_kwargs={}, b_x0="v", backward="implicit",
-                        solve_mode="checked", cuda_graphs=True, unrolled_warmup_steps=0,
+_COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, cuda_graphs=True, unrolled_warmup_steps=0,
                         unrolled_layers=UNROLLED_LAYERS, **JR_KEYS)
 _LIPSCHITZ_DEFAULTS = dict(s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0, constraint="certified",
-                           sigma_margin=0.05, power_iters=2, init_power_iters=30, f_solver="fixed_point",
-                           b_solver="fixed_point", f_max_iter=None, b_max_iter=None)
+                           sigma_margin=0.05, power_iters=2, init_power_iters=30)
+# The Lipschitz variant's solves: Picard iteration to rel tol 1e-3, capped at the certified a-priori count.
+_LIPSCHITZ_SOLVES = dict(forward=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel"),
+                         backward=Implicit(solver=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel")))
 _LIPSCHITZ_ONLY = ("s", "gamma_max", "alpha", "beta", "conv_cap", "constraint", "sigma_margin", "power_iters",
                    "init_power_iters")
 
@@ -123,9 +117,11 @@ def _defaults(preset: str, lipschitz: bool) -> dict:
     cfg.update(copy.deepcopy(_COMMON_DEFAULTS))
     if lipschitz:
         cfg.update(_LIPSCHITZ_DEFAULTS)
+        cfg.update(solve_sections(**_LIPSCHITZ_SOLVES))
     else:
         f_iter, b_iter = spec["original_iters"]
-        cfg.update(f_solver="broyden", b_solver="broyden", f_max_iter=f_iter, b_max_iter=b_iter, b_x0="zeros")
+        cfg.update(solve_sections(Broyden(max_iter=f_iter, tol=1e-3, stop_mode="rel"),
+                                  Implicit(solver=Broyden(max_iter=b_iter, tol=1e-3, stop_mode="rel"), x0="zeros")))
     return cfg
 
 
@@ -148,28 +144,11 @@ def jacobian_regularised(cfg: dict) -> bool:
     return cfg.get("jac_loss_weight", 0.0) > 0 and cfg.get("jac_loss_freq", 0.0) > 0
 
 
-def _renamed(overrides: dict) -> dict:
-    """``overrides`` with the keys of :data:`RENAMED_KEYS` spelt as today (a DeprecationWarning each)."""
-    out = dict(overrides)
-    for old, new in RENAMED_KEYS.items():
-        if old not in out:
-            continue
-        clash = [k for k in new if k in out]
-        if clash:
-            raise ConfigTypeError(f"mdeq override {old!r} is the deprecated spelling of {list(new)}: give only "
-                                  f"{' and '.join(new)}, not also {old!r}")
-        deprecated(f"mdeq: the config key {old!r} is deprecated; use {' and '.join(repr(k) for k in new)}")
-        value = out.pop(old)
-        for k in new:
-            out[k] = copy.deepcopy(value)
-    return out
-
-
 def resolve_config(preset: str, lipschitz: bool = True, **overrides) -> dict:
     """The full config for ``preset`` and variant with ``overrides`` applied, validated."""
     _check_preset(preset)
     checks.boolean("lipschitz", lipschitz)
-    overrides = _renamed(overrides)
+    overrides = dict(overrides)
     cfg = _defaults(preset, lipschitz)
     if not lipschitz:
         misplaced = sorted(k for k in overrides if k in _LIPSCHITZ_ONLY)
@@ -178,19 +157,12 @@ def resolve_config(preset: str, lipschitz: bool = True, **overrides) -> dict:
     unknown = sorted(k for k in overrides if k not in cfg)
     if unknown:
         raise ConfigTypeError(f"unknown mdeq override(s) {unknown}; valid keys: {sorted(cfg)}")
+    solves = {k: overrides.pop(k) for k in ("forward", "backward") if k in overrides}
     cfg.update(copy.deepcopy(overrides))
+    if solves:
+        cfg.update(solve_sections(solves.get("forward", cfg["forward"]), solves.get("backward", cfg["backward"])))
     _validate(cfg)
     return cfg
-
-
-def __getattr__(name):
-    """``lmdeq.models.presets.mdeq``, deprecated: the factory lives with the model (lmdeq.models.mdeq)."""
-    if name == "mdeq":
-        deprecated("lmdeq.models.presets.mdeq is deprecated: use lmdeq.models.mdeq")
-        from .classifier import mdeq
-
-        return mdeq
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- validation ----------------------------------------------------------------------------------------
@@ -238,41 +210,11 @@ def _validate(cfg: dict) -> None:
 
 
 def _validate_solves(cfg: dict) -> None:
-    for key in ("f_solver", "b_solver"):
-        if not isinstance(cfg[key], str):
-            raise ConfigTypeError(f"{key} must be a solver name (str), got {type(cfg[key]).__name__}")
-        get_solver(cfg[key])
-    for key in ("f_max_iter", "b_max_iter"):
-        if cfg[key] is None and not cfg["lipschitz"]:
-            raise ConfigError(f"{key}=None (the a-priori count) needs the certified bound of lipschitz=True")
-        if cfg[key] is not None:
-            checks.integer(key, cfg[key], 1)
-    for key in ("f_tol", "b_tol"):
-        checks.number(key, cfg[key], 0, low_open=True)
-    for key in ("f_stop_mode", "b_stop_mode"):
-        checks.choice(key, cfg[key], STOP_MODES)
-    checks.choice("b_x0", cfg["b_x0"], ADJOINT_STARTS)   # the adjoint's start: v (the upstream gradient) or 0
-    for key in ("f_solver_kwargs", "b_solver_kwargs"):
+    for key in ("forward", "backward"):
         if not isinstance(cfg[key], dict):
-            raise ConfigTypeError(f"{key} must be a dict, got {type(cfg[key]).__name__}")
-    checks.choice("backward", cfg["backward"], BACKWARD_MODES)
-    mode = checks.choice("solve_mode", cfg["solve_mode"], SOLVE_MODES)
-    f_count = mode == "apriori" or cfg["f_max_iter"] is None   # counts from the certified bound
-    b_count = mode == "apriori" or cfg["b_max_iter"] is None
-    if (f_count or b_count) and cfg["lipschitz"] and cfg["constraint"] != "certified":
-        raise ConfigError(f"constraint={cfg['constraint']!r} certifies no bound, so there is no a-priori iteration "
-                          "count: set f_max_iter and b_max_iter, and solve_mode='checked'")
-    wrong = [k for k, needed in (("f_stop_mode", f_count), ("b_stop_mode", b_count)) if needed and cfg[k] != "rel"]
-    if wrong:
-        raise ConfigError("the a-priori iteration count (solve_mode='apriori' or *_max_iter=None) is derived for "
-                          f"stop_mode='rel' from the zero initial state; set {' and '.join(k + '=rel' for k in wrong)}")
-    if mode == "apriori":
-        if not cfg["lipschitz"]:
-            raise ConfigError("solve_mode='apriori' needs the certified bound of lipschitz=True")
-        if cfg["f_solver"] != "fixed_point" or cfg["b_solver"] != "fixed_point":
-            raise ConfigError("solve_mode='apriori' counts Picard steps: f_solver and b_solver must be 'fixed_point'")
-    if b_count and cfg["b_x0"] != "v":
-        raise ConfigError("the a-priori adjoint count is derived for the adjoint started at v: set b_x0='v'")
+            raise ConfigTypeError(f"{key} must be a solve config dict (or the object), got {type(cfg[key]).__name__}")
+    cfg.update(solve_sections(cfg["forward"], cfg["backward"]))   # validated (and completed) by the objects
+    check_solves(cfg)
 
 
 def _validate_jacobian(cfg: dict) -> None:
@@ -283,9 +225,10 @@ def _validate_jacobian(cfg: dict) -> None:
     delta = checks.integer("rand_f_thres_delta", cfg["rand_f_thres_delta"], 0)
     checks.integer("jac_loss_vecs", cfg["jac_loss_vecs"], 1)
     if delta and jacobian_regularised(cfg):
-        if cfg["solve_mode"] == "apriori" or cfg["f_max_iter"] is None:
-            raise ConfigError("rand_f_thres_delta changes the forward solve's f_max_iter on the JR steps: it needs a "
-                              "set f_max_iter and solve_mode='checked' (or rand_f_thres_delta=0)")
-        if cfg["f_max_iter"] - delta < 1:
-            raise ConfigError(f"rand_f_thres_delta={delta} would leave f_max_iter={cfg['f_max_iter']} - {delta} < 1 "
-                              "iterations on some JR steps")
+        forward = cfg["forward"]
+        if isinstance(forward["max_iter"], dict) or forward["exact"]:
+            raise ConfigError("rand_f_thres_delta changes the forward solve's max_iter on the JR steps: it needs a "
+                              "forward solver with an int max_iter and exact=False (or rand_f_thres_delta=0)")
+        if forward["max_iter"] - delta < 1:
+            raise ConfigError(f"rand_f_thres_delta={delta} would leave the forward max_iter={forward['max_iter']} - "
+                              f"{delta} < 1 iterations on some JR steps")

@@ -3,17 +3,29 @@
 The state is the list of branch tensors z_i of shape (B, C_i, 32 / 2^i, 32 / 2^i); it starts at zero (f(0)
 skips the convolutions of the zero state), keeps x's dtype (fp32) even when autocast computes f in bf16, and
 the injection's memory format (channels_last when the model and input are), so f's outputs match it.
+
+:func:`graphed_problem` describes that f for CUDA-graph replay (:class:`lmdeq.deq.GraphedProblem`): the injection
+and the dropout masks are the per-call inputs (copied into static buffers); the cell's parameters and norm
+estimates are read in place, so their storage is part of the key (moving the model re-captures), and the
+autocast state is part of every key (GraphedProblem.run).
+
+:func:`unrolled` is the original MDEQ recipe's unrolled warm-up (PRETRAIN_STEPS): f applied L times from z = 0
+as an explicit network, z_L = f(...f(f(0))), trained by backpropagation through the L applications.
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from contextlib import contextmanager
+from typing import Callable, List, Tuple
 
 import torch
 from torch import nn
 
+from ..cuda_graphs import GraphCache
+from ..deq import GraphedProblem
+from ..numerics import relative_residual
 from .mdeq_cell import MDEQCell
 
-__all__ = ["cell_map", "fixed_point_problem"]
+__all__ = ["cell_map", "fixed_point_problem", "graphed_problem", "unrolled"]
 
 
 def cell_map(cell: MDEQCell, injection: torch.Tensor) -> Callable[[List[torch.Tensor]], List[torch.Tensor]]:
@@ -35,3 +47,27 @@ def fixed_point_problem(stem: nn.Module, injection: nn.Module, cell: MDEQCell, x
         not inj.is_contiguous() else torch.contiguous_format
     z0 = cell.zero_state(batch, x.dtype, inj.device, fmt)
     return cell_map(cell, inj), z0, inj
+
+
+def graphed_problem(cell: MDEQCell, graphs: GraphCache, injection: torch.Tensor, training: bool) -> GraphedProblem:
+    """The MDEQ's f for the injection ``injection`` as a :class:`~lmdeq.deq.GraphedProblem` (module docstring)."""
+    storage = tuple(t.data_ptr() for t in cell.parameters()) + tuple(t.data_ptr() for t in cell.buffers())
+
+    @contextmanager
+    def bind(static):
+        with cell.swapped_dropout_masks(static[1:]), cell.frozen_weights():
+            yield cell_map(cell, static[0])
+
+    return GraphedProblem(graphs, (training, storage), [injection, *cell.dropout_masks()], bind)
+
+
+def unrolled(f: Callable, z0: List[torch.Tensor], layers: int) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """(z_L, rel) with rel[b] = ||z_L - z_{L-1}|| / (||z_L|| + REL_EPS) over the whole state of sample b (no grad;
+    :func:`lmdeq.numerics.relative_residual`)."""
+    z = z0
+    for _ in range(layers):
+        z_prev, z = z, f(z)
+    with torch.no_grad():
+        diff = torch.stack([((a - b) ** 2).flatten(1).sum(1) for a, b in zip(z, z_prev)]).sum(0).sqrt()
+        rel = relative_residual(diff, torch.stack([(a ** 2).flatten(1).sum(1) for a in z]).sum(0).sqrt())
+    return z, rel

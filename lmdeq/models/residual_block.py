@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .cell_options import CellOptions
-from .dropout import VariationalDropout2d
+from .cell_parts import VariationalDropout2d
 
 __all__ = ["ResidualBlock"]
 

@@ -3,7 +3,7 @@
 Each op has a plain-PyTorch reference (``lmdeq.ops.reference``, the source of truth), a Triton kernel
 (``lmdeq.kernels``) and C++ CPU / CUDA kernels (``lmdeq._C``, namespace ``lmdeq_C``), plus a fake
 implementation for tracing (torch.compile, opcheck). The backend is chosen per call
-(``lmdeq.ops.backends``; LMDEQ_BACKEND=auto|cuda|triton|cpu|torch); ``python -m lmdeq.info`` shows
+(``lmdeq.ops.backends``; LMDEQ_BACKEND=auto|cuda|triton|cpu|torch); ``python -m lmdeq.app.info`` shows
 the choice and why other backends are unavailable.
 """
 from . import backends, reference

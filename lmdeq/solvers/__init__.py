@@ -1,45 +1,30 @@
-"""Fixed-point solvers with TorchDEQ 0.1.0's contract:
+"""Fixed-point solvers as values: a solver object carries its settings and solves z = f(z).
 
-    solver(func, x0, max_iter=50, tol=1e-3, stop_mode='abs', indexing=None, **kwargs)
-        -> (z_star, trajectory, info)
+    from lmdeq.solvers import Anderson
+    solution = Anderson(m=6, max_iter=30, tol=1e-3).solve(f, z0)   # Solution(value, stats)
 
-``x0`` is a tensor (batch first) or a list/tuple of tensors; residuals are per sample,
-abs = ||f(z) - z||, rel = abs / ||f(z)||. ``info`` (:class:`SolverInfo`) holds tensors only:
-TorchDEQ's keys (abs_lowest, rel_lowest, abs_trace, rel_trace, nstep, sradius) plus converged,
-f_evals and an outcome code ``result`` (see :mod:`lmdeq.solvers.info`). ``max_iter=0`` returns x0
-without evaluating func. :data:`TORCHDEQ_SOLVERS` holds the same solvers under TorchDEQ's four
-names with TorchDEQ's exact info layout (:mod:`lmdeq.solvers.torchdeq_contract`). :class:`StateLayout` is
-the structure of a state (tensor or list) and its flat (B, n) view, for code built on the solvers.
+:class:`FixedPoint`, :class:`Anderson`, :class:`Broyden` and :class:`AuthorsAnderson` (the Lipschitz-MDEQ
+authors' released Anderson, baseline (b)) share the fields of :class:`Solver` (max_iter, tol, stop_mode, exact,
+check_every, raise_on_failure; see :mod:`lmdeq.solvers.base`). ``max_iter=Apriori()`` is the count a certified
+bound L < 1 guarantees (:meth:`Solver.with_bound`; :mod:`lmdeq.solvers.iterations` for the arithmetic,
+:class:`SettledCounts` for counts resolved again and again). ``z0`` is a tensor (batch first) or a list/tuple
+of tensors; residuals are per sample, abs = ||f(z) - z||, rel = abs / (||f(z)|| + 1e-9). ``Solution.stats``
+(:class:`SolverInfo`) holds tensors only (:mod:`lmdeq.solvers.info`). :data:`SOLVERS` names the classes for
+configs (:meth:`Solver.to_config`, :func:`solver_from_config`). TorchDEQ's function contract and names are an
+adapter on top (:mod:`lmdeq.integrations.torchdeq_solvers`). :class:`StateLayout` is the structure of a state
+(tensor or list) and its flat (B, n) view, for code built on the solvers.
 """
-from ..errors import ConfigError
-from .anderson import anderson
-from .authors_anderson import authors_anderson
-from .broyden import broyden
-from .fixed_point import fixed_point
+from .anderson import Anderson
+from .authors_anderson import AuthorsAnderson
+from .base import SOLVERS, STOP_MODES, Apriori, Solution, Solver, register_solver, solver_from_config
+from .broyden import Broyden
+from .fixed_point import FixedPoint
 from .info import Result, SolverError, SolverInfo, result_of
-from .iterations import adjoint_apriori_iterations, apriori_iterations, iterations_for
-from .state import STOP_MODES, StateLayout, UnknownOptionWarning
-from .torchdeq_contract import TORCHDEQ_SOLVERS
+from .iterations import SettledCounts, adjoint_apriori_iterations, apriori_iterations, iterations_for
+from .state import StateLayout
+from .tracking import Tracker
 
-SOLVERS = {
-    "fixed_point": fixed_point,
-    "anderson": anderson,
-    "broyden": broyden,
-    "authors_anderson": authors_anderson,  # the Lipschitz-MDEQ authors' released Anderson (baseline (b))
-}
-_ALIASES = {"fixed_point_iter": "fixed_point", "picard": "fixed_point"}
-
-
-def get_solver(name):
-    """The solver called ``name`` (a callable is returned as is)."""
-    if callable(name):
-        return name
-    key = _ALIASES.get(name, name) if isinstance(name, str) else name
-    if not isinstance(key, str) or key not in SOLVERS:
-        raise ConfigError(f"solver must be one of {sorted(SOLVERS)} (or a callable), got {name!r}")
-    return SOLVERS[key]
-
-
-__all__ = ["fixed_point", "anderson", "broyden", "iterations_for", "apriori_iterations", "adjoint_apriori_iterations",
-           "get_solver", "SOLVERS", "TORCHDEQ_SOLVERS",
-           "Result", "SolverError", "SolverInfo", "result_of", "UnknownOptionWarning", "StateLayout", "STOP_MODES"]
+__all__ = ["Solver", "FixedPoint", "Anderson", "Broyden", "AuthorsAnderson", "Solution", "Apriori", "SOLVERS",
+           "STOP_MODES", "solver_from_config", "register_solver", "iterations_for", "apriori_iterations",
+           "adjoint_apriori_iterations", "SettledCounts", "Result", "SolverError", "SolverInfo", "result_of",
+           "StateLayout", "Tracker"]

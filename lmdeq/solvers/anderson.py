@@ -18,67 +18,70 @@ falls back to a plain damped step from its newest iterate, so the output is alwa
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import checks, ops
-from .state import check_solver_args, warn_unknown_options
+from ..numerics import relative_residual
+from .base import Solver, register_solver
 from .tracking import start_solve
 
-__all__ = ["anderson"]
+__all__ = ["Anderson"]
 
 
-def anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "abs", indexing=None,
-             m: int = 6, lam: float = 1e-4, tau: float = 1.0, return_final: bool = False, check_every=None,
-             iterations=None, raise_on_failure: bool = False, contract: str = "lmdeq", **kwargs):
-    """Solve z = func(z) with Anderson acceleration (TorchDEQ solver contract).
+@register_solver
+@dataclass(frozen=True, kw_only=True)
+class Anderson(Solver):
+    """Anderson acceleration (module docstring): history size ``m`` (>= 1), Gram regulariser ``lam`` (>= 0,
+    relative), damping ``tau``. Step k (1-based) is the k-th f-evaluation; the estimate it vouches for is
+    f(x_k) (as in TorchDEQ). Every step counts, from the first: ``max_iter=1`` returns f(x0) and
+    ``max_iter=2`` one plain step further."""
 
-    ``m`` is the history size (>= 1), ``lam`` the Gram regulariser (>= 0); the other arguments are
-    those of :func:`lmdeq.solvers.fixed_point`. Step k (1-based) is the k-th f-evaluation; the estimate
-    it vouches for is f(x_k) (as in TorchDEQ). Every step counts, from the first: ``max_iter=1`` returns
-    f(x0) and ``max_iter=2`` one plain step further (TorchDEQ returns x0 for ``max_iter <= 2``). Under
-    ``contract='torchdeq'`` the traces have TorchDEQ's width max(max_iter - 1, 1), which leaves out
-    the first two steps (TorchDEQ's set-up steps, which it never records); they still count for the
-    lowest residuals and the returned estimate.
-    """
-    warn_unknown_options("anderson", kwargs)
-    max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, tau=tau, check_every=check_every,
-                                             iterations=iterations)
-    checks.integer("m", m, 1)
-    checks.number("lam", lam, 0)
-    budget = iterations if iterations is not None else max_iter
-    layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
-                                            check_every, iterations, contract=contract,
-                                            trace_width=max(budget - 1, 1), hidden=2)
-    B = layout.batch
-    X = layout.new_flat(m).zero_()
-    Fh = layout.new_flat(m).zero_()
-    gram = torch.zeros(B, m, m, dtype=torch.float64, device=layout.device)
-    eye = torch.eye(m, dtype=torch.float64, device=layout.device)
+    name = "anderson"
+    m: int = 6
+    lam: float = 1e-4
+    tau: float = 1.0
 
-    layout.pack(layout.parts(x0), X[:, 0])
-    x_next = None
-    for k in range(steps):
-        slot = k % m
-        if x_next is not None:
-            X[:, slot].copy_(x_next)
-        fx = f(layout.views(X[:, slot]))
-        layout.pack(fx, Fh[:, slot])
-        row = ops.anderson_gram_row(X, Fh, slot).to(torch.float64)
-        gram[:, slot, :] = row
-        gram[:, :, slot] = row
-        res = row[:, slot].clamp_min(0).sqrt()
-        fx_norm = torch.linalg.vector_norm(Fh[:, slot], dim=1).to(torch.float64)
-        tracker.record(res, res / (fx_norm + 1e-9), layout.views(Fh[:, slot]), step=k + 1)
-        if iterations is None and tracker.should_stop():
-            break
-        if k + 1 == steps:
-            break
-        n = min(k + 1, m)
-        alpha = _mixing_weights(gram[:, :n, :n], eye[:n, :n], lam, slot, n)
-        full = torch.zeros(B, m, dtype=X.dtype, device=X.device)
-        full[:, :n] = alpha.to(X.dtype)
-        x_next = ops.anderson_mix(X, Fh, full, tau)
-    return tracker.finish(tracker.records, raise_on_failure=raise_on_failure, solver="anderson")
+    def _check(self, where):
+        set_ = object.__setattr__
+        set_(self, "m", checks.integer("m", self.m, 1, where=where))
+        set_(self, "lam", checks.number("lam", self.lam, 0, where=where))
+        set_(self, "tau", checks.damping("tau", self.tau, where=where))
+
+    def _run(self, func, x0, steps, snapshots, tracker):
+        m = self.m
+        layout, f, track = start_solve(self, func, x0, steps, snapshots, tracker)
+        B = layout.batch
+        X = layout.new_flat(m).zero_()
+        Fh = layout.new_flat(m).zero_()
+        gram = torch.zeros(B, m, m, dtype=torch.float64, device=layout.device)
+        eye = torch.eye(m, dtype=torch.float64, device=layout.device)
+
+        layout.pack(layout.parts(x0), X[:, 0])
+        x_next = None
+        for k in range(steps):
+            slot = k % m
+            if x_next is not None:
+                X[:, slot].copy_(x_next)
+            fx = f(layout.views(X[:, slot]))
+            layout.pack(fx, Fh[:, slot])
+            row = ops.anderson_gram_row(X, Fh, slot).to(torch.float64)
+            gram[:, slot, :] = row
+            gram[:, :, slot] = row
+            res = row[:, slot].clamp_min(0).sqrt()
+            fx_norm = torch.linalg.vector_norm(Fh[:, slot], dim=1).to(torch.float64)
+            track.record(res, relative_residual(res, fx_norm), layout.views(Fh[:, slot]), step=k + 1)
+            if not self.exact and track.should_stop():
+                break
+            if k + 1 == steps:
+                break
+            n = min(k + 1, m)
+            alpha = _mixing_weights(gram[:, :n, :n], eye[:n, :n], self.lam, slot, n)
+            full = torch.zeros(B, m, dtype=X.dtype, device=X.device)
+            full[:, :n] = alpha.to(X.dtype)
+            x_next = ops.anderson_mix(X, Fh, full, self.tau)
+        return track.finish(track.records, raise_on_failure=self.raise_on_failure, solver=self.name)
 
 
 def _mixing_weights(gram: torch.Tensor, eye: torch.Tensor, lam: float, newest: int, n: int) -> torch.Tensor:

@@ -29,40 +29,58 @@ verdict, per sample; ``f_evals`` and the outcome code ``result`` are (1,).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import checks
 from ..errors import ConfigError
 from ..numerics import acc_dtype
-from .state import StateLayout, check_solver_args
+from .base import Solver, register_solver
 from .info import Result, SolverError, SolverInfo
+from .state import StateLayout
 from .tracking import DIVERGE_FACTOR, outcome_code, padded_width
 
-__all__ = ["authors_anderson"]
+__all__ = ["AuthorsAnderson"]
 
-_REL_EPS = 1e-5  # the released solver's denominator guard, 1e-5 + ||f(x)||
+_REL_EPS = 1e-5   # the released relative residual's floor: abs / (1e-5 + ||f(x)||)
 
 
-def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "rel", indexing=None,
-                     m: int = 6, lam: float = 1e-4, tau: float = 1.0, iterations=None,
-                     raise_on_failure: bool = False, **kwargs):
-    """Solve z = func(z) with the released Anderson acceleration (TorchDEQ solver contract).
+@register_solver
+@dataclass(frozen=True, kw_only=True)
+class AuthorsAnderson(Solver):
+    """The released Anderson acceleration (module docstring). ``max_iter`` is the released ``threshold``
+    (f-evaluations, >= 3), ``m`` the history size (>= 2), ``lam`` the absolute ridge (>= 0; 0 may leave the
+    system singular, as in the released code, and then raises), ``tau`` the released ``beta`` (damping).
+    ``exact`` runs max_iter f-evaluations with no early stop and no host sync, and still returns the
+    lowest-residual iterate (the released solver's answer, unlike the other solvers' last iterate); snapshots (:meth:`run`) are the
+    estimates the solver would return at those 1-based f-evaluation counts (the latest iterate before the first
+    check). ``check_every`` is ignored: the released solver checks every step."""
 
-    ``max_iter`` is the released ``threshold`` (f-evaluations, >= 3), ``m`` the history size (>= 2),
-    ``lam`` the absolute ridge (>= 0; 0 may leave the system singular, as in the released code, and then
-    raises), ``tau`` the released ``beta`` (damping). ``iterations=N`` runs N f-evaluations with no early
-    stop and no host sync; ``indexing`` returns, at those 1-based f-evaluation counts, the estimate the
-    solver would return there (the latest iterate before the first check). Other keyword arguments
-    (e.g. ``check_every``) are accepted and ignored: the released solver checks every step.
-    """
-    max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, tau=tau, iterations=iterations)
-    checks.integer("m", m, 2)   # the released solver keeps x_0 and x_1 before its first mix
-    checks.number("lam", lam, 0)
-    steps = iterations if iterations is not None else max_iter
+    name = "authors_anderson"
+    stop_mode: str = "rel"
+    m: int = 6
+    lam: float = 1e-4
+    tau: float = 1.0
+
+    def _check(self, where):
+        set_ = object.__setattr__
+        set_(self, "m", checks.integer("m", self.m, 2, where=where))   # x_0 and x_1 are kept before the first mix
+        set_(self, "lam", checks.number("lam", self.lam, 0, where=where))
+        set_(self, "tau", checks.damping("tau", self.tau, where=where))
+        if isinstance(self.max_iter, int) and self.max_iter < 3:
+            raise ConfigError(f"{where}max_iter must be >= 3 (two unchecked f-evaluations, then the first checked "
+                              f"one), got {self.max_iter}")
+
+    def _run(self, func, x0, steps, snapshots, tracker):
+        return _released_anderson(func, x0, steps, self.exact, self.tol, self.stop_mode, self.m, self.lam, self.tau,
+                                  snapshots, self.raise_on_failure)
+
+
+def _released_anderson(func, x0, steps, exact, tol, stop_mode, m, lam, tau, indexing, raise_on_failure):
     if steps < 3:
-        name = "iterations" if iterations is not None else "max_iter"
-        raise ConfigError(f"{name} must be >= 3 for authors_anderson (two unchecked f-evaluations, then the "
-                         f"first checked one), got {steps}")
+        raise ConfigError(f"max_iter must be >= 3 for authors_anderson (two unchecked f-evaluations, then the "
+                          f"first checked one), got {steps}")
     layout = StateLayout(x0)
     f = layout.checked_func(func)
     B, dtype, dev = layout.batch, layout.dtype, layout.device
@@ -88,7 +106,7 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
     best = X[:, 1].clone()
     wanted = sorted(set(int(i) for i in indexing)) if indexing else []
     if wanted and wanted[0] < 1:
-        raise ValueError(f"indexing holds 1-based f-evaluation counts, got {wanted[0]}")
+        raise ValueError(f"AuthorsAnderson: snapshots are 1-based f-evaluation counts, got {wanted[0]}")
     trajectory = [layout.external([p.clone() for p in layout.views(X[:, i - 1])]) for i in wanted if i <= 2]
     f_evals = 2
     for k in range(2, steps):
@@ -115,12 +133,12 @@ def authors_anderson(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode:
                 best = torch.where(keep, X[:, slot], best)
         if f_evals in wanted:
             trajectory.append(layout.external([p.clone() for p in layout.views(best)]))
-        if iterations is None and bool((res[stop_mode] < tol) | nonfinite):
+        if not exact and bool((res[stop_mode] < tol) | nonfinite):
             break
     for _ in wanted[len(trajectory):]:
         trajectory.append(layout.external([p.clone() for p in layout.views(best)]))
 
-    done = checked if iterations is not None else f_evals - 2
+    done = checked if exact else f_evals - 2
     converged = (lowest[stop_mode] < tol) & ~nonfinite
     per_sample = lambda t: t.to(acc).expand(B).clone()  # noqa: E731 (pooled value, one per sample)
 

@@ -14,80 +14,76 @@ its update, so the approximation never becomes undefined.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import checks
-from ..numerics import acc_dtype
-from .state import check_solver_args, warn_once, warn_unknown_options
+from ..numerics import acc_dtype, relative_residual
+from .base import Solver, register_solver
 from .tracking import start_solve
 
-__all__ = ["broyden"]
+__all__ = ["Broyden"]
 
 
-def broyden(func, x0, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "abs", indexing=None,
-            memory: int = 16, return_final: bool = False, check_every=None, iterations=None,
-            raise_on_failure: bool = False, LBFGS_thres=None, contract: str = "lmdeq", **kwargs):
-    """Solve z = func(z) with limited-memory Broyden (TorchDEQ solver contract).
+@register_solver
+@dataclass(frozen=True, kw_only=True)
+class Broyden(Solver):
+    """Limited-memory Broyden (module docstring), at most ``memory`` (>= 1) stored rank-one updates.
 
-    A step is one Broyden update, as in TorchDEQ: ``max_iter`` (or ``iterations``) bounds the updates,
-    and a solve of k updates costs k + 1 f-evaluations (g(x0), then one per update). Step 0 is x0 itself
-    (its residual is the first trace column; ``contract='torchdeq'`` leaves it out, as TorchDEQ does);
-    step k vouches for the k-th iterate z_k. ``memory`` (alias TorchDEQ's ``LBFGS_thres``) bounds the
-    number of stored rank-one updates. ``ls`` (TorchDEQ's line search) is not implemented: ``ls=True``
-    warns and runs without one. Other arguments as in :func:`lmdeq.solvers.fixed_point`.
-    """
-    warn_unknown_options("broyden", kwargs)
-    if kwargs.get("ls"):
-        warn_once("broyden:ls", "broyden: ls=True (TorchDEQ's line search) is not implemented by lmdeq; "
-                  "solving without it")
-    max_iter, iterations = check_solver_args(max_iter, tol, stop_mode, check_every=check_every,
-                                             iterations=iterations)
-    if LBFGS_thres is not None:
-        memory = LBFGS_thres
-    checks.integer("memory", memory, 1)
-    budget = iterations if iterations is not None else max_iter
-    own = contract == "lmdeq"
-    layout, f, steps, tracker = start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final,
-                                            check_every, iterations, contract=contract,
-                                            capacity=budget + 1 if own else budget, trace_width=budget + 1)
-    if steps == 0:
-        return tracker.finish(0, raise_on_failure=raise_on_failure, solver="broyden")
-    acc = acc_dtype(layout.dtype)
-    # Slots for the updates the solve can make (at most steps - 1 and memory), allocated as they are needed
-    # beyond the first 64: TorchDEQ's LBFGS_thres=None means memory = max_iter, which may be huge.
-    needed = min(memory, max(steps - 1, 1))
-    U = torch.zeros(layout.batch, min(needed, _FIRST_SLOTS), layout.numel, dtype=acc, device=layout.device)
-    V = torch.zeros_like(U)
+    A step is one Broyden update, as in TorchDEQ: ``max_iter`` bounds the updates, and a solve of k updates
+    costs k + 1 f-evaluations (g(x0), then one per update). Step 0 is x0 itself (its residual is the first
+    trace column); step k vouches for the k-th iterate z_k."""
 
-    z = layout.pack(layout.parts(x0), layout.new_flat()).to(acc)
-    g = _residual(f, layout, z)
-    f_evals = 1
-    if own:
-        _record(tracker, layout, z, g, step=0)
-        if iterations is None and tracker.should_stop():
-            return tracker.finish(f_evals, raise_on_failure=raise_on_failure, solver="broyden")
-    count = 0
-    for k in range(steps):
-        z_new = z + _apply_inv(U, V, g, count, memory)
-        g_new = _residual(f, layout, z_new)
-        f_evals += 1
-        _record(tracker, layout, z_new, g_new, step=k + 1)
-        if (iterations is None and tracker.should_stop()) or k + 1 == steps:
-            break
-        dz, dg = z_new - z, g_new - g
-        vt = -dz + _apply_inv_t(U, V, dz, count, memory)         # dz^T J^{-1}
-        jdg = -dg + _apply_inv_low(U, V, dg, count, memory)      # J^{-1} dg
-        denom = (vt * dg).sum(dim=1, keepdim=True)
-        ok = torch.isfinite(denom) & (denom.abs() > 1e-30)
-        u = torch.where(ok, (dz - jdg) / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(dz))
-        slot = count % memory
-        if slot == U.shape[1]:   # every slot in use and the ring not yet full: double it (up to ``needed``)
-            U, V = _grown(U, needed), _grown(V, needed)
-        U[:, slot] = u
-        V[:, slot] = torch.where(ok, vt, torch.zeros_like(vt))
-        count += 1
-        z, g = z_new, g_new
-    return tracker.finish(f_evals, raise_on_failure=raise_on_failure, solver="broyden")
+    name = "broyden"
+    memory: int = 16
+
+    def _check(self, where):
+        object.__setattr__(self, "memory", checks.integer("memory", self.memory, 1, where=where))
+
+    def _run(self, func, x0, steps, snapshots, tracker):
+        memory = self.memory
+        start = tracker.records_start
+        layout, f, track = start_solve(self, func, x0, steps, snapshots, tracker,
+                                       capacity=steps + 1 if start else steps)
+        if steps == 0:
+            return track.finish(0, raise_on_failure=self.raise_on_failure, solver=self.name)
+        acc = acc_dtype(layout.dtype)
+        # Slots for the updates the solve can make (at most steps - 1 and memory), allocated as they are needed
+        # beyond the first 64: a memory as large as max_iter (TorchDEQ's LBFGS_thres=None) may be huge.
+        needed = min(memory, max(steps - 1, 1))
+        U = torch.zeros(layout.batch, min(needed, _FIRST_SLOTS), layout.numel, dtype=acc, device=layout.device)
+        V = torch.zeros_like(U)
+
+        z = layout.pack(layout.parts(x0), layout.new_flat()).to(acc)
+        g = _residual(f, layout, z)
+        f_evals = 1
+        if start:
+            _record(track, layout, z, g, step=0)
+            if not self.exact and track.should_stop():
+                return track.finish(f_evals, raise_on_failure=self.raise_on_failure, solver=self.name)
+        count = 0
+        for k in range(steps):
+            z_new = z + _apply_inv(U, V, g, count, memory)
+            g_new = _residual(f, layout, z_new)
+            f_evals += 1
+            _record(track, layout, z_new, g_new, step=k + 1)
+            if (not self.exact and track.should_stop()) or k + 1 == steps:
+                break
+            dz, dg = z_new - z, g_new - g
+            vt = -dz + _apply_inv_t(U, V, dz, count, memory)         # dz^T J^{-1}
+            jdg = -dg + _apply_inv_low(U, V, dg, count, memory)      # J^{-1} dg
+            denom = (vt * dg).sum(dim=1, keepdim=True)
+            ok = torch.isfinite(denom) & (denom.abs() > 1e-30)
+            u = torch.where(ok, (dz - jdg) / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(dz))
+            slot = count % memory
+            if slot == U.shape[1]:   # every slot in use and the ring not yet full: double it (up to ``needed``)
+                U, V = _grown(U, needed), _grown(V, needed)
+            U[:, slot] = u
+            V[:, slot] = torch.where(ok, vt, torch.zeros_like(vt))
+            count += 1
+            z, g = z_new, g_new
+        return track.finish(f_evals, raise_on_failure=self.raise_on_failure, solver=self.name)
 
 
 _FIRST_SLOTS = 64
@@ -104,7 +100,7 @@ def _record(tracker, layout, z, g, step):
     """Record iterate z (flat, accumulation dtype) with residual g = f(z) - z."""
     abs_res = torch.linalg.vector_norm(g, dim=1)
     fz_norm = torch.linalg.vector_norm(g + z, dim=1)
-    tracker.record(abs_res, abs_res / (fz_norm + 1e-9), layout.views(z.to(layout.dtype)), step=step, owned=True)
+    tracker.record(abs_res, relative_residual(abs_res, fz_norm), layout.views(z.to(layout.dtype)), step=step, owned=True)
 
 
 def _residual(f, layout, z_flat):

@@ -22,6 +22,12 @@ step fewer.
 x / (a - b x) <= tol  <=>  x <= tol a / (1 + tol b), so the counts are ``iterations_for(L, tol a /
 (1 + tol b), r0, tau)`` with r0 = 1 (forward) or L (adjoint). They bound the relative residual of
 every sample of the returned iterate; no data is read.
+
+A-priori counts are part of a CUDA graph's key, so every change of count is a recapture (warm-up, capture,
+synchronize). :class:`SettledCounts` makes those rare for a caller that resolves counts again and again (a model
+whose L drifts while training): a count rises at once to what L needs (fewer iterations would void the
+certificate) but falls only when the need has dropped by ``slack`` iterations or more. Running k >= needed
+iterations keeps the certificate: the Banach bound (1 - tau + tau L)^k only shrinks with k.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import math
 
 from .. import checks
 
-__all__ = ["iterations_for", "apriori_iterations", "adjoint_apriori_iterations"]
+__all__ = ["iterations_for", "apriori_iterations", "adjoint_apriori_iterations", "SettledCounts"]
 
 
 def iterations_for(lipschitz: float, tol: float, r0: float, tau: float = 1.0) -> int:
@@ -59,7 +65,7 @@ def _relative_threshold(lipschitz: float, tol: float) -> float:
     """The absolute target tol a / (1 + tol b) of x = q^k that a relative residual tol needs (module docstring)."""
     if not lipschitz < 1.0:
         raise RuntimeError(f"the certified bound L = {lipschitz:.4g} is not < 1: no a-priori iteration count "
-                           "exists; set f_max_iter/b_max_iter and solve_mode='checked'")
+                           "exists; give the solver an int max_iter (and exact=False) instead of Apriori()")
     a = 1.0 / (1.0 + lipschitz)
     b = lipschitz / (1.0 - lipschitz)
     return tol * a / (1.0 + tol * b)
@@ -74,3 +80,23 @@ def adjoint_apriori_iterations(lipschitz: float, tol: float, tau: float = 1.0) -
     """Fixed-point steps of g = J^T g + v from g_0 = v (||J|| <= L) that guarantee a relative residual
     <= tol."""
     return iterations_for(lipschitz, _relative_threshold(lipschitz, tol), lipschitz, tau)
+
+
+class SettledCounts:
+    """Iteration counts with hysteresis (module docstring): ``settle(name, needed, slack)`` returns the count to
+    run, never below ``needed``; it changes when ``needed`` exceeds it or falls ``slack`` or more below it.
+    ``changes`` counts the settled values that differed from the previous one (each is a recapture of the
+    graphs keyed by it)."""
+
+    def __init__(self):
+        self.current: dict = {}
+        self.changes = 0
+
+    def settle(self, name: str, needed: int, slack: int = 2) -> int:
+        slack = checks.integer("slack", slack, 1)
+        held = self.current.get(name)
+        if held is None or needed > held or needed <= held - slack:
+            if held is not None:
+                self.changes += 1
+            self.current[name] = held = needed
+        return held

@@ -7,20 +7,14 @@ structure. Tensors with fewer than 2 dims follow TorchDEQ: every element is its 
 """
 from __future__ import annotations
 
-import difflib
 import math
-import warnings
 from typing import Callable, List, Sequence
 
 import torch
 
-from .. import checks
 from ..numerics import acc_dtype
 
-__all__ = ["StateLayout", "STOP_MODES", "check_solver_args", "warn_unknown_options", "UnknownOptionWarning",
-           "KNOWN_OPTIONS", "warn_once"]
-
-STOP_MODES = ("abs", "rel")
+__all__ = ["StateLayout"]
 
 
 class StateLayout:
@@ -141,54 +135,3 @@ class StateLayout:
             return [p.reshape(s) for p, s in zip(parts_out, self.shapes)]
 
         return call
-
-
-def check_solver_args(max_iter, tol, stop_mode, tau=None, check_every=None, iterations=None):
-    """Clear errors for bad solver arguments, each naming the argument (:mod:`lmdeq.checks`). Returns
-    (max_iter, iterations) as ints (``iterations`` stays None when not given)."""
-    max_iter = checks.count("max_iter", max_iter)
-    checks.number("tol", tol, 0, low_open=True)
-    checks.choice("stop_mode", stop_mode, STOP_MODES)
-    if tau is not None:
-        checks.damping("tau", tau)
-    if check_every is not None:
-        checks.integer("check_every", check_every, 1)
-    if iterations is not None:
-        iterations = checks.count("iterations", iterations)
-    return max_iter, iterations
-
-
-# Every option a solver of lmdeq or of TorchDEQ 0.1.0 takes. TorchDEQ's cores pass the same options to
-# every solver (tol, stop_mode and indexing also to simple_fixed_point_iter, which has no use for them),
-# and configs share one ``solver_kwargs`` between solvers (``m`` reaching a Broyden solve), so an option
-# that some solver knows is ignored quietly by the others; only an option nobody knows is reported.
-KNOWN_OPTIONS = frozenset({
-    "max_iter", "tol", "stop_mode", "indexing", "tau", "return_final",        # all solvers
-    "m", "lam",                                                                # Anderson
-    "memory", "LBFGS_thres", "ls",                                             # Broyden
-    "check_every", "iterations", "raise_on_failure", "contract",               # lmdeq
-})
-_reported: set = set()   # keys already warned about (see warn_once)
-
-
-class UnknownOptionWarning(UserWarning):
-    """A solver got a keyword argument that no lmdeq or TorchDEQ solver takes (a misspelling?)."""
-
-
-def warn_once(key: str, message: str, category=UserWarning, stacklevel: int = 3) -> None:
-    """``warnings.warn(message)`` the first time ``key`` is seen in this process."""
-    if key in _reported:
-        return
-    _reported.add(key)
-    warnings.warn(message, category, stacklevel=stacklevel + 1)
-
-
-def warn_unknown_options(solver: str, options: dict) -> None:
-    """Warn once per process and option name about options in ``options`` that no solver knows."""
-    for key in options:
-        if key in KNOWN_OPTIONS:
-            continue
-        close = difflib.get_close_matches(key, sorted(KNOWN_OPTIONS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        warn_once(f"option:{key}", f"{solver} got solver option {key!r}, which neither lmdeq nor TorchDEQ knows: "
-                  f"it is ignored{hint}", UnknownOptionWarning)

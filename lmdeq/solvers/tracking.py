@@ -7,35 +7,30 @@ estimate so far (TorchDEQ's "lowest" semantics), all with tensor ops only. The h
 only in :meth:`Tracker.should_stop`, every ``check_every`` steps, so a solve costs at most
 ``max_iter / check_every`` device syncs, and none with ``iterations=``.
 
-Two info layouts (``contract``, see :mod:`lmdeq.solvers.info`):
+The info layout (:mod:`lmdeq.solvers.info`): six keys as TorchDEQ names them (abs_lowest, rel_lowest,
+abs_trace, rel_trace, nstep, sradius) plus ``converged``, ``f_evals``, ``result``; the traces have one column
+per step the budget allows (B, ``capacity``; the first ``f_evals`` columns are measured, and after an early
+stop the rest repeat the lowest residual, TorchDEQ's padding), so the infos of solves with equal budgets
+always merge; the lowest residuals start at inf. A budget above :data:`TRACE_PAD_LIMIT` gives the measured
+columns only (memory follows the solve, never ``max_iter``).
 
-* ``'lmdeq'``: TorchDEQ's six keys plus ``converged``, ``f_evals``, ``result``; the traces have one
-  column per step the budget allows (B, ``capacity``; the first ``f_evals`` columns are measured, and
-  after an early stop the rest repeat the lowest residual, TorchDEQ's padding), so the infos of solves
-  with equal budgets always merge; the lowest residuals start at inf. A budget above
-  :data:`TRACE_PAD_LIMIT` gives the measured columns only (memory follows the solve, never ``max_iter``).
-* ``'torchdeq'``: exactly TorchDEQ 0.1.0's six keys; the traces are (B, ``trace_width``) with a first
-  column of 1e8, then the steps after the first ``hidden`` ones (Anderson's two set-up steps, which
-  TorchDEQ never records), then (after an early stop) the lowest residuals repeated to
-  the full width; the lowest residuals start at 1e8 and the solve stops once every sample's *newest*
-  residual is below tol (TorchDEQ's rule). lmdeq's extra fields are in ``info.extras``.
+A solver asks its tracker two things besides ``record``: ``records_start`` (whether the initial guess is a step
+of its own, Broyden's step 0) and ``step_residuals`` (the residuals a fixed-point step reports). An adapter with
+another bookkeeping (TorchDEQ's, :mod:`lmdeq.integrations.torchdeq_solvers`) subclasses :class:`Tracker`.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .. import checks
-from ..numerics import acc_dtype
+from ..numerics import acc_dtype, relative_residual
 from .info import Result, SolverError, SolverInfo
 from .state import StateLayout
 
-__all__ = ["Tracker", "Columns", "default_check_every", "start_solve", "CONTRACTS", "outcome_code",
-           "padded_width", "TRACE_PAD_LIMIT"]
+__all__ = ["Tracker", "Columns", "default_check_every", "start_solve", "outcome_code", "padded_width",
+           "TRACE_PAD_LIMIT", "DIVERGE_FACTOR"]
 
-CONTRACTS = ("lmdeq", "torchdeq")
-TORCHDEQ_INIT = 1e8   # TorchDEQ's initial "lowest" residual and the first column of its traces
 DIVERGE_FACTOR = 1e4
 # Traces are padded to the step budget (so that the infos of solves with equal budgets merge) up to this many
 # columns; a larger budget ("run until converged": max_iter=10**12) gives traces of the measured steps only, so
@@ -82,34 +77,36 @@ def outcome_code(converged: torch.Tensor, nonfinite: torch.Tensor, diverged) -> 
 
 
 class Tracker:
-    """Traces, lowest residuals, best estimate and trajectory of one solve."""
+    """Traces, lowest residuals, best estimate and snapshots of one solve (module docstring)."""
+
+    records_start = True        # Broyden records its initial guess as step 0
+    initial_lowest = float("inf")
 
     def __init__(self, layout: StateLayout, x0_parts: Sequence[torch.Tensor], capacity: int, tol: float,
-                 stop_mode: str, indexing=None, return_final: bool = False, check_every: Optional[int] = None,
-                 contract: str = "lmdeq", trace_width: Optional[int] = None, hidden: int = 0):
-        checks.choice("contract", contract, CONTRACTS)
+                 stop_mode: str, snapshots=None, return_final: bool = False, check_every: Optional[int] = None):
         self.layout = layout
         self.tol = float(tol)
         self.stop_mode = stop_mode
         self.return_final = return_final
         self.check_every = check_every or default_check_every(layout.device)
-        self.contract = contract
-        self.trace_width = trace_width
-        self.hidden = hidden
-        self.indexing = sorted(set(int(i) for i in indexing)) if indexing else []
+        self.snapshots = sorted(set(int(i) for i in snapshots)) if snapshots else []
         acc = acc_dtype(layout.dtype)
         B, dev = layout.batch, layout.device
-        init = TORCHDEQ_INIT if contract == "torchdeq" else float("inf")
         self.capacity = capacity
         self.trace = {m: Columns(B, capacity, acc, dev) for m in ("abs", "rel")}
-        self.lowest = {m: torch.full((B,), init, dtype=acc, device=dev) for m in ("abs", "rel")}
+        self.lowest = {m: torch.full((B,), self.initial_lowest, dtype=acc, device=dev) for m in ("abs", "rel")}
         self.latest = dict(self.lowest)
         self.lowest_step = torch.zeros(B, dtype=torch.float32, device=dev)
         self.nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
         self.best: List[torch.Tensor] = list(x0_parts)
         self.records = 0
-        # Indices <= 0 ask for the estimate before any step: x0 (TorchDEQ's cores pass [0] for f_max_iter=0).
-        self.trajectory: List = [layout.external([p.clone() for p in x0_parts]) for i in self.indexing if i <= 0]
+        # Steps <= 0 ask for the estimate before any step: x0.
+        self.trajectory: List = [layout.external([p.clone() for p in x0_parts]) for i in self.snapshots if i <= 0]
+
+    def step_residuals(self, res: torch.Tensor, fz_norm: torch.Tensor, tau: float, z: Sequence[torch.Tensor]):
+        """(abs, rel) residuals of a fixed-point step with ||f(z_k) - z_k|| = ``res`` and ||f(z_k)|| = ``fz_norm``
+        (z = ``z``, the new iterate, for trackers that measure the damped step instead)."""
+        return res, relative_residual(res, fz_norm)
 
     def record(self, abs_res: torch.Tensor, rel_res: torch.Tensor, estimate: Sequence[torch.Tensor], step: int,
                owned: bool = False):
@@ -128,7 +125,7 @@ class Tracker:
             if mode == self.stop_mode:
                 self.lowest_step = torch.where(better, float(step), self.lowest_step)
                 self._keep(better, estimate, owned)
-        if step >= 1 and step in self.indexing:
+        if step >= 1 and step in self.snapshots:
             self.trajectory.append(self.layout.external([b.clone() for b in self.best]))
 
     def _keep(self, better, estimate, owned):
@@ -137,25 +134,24 @@ class Tracker:
             return
         self.best = [torch.where(better.view(-1, *([1] * (b.dim() - 1))), e, b) for e, b in zip(estimate, self.best)]
 
+    def done(self) -> torch.Tensor:
+        """(B,) bool: the samples the stopping rule counts as finished (lowest residual below tol)."""
+        return self.lowest[self.stop_mode] < self.tol
+
     def should_stop(self) -> bool:
-        """True when every sample has converged or gone non-finite. Syncs with the device, but only
-        every ``check_every`` recorded steps; otherwise returns False without touching the device."""
+        """True when every sample is done or non-finite. Syncs with the device, but only every
+        ``check_every`` recorded steps; otherwise returns False without touching the device."""
         if self.records % self.check_every:
             return False
-        if self.contract == "torchdeq":
-            if self.return_final:
-                return False
-            done = self.latest[self.stop_mode] < self.tol
-        else:
-            done = self.lowest[self.stop_mode] < self.tol
-        return bool((done | self.nonfinite).all())
+        return bool((self.done() | self.nonfinite).all())
 
-    def finish(self, f_evals: int, raise_on_failure: bool = False, solver: str = "solver"):
-        """Build ``(z_star, trajectory, info)``; nothing is read back unless ``raise_on_failure``."""
-        n = self.records
+    def outcome(self, f_evals: int, raise_on_failure: bool = False, solver: str = "solver") -> Dict[str, torch.Tensor]:
+        """lmdeq's outcome fields (converged, f_evals, result) on the device; raises :class:`SolverError` when
+        asked and the solve failed (reads the device only then)."""
         crit = self.lowest[self.stop_mode]
         converged = (crit < self.tol) & ~self.nonfinite
         dev = crit.device
+        n = self.records
         main = self.trace[self.stop_mode].measured()
         if n >= 2:
             diverged = (main[:, n - 1] > DIVERGE_FACTOR * main[:, 0]).any()
@@ -166,51 +162,44 @@ class Tracker:
             "f_evals": torch.full((1,), float(f_evals), dtype=torch.float32, device=dev),
             "result": outcome_code(converged, self.nonfinite, diverged),
         }
-        info = SolverInfo(abs_lowest=self.lowest["abs"], rel_lowest=self.lowest["rel"],
-                          abs_trace=self._trace("abs"), rel_trace=self._trace("rel"), nstep=self.lowest_step,
-                          sradius=torch.full((1,), -1.0, dtype=torch.float32, device=dev))
-        if self.contract == "torchdeq":
-            info.extras = extras
-            if self.trace_width == 1:  # TorchDEQ records no step then: its values keep its float32 start
-                info.update({k: info[k].float() for k in ("abs_lowest", "rel_lowest", "abs_trace", "rel_trace")})
-        else:
-            info.update(extras)
         if raise_on_failure:
-            result = info.result
+            result = Result.from_code(extras["result"])
             if result is not Result.CONVERGED:
                 raise SolverError(
                     f"{solver} did not converge: result={result.value}, "
                     f"{int((~converged).sum())}/{converged.numel()} samples above {self.stop_mode} tol {self.tol:g} "
                     f"after {n} steps (lowest {self.stop_mode} residual max "
                     f"{float(crit.max()) if crit.numel() else 0.0:.3e})")
-        for _ in self.indexing[len(self.trajectory):]:
-            # Steps the solve never reached (it stopped early): the final best estimate stands for them.
+        return extras
+
+    def finish(self, f_evals: int, raise_on_failure: bool = False, solver: str = "solver"):
+        """``(z_star, snapshots, info)``; nothing is read back unless ``raise_on_failure``."""
+        extras = self.outcome(f_evals, raise_on_failure, solver)
+        dev = self.lowest_step.device
+        info = SolverInfo(abs_lowest=self.lowest["abs"], rel_lowest=self.lowest["rel"],
+                          abs_trace=self._trace("abs"), rel_trace=self._trace("rel"), nstep=self.lowest_step,
+                          sradius=torch.full((1,), -1.0, dtype=torch.float32, device=dev), **extras)
+        return self.layout.external(self.best), self.finish_snapshots(), info
+
+    def finish_snapshots(self) -> List:
+        """The snapshots, the final best estimate standing for the steps the solve never reached."""
+        for _ in self.snapshots[len(self.trajectory):]:
             self.trajectory.append(self.layout.external([b.clone() for b in self.best]))
-        return self.layout.external(self.best), self.trajectory, info
+        return self.trajectory
 
     def _trace(self, mode: str) -> torch.Tensor:
         trace = self.trace[mode].measured()
-        B, lowest = trace.shape[0], self.lowest[mode].unsqueeze(1)
-        if self.contract == "lmdeq":
-            pad = padded_width(self.capacity, self.records) - self.records
-            if pad == 0:
-                return trace.contiguous()
-            return torch.cat([trace, lowest.expand(B, pad)], dim=1)
-        shown = trace[:, min(self.hidden, self.records):]   # a slice: no index tensor, no copy
-        pad = padded_width(self.trace_width - 1, shown.shape[1]) - shown.shape[1]
-        cols = [torch.full((B, 1), TORCHDEQ_INIT, dtype=trace.dtype, device=trace.device), shown,
-                lowest.expand(B, pad)]
-        return torch.cat(cols, dim=1)
+        pad = padded_width(self.capacity, self.records) - self.records
+        if pad == 0:
+            return trace.contiguous()
+        return torch.cat([trace, self.lowest[mode].unsqueeze(1).expand(trace.shape[0], pad)], dim=1)
 
 
-def start_solve(func, x0, max_iter, tol, stop_mode, indexing, return_final, check_every, iterations,
-                contract="lmdeq", capacity=None, trace_width=None, hidden=0):
-    """The common start of every solver: (layout, checked func, step budget, tracker). ``iterations``
-    fixes the step count and returns the final iterate (no read-back, see :class:`Tracker`);
-    ``capacity`` is the number of records the solver may make (default: the step budget)."""
+def start_solve(solver, func, x0, steps: int, snapshots, tracker, capacity: Optional[int] = None):
+    """The common start of every solver: (layout, checked func, tracker) for ``solver``'s settings. An exact
+    solve returns its final iterate and never reads back; ``capacity`` is the number of records the solver may
+    make (default: ``steps``)."""
     layout = StateLayout(x0)
-    steps = iterations if iterations is not None else max_iter
-    tracker = Tracker(layout, layout.parts(x0), steps if capacity is None else capacity, tol, stop_mode,
-                      indexing, return_final=return_final or iterations is not None, check_every=check_every,
-                      contract=contract, trace_width=trace_width, hidden=hidden)
-    return layout, layout.checked_func(func), steps, tracker
+    track = tracker(layout, layout.parts(x0), steps if capacity is None else capacity, solver.tol, solver.stop_mode,
+                    snapshots, return_final=solver.exact, check_every=solver.check_every)
+    return layout, layout.checked_func(func), track

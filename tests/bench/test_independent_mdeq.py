@@ -18,7 +18,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from lmdeq.deq import Implicit
 from lmdeq.models import mdeq
+from lmdeq.solvers import Broyden
 
 from .scripts import load_script
 
@@ -180,7 +182,9 @@ def test_training_step_gradients_agree_at_the_released_thresholds():
 def test_evaluation_counts_of_a_training_step_without_convergence():
     """B = 1 (the pooled and per-sample residuals coincide); lmdeq's Broyden keeps all 19 rank-one terms."""
     x, y = _images(1)
-    lm = _randomise_(_lmdeq(f_solver_kwargs={"memory": 32}, b_solver_kwargs={"memory": 32}))
+    lm = _randomise_(_lmdeq(forward=Broyden(max_iter=18, tol=1e-3, stop_mode="rel", memory=32),
+                            backward=Implicit(solver=Broyden(max_iter=20, tol=1e-3, stop_mode="rel", memory=32),
+                                              x0="zeros")))
     ours = _ours(lm)
     theirs = _train_forward(lm, x, 4)
     mine = _train_forward(ours, x, 4)
@@ -199,15 +203,13 @@ def test_lmdeq_default_broyden_memory_differs_after_16_updates():
     18th to 21st evaluations) differ from the released Broyden, which keeps all of them. Residual traces of the
     same 18-update solve on the same map (B = 1, a solve that does not converge): with 32 slots lmdeq's trace is
     the released one, with its default 16 the last residual differs."""
-    from lmdeq.solvers import broyden as lmdeq_broyden
-
     x, _ = _images(1)
     lm = _randomise_(_lmdeq()).eval()
     ours = _ours(lm).eval()
     with torch.no_grad():
         func, z0, _, _ = ours.fixed_point_map(x)
         released = torch.tensor(ms.broyden(func, z0, 18)["rel_trace"], dtype=torch.float64)
-        traces = {m: lmdeq_broyden(func, z0, max_iter=18, tol=1e-3, stop_mode="rel", memory=m)[2]["rel_trace"][0, 1:]
+        traces = {m: Broyden(max_iter=18, tol=1e-3, stop_mode="rel", memory=m).solve(func, z0).stats["rel_trace"][0, 1:]
                   for m in (16, 32)}
     assert len(released) == 18 and released.min() > 1e-3
     assert float((traces[32] - released).abs().max()) < TOL
@@ -216,16 +218,17 @@ def test_lmdeq_default_broyden_memory_differs_after_16_updates():
 
 
 def test_jr_step_agrees():
-    speedup = pytest.importorskip("lmdeq.bench.speedup")
+    speedup = pytest.importorskip("lmdeq.app.bench.speedup")
     if "original_jr" not in speedup.METHODS:
         pytest.skip("lmdeq's benchmark has no (a-JR) method")
     cfg = speedup.method_config("original_jr", "cifar10-small")
     x, y = _images(2)
     lm = _contractive_(_lmdeq(**{k: v for k, v in cfg.items() if k not in ("preset", "lipschitz")}), x)
     ours = _ours(lm, ms.TINY_JR)
-    assert (lm.config["f_max_iter"], lm.config["b_max_iter"], lm.config["dropout"]) == (7, 8, 0.22)
+    assert (lm.config["forward"]["max_iter"], lm.config["backward"]["solver"]["max_iter"], lm.config["dropout"]) == \
+        (7, 8, 0.22)
     f_thres = ms.TINY_JR["f_thres"] - 1    # a JR step's F_THRES + delta, delta = -1
-    theirs, jr_theirs = _train_forward(lm, x, 6, jac_loss=True, f_max_iter=f_thres)
+    theirs, jr_theirs = _train_forward(lm, x, 6, jac_loss=True, max_iter=f_thres)
     mine, jr_mine = _train_forward(ours, x, 6, compute_jac_loss=True, f_thres=f_thres)
     assert _rel(mine, theirs) < TOL
     assert _rel(jr_mine, jr_theirs) < TOL
@@ -242,7 +245,7 @@ def test_jr_step_agrees():
 def test_timing_harness_smoke(tmp_path, capsys):
     """One interleaved round of (a-JR) with every step a JR step (batch 1): the harness runs on lmdeq's current
     benchmark API, times both sides, counts their evaluations and writes its JSON."""
-    speedup = pytest.importorskip("lmdeq.bench.speedup")
+    speedup = pytest.importorskip("lmdeq.app.bench.speedup")
     if "original_jr" not in speedup.METHODS:
         pytest.skip("lmdeq's benchmark has no (a-JR) method")
     harness = load_script("benchmarks/independent/time_baselines.py")

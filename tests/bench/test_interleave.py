@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from lmdeq.bench.interleave import interleaved, interleaved_rounds, ratio_spread, round_ratios, spread
+from lmdeq.app.bench.interleave import interleaved, interleaved_rounds, ratio_spread, round_ratios, spread
 
 
 class FakeClock:

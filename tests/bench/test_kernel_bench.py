@@ -1,4 +1,4 @@
-"""The kernel benchmark (lmdeq/bench/kernels.py, run as benchmarks/kernels.py): the variants of a case alternate
+"""The kernel benchmark (lmdeq/app/bench/kernels.py, run as benchmarks/kernels.py): the variants of a case alternate
 round by round and the speed-up over eager is the median of the per-round ratios (fake timer medians, no real
 timing); the cases run headline first and the JSON is rewritten after each (a run cut short keeps them)."""
 import json
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmdeq.bench import kernels
-from lmdeq.bench.device import device_slug
-from lmdeq.bench.interleave import spread
+from lmdeq.app.bench import kernels
+from lmdeq.app.bench.device import device_slug
+from lmdeq.app.bench.interleave import spread
 
 from .scripts import ROOT, load_script
 
@@ -88,9 +88,9 @@ def test_results_are_written_after_every_case_and_backends_can_be_left_out(tmp_p
 
 
 def test_a_hang_point_holds_the_process_until_it_is_killed():
-    """LMDEQ_HANG_AT (lmdeq/faults.py), which scripts/gpu_check.sh --smoke uses for a step past its cap: the
+    """LMDEQ_HANG_AT (lmdeq/app/faults.py), which scripts/gpu_check.sh --smoke uses for a step past its cap: the
     named occurrence of the point hangs (the process is still there a while later), the ones before pass."""
-    code = ("from lmdeq.faults import fault_point\nfault_point('x')\nprint('first passed', flush=True)\n"
+    code = ("from lmdeq.app.faults import fault_point\nfault_point('x')\nprint('first passed', flush=True)\n"
             "fault_point('x')\nprint('second passed', flush=True)")
     env = {**os.environ, "LMDEQ_HANG_AT": "x@2", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)

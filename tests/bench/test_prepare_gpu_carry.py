@@ -49,7 +49,7 @@ def test_subset_takes_the_first_images_of_each_class(archive, tmp_path):
 
 def test_subset_is_read_by_the_training_data_loader(archive, tmp_path, monkeypatch):
     monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
-    from lmdeq.data.sources import load_source
+    from lmdeq.app.data.sources import load_source
 
     script = load_script(SCRIPT)
     out = tmp_path / "subset.tar.gz"

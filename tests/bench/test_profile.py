@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch.profiler import record_function
 
-from lmdeq.bench import speedup
-from lmdeq.bench.profile import OP_CLASSES, PHASES, marked_modules, op_class, profile_step
+from lmdeq.app.bench import speedup
+from lmdeq.app.bench.profile import OP_CLASSES, PHASES, marked_modules, op_class, profile_step
 from lmdeq.deq import deq_solve
+from lmdeq.solvers import FixedPoint
 
 
 def test_phases_rest_and_top_operators():
@@ -66,8 +67,7 @@ def test_deq_solve_marks_its_three_parts_and_the_gradient_through_f():
     x = torch.randn(2, 6)
 
     def step():
-        z, _ = deq_solve(lambda z: torch.tanh(z @ w + x), torch.zeros(2, 6), solver="fixed_point", max_iter=30,
-                         tol=1e-8)
+        z, _ = deq_solve(lambda z: torch.tanh(z @ w + x), torch.zeros(2, 6), solver=FixedPoint(max_iter=30, tol=1e-8))
         z.sum().backward()
 
     p = profile_step(step, torch.device("cpu"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from lmdeq.data.archive import file_sha256
+from lmdeq.app.data.archive import file_sha256
 from lmdeq.models import mdeq
-from lmdeq.train.checkpoint import load_checkpoint
+from lmdeq.app.train.checkpoint import load_checkpoint
 
 from ..train.train_helpers import write_image_folder
 
@@ -42,7 +42,7 @@ def test_the_published_weights_build_the_certified_model():
 def test_lmdeq_eval_runs_on_the_published_weights_from_another_directory(tmp_path):
     ckpt = load_checkpoint(WEIGHTS)
     write_image_folder(tmp_path / "images" / "train", per_class=2, classes=list(ckpt["classes"]))
-    out = subprocess.run([sys.executable, "-m", "lmdeq.cli", "eval", "--checkpoint", str(WEIGHTS), "--data",
+    out = subprocess.run([sys.executable, "-m", "lmdeq.app.cli", "eval", "--checkpoint", str(WEIGHTS), "--data",
                           str(tmp_path / "images"), "--split", "all", "--json", "--no-progress",
                           "--cache-dir", str(tmp_path / "cache")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from lmdeq.bench import speedup
-from lmdeq.cli import main
-from lmdeq.models import mdeq
+from lmdeq.app.bench import speedup
+from lmdeq.app.cli import main
+from lmdeq.models import APRIORI_SOLVES, mdeq
+from lmdeq.solvers import FixedPoint
 
 
 @pytest.fixture(scope="module")
@@ -177,12 +178,13 @@ def test_load_warning_when_the_load_is_above_the_thread_count(tmp_path, monkeypa
 def test_sync_free_solve_matches_checked_solve():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    free = mdeq("cifar10-small", solve_mode="apriori").eval()
+    free = mdeq("cifar10-small", **APRIORI_SOLVES).eval()
     with torch.no_grad():
         logits_free = free(x)
     n = free.last_info["f_nstep"]
-    checked = mdeq("cifar10-small", f_max_iter=n, f_tol=1e-30,
-                   f_solver_kwargs={"return_final": True}).eval()
+    # a checked solve that cannot stop early (tol 1e-30) returns the lowest-residual iterate, which for a
+    # contraction is the last one
+    checked = mdeq("cifar10-small", forward=FixedPoint(max_iter=n, tol=1e-30, stop_mode="rel")).eval()
     checked.load_state_dict(free.state_dict())
     with torch.no_grad():
         logits_checked = checked(x)
@@ -210,7 +212,7 @@ def test_benchmark_batch_from_an_image_folder(tmp_path, monkeypatch):
 def test_jr_method_times_both_kinds_of_step_every_round():
     """(a-JR): every timed round runs one plain and one JR step; the method's time per round is their mean at
     the JR frequency, the two kinds are kept apart, and a JR step trains on the JR term (a changed loss)."""
-    from lmdeq.bench.jacobian_steps import combine_rounds
+    from lmdeq.app.bench.jacobian_steps import combine_rounds
 
     from ..models.tiny import TINY2
 
@@ -233,7 +235,7 @@ def test_jr_method_times_both_kinds_of_step_every_round():
 
 
 def test_a_forced_jr_step_adds_the_jr_term():
-    from lmdeq.bench.jacobian_steps import JacobianSteps
+    from lmdeq.app.bench.jacobian_steps import JacobianSteps
 
     from ..models.tiny import TINY2
 

@@ -7,11 +7,12 @@ import re
 import pytest
 import torch
 
-from lmdeq.bench import tta_report
-from lmdeq.bench.speedup import LABELS, method_config
-from lmdeq.bench.tta_run import MethodRun, MethodSpec, interval_bounds, run_interleaved, shared_init
-from lmdeq.train.config import TrainConfig
-from lmdeq.data.images import LabelledImages
+from lmdeq.app.bench import tta_report
+from lmdeq.app.flat_solves import model_arguments
+from lmdeq.app.bench.speedup import LABELS, method_config
+from lmdeq.app.bench.tta_run import MethodRun, MethodSpec, interval_bounds, run_interleaved, shared_init
+from lmdeq.app.train.config import TrainConfig
+from lmdeq.app.data.images import LabelledImages
 
 from ..train.train_helpers import write_image_folder
 from .scripts import load_script
@@ -29,7 +30,7 @@ def _images(n, seed):
 
 
 def _specs():
-    small = dict(f_max_iter=4, b_max_iter=4)   # keep Broyden short
+    small = model_arguments("cifar10-small", False, dict(f_max_iter=4, b_max_iter=4))   # keep Broyden short
     return [MethodSpec("original", LABELS["original"],
                        {**method_config("original", "cifar10-small", unrolled_warmup_steps=2), **TINY, **small}),
             MethodSpec("authors", LABELS["authors"], {**method_config("authors", "cifar10-small"), **TINY}),
@@ -114,9 +115,9 @@ def tiny_folder(tmp_path):
 
 
 def test_script_runs_end_to_end(tiny_folder, tmp_path, monkeypatch, capsys):
-    from lmdeq.bench.speedup import _load_weights
+    from lmdeq.app.bench.speedup import _load_weights
     from lmdeq.models import mdeq
-    from lmdeq.train.checkpoint import load_checkpoint
+    from lmdeq.app.train.checkpoint import load_checkpoint
 
     monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
     tta = load_script("benchmarks/time_to_accuracy.py")
@@ -147,7 +148,7 @@ def test_script_runs_end_to_end(tiny_folder, tmp_path, monkeypatch, capsys):
 
 
 def test_lmdeq_bench_tta_subcommand(tiny_folder, tmp_path, monkeypatch, capsys):
-    from lmdeq.cli import main
+    from lmdeq.app.cli import main
 
     monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
     rc = main(["bench", "tta", "--data", str(tiny_folder), "--device", "cpu", "--epochs", "1", "--batch", "8",
@@ -188,8 +189,8 @@ def test_data_is_required_and_must_exist(tmp_path, capsys):
 def test_the_jr_baseline_trains_with_its_own_draws():
     """(a-JR) in the time-to-accuracy run: its JR decisions come from its own seeded schedule (the number of
     JR steps in its points is the schedule's), and interleaving it with another method changes nothing."""
-    from lmdeq.bench.tta_cli import _method_names
-    from lmdeq.train.jacobian import JacobianSchedule
+    from lmdeq.app.bench.tta_cli import _method_names
+    from lmdeq.app.train.jacobian import JacobianSchedule
 
     assert _method_names("original,original_jr", "") == ["original", "original_jr"]
     config = {**method_config("original_jr", "cifar10-small"), **TINY, "jac_loss_freq": 0.5, "jac_stop_fraction": 1.0}
@@ -208,7 +209,7 @@ def test_the_jr_baseline_trains_with_its_own_draws():
 def test_an_interrupted_run_resumes_to_the_same_curves(tiny_folder, tmp_path, monkeypatch, capsys):
     """Killed after its first round (mid-epoch: 2 points per epoch) and continued with --resume, the run
     gives every method the points of an uninterrupted run (times aside); other settings are refused."""
-    from lmdeq.bench import tta_cli
+    from lmdeq.app.bench import tta_cli
 
     monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
     tta = load_script("benchmarks/time_to_accuracy.py")

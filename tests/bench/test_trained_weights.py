@@ -1,4 +1,4 @@
-"""A trained model users can use: lmdeq.train.export turns a training checkpoint (best.pt) into a small
+"""A trained model users can use: lmdeq.app.train.export turns a training checkpoint (best.pt) into a small
 model-only checkpoint that ``lmdeq eval --checkpoint`` loads in a fresh process from another directory
 (as on a fresh clone) and ``lmdeq bench --weights`` accepts, computing exactly the trained function."""
 import json
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmdeq.bench import speedup
+from lmdeq.app.bench import speedup
 from lmdeq.errors import CheckpointError
 from lmdeq.models import mdeq
-from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.train.config import TrainConfig
-from lmdeq.data.archive import file_sha256
-from lmdeq.train.export import export_weights, main as export_main
-from lmdeq.train.run import run_training
+from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.app.train.config import TrainConfig
+from lmdeq.app.data.archive import file_sha256
+from lmdeq.app.train.export import export_weights, main as export_main
+from lmdeq.app.train.run import run_training
 
 from ..train.train_helpers import write_image_folder
 
@@ -67,7 +67,7 @@ def test_lmdeq_eval_loads_it_in_a_fresh_process_elsewhere(trained):
     dst = tmp / "fresh.pt"
     export_weights(tmp / "run" / "best.pt", dst)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LMDEQ_CACHE": str(tmp / "cache2")}
-    out = subprocess.run([sys.executable, "-m", "lmdeq.cli", "eval", "--checkpoint", str(dst), "--data",
+    out = subprocess.run([sys.executable, "-m", "lmdeq.app.cli", "eval", "--checkpoint", str(dst), "--data",
                           str(folder.parent), "--json", "--no-progress"], cwd=tmp, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr

@@ -2,7 +2,8 @@
 of the running backward pass is done (lmdeq.deq.is_solved_state / adjoint_done)."""
 import torch
 
-from lmdeq.deq import Implicit, adjoint_done, deq_solve, is_solved_state
+from lmdeq.deq import JFB, Implicit, Phantom, adjoint_done, deq_solve, is_solved_state
+from lmdeq.solvers import FixedPoint
 
 
 def test_the_tracked_state_is_marked_and_flagged_after_the_adjoint():
@@ -28,8 +29,8 @@ def test_the_tracked_state_is_marked_and_flagged_after_the_adjoint():
             Spy.seen.append(adjoint_done(ctx.z))
             return g
 
-    z, info = deq_solve(f, torch.zeros(2, 4, dtype=torch.float64), solver="fixed_point", max_iter=50, tol=1e-10,
-                        backward=Implicit(solver="fixed_point", max_iter=50, tol=1e-10))
+    z, info = deq_solve(f, torch.zeros(2, 4, dtype=torch.float64), solver=FixedPoint(max_iter=50, tol=1e-10),
+                        backward=Implicit(solver=FixedPoint(max_iter=50, tol=1e-10)))
     solve_calls, tracked = received[:-1], received[-1]
     assert not any(is_solved_state(t) for t in solve_calls)     # the forward solve's iterates are not
     assert is_solved_state(tracked) and not adjoint_done(tracked)
@@ -50,7 +51,7 @@ def test_other_backward_modes_mark_nothing():
         return 0.5 * z + 1.0
 
     z0 = torch.zeros(3, 2, requires_grad=False)
-    for mode in ("jfb", "phantom", "none"):
+    for mode in (JFB(), Phantom(), None):
         received.clear()
-        deq_solve(f, z0, solver="fixed_point", max_iter=30, backward=mode)
+        deq_solve(f, z0, solver=FixedPoint(max_iter=30), backward=mode)
         assert not any(is_solved_state(t) for t in received)

@@ -1,14 +1,15 @@
-"""The backward objects of deq_solve (Implicit / JFB / Phantom / None), their string shorthands, the flat config
-spelling (lmdeq.deq.flat), and the deprecated backward keywords (b_*, phantom_*): still working, with a
-DeprecationWarning naming the object to pass, and giving the same gradients."""
+"""The backward objects of deq_solve (Implicit / JFB / Phantom / None): their fields, their config form
+(backward_from_config / backward_to_config; the names 'implicit', 'jfb', 'phantom', 'none' exist only there), and
+the refusal of a string backward and of the removed backward keywords (b_*, phantom_*) with advice."""
+import json
 import warnings
 
 import pytest
 import torch
 
-from lmdeq import DEQ, JFB, Implicit, Phantom, deq_solve
-from lmdeq.deq import as_backward
-from lmdeq.deq.flat import BACKWARD_FIELDS, FORWARD_FIELDS, solve_arguments
+from lmdeq import DEQ, JFB, Anderson, Apriori, AuthorsAnderson, Broyden, FixedPoint, Implicit, Phantom, deq_solve
+from lmdeq.deq import BACKWARD_MODES, as_backward, backward_from_config, backward_to_config
+from lmdeq.errors import ConfigError, ConfigTypeError
 
 
 def _problem(seed=0, n=6):
@@ -21,88 +22,147 @@ def _problem(seed=0, n=6):
 def _grads(**kwargs):
     W, x, f = _problem()
     seen = []
-    z, _ = deq_solve(f, torch.zeros_like(x), solver="anderson", max_iter=200, tol=1e-12, on_backward=seen.append,
+    z, _ = deq_solve(f, torch.zeros_like(x), solver=Anderson(max_iter=200, tol=1e-12), on_backward=seen.append,
                      **kwargs)
     gW, gx = torch.autograd.grad((z ** 2).sum(), (W, x))
     return gW, gx, seen
 
 
-def test_shorthands_are_the_default_objects():
-    assert as_backward("implicit") == Implicit() and as_backward("jfb") == JFB()
-    assert as_backward("phantom") == Phantom() and as_backward("none") is None and as_backward(None) is None
-    assert Implicit() == Implicit(solver="fixed_point", max_iter=40, tol=1e-6, stop_mode="abs", iterations=None,
-                                  solver_kwargs={}, x0="v")
+def test_config_names_are_the_default_objects():
+    assert BACKWARD_MODES == ("implicit", "jfb", "phantom", "none")
+    assert backward_from_config({"method": "implicit"}) == Implicit()
+    assert backward_from_config({"method": "jfb"}) == JFB()
+    assert backward_from_config({"method": "phantom"}) == Phantom()
+    assert backward_from_config({"method": "none"}) is None and backward_from_config(None) is None
+    assert as_backward(None) is None
+    for obj in (Implicit(), JFB(), Phantom(steps=2)):
+        assert as_backward(obj) is obj and backward_from_config(obj) is obj
+    assert Implicit() == Implicit(solver=FixedPoint(max_iter=40, tol=1e-6, stop_mode="abs", exact=False), x0="v")
     assert Phantom() == Phantom(steps=5, tau=0.5)
     with pytest.raises(TypeError, match="backward must be"):
         as_backward(3)
 
 
-def test_fields_are_checked_and_normalised():
-    b = Implicit(max_iter=torch.tensor(7), tol=1, solver_kwargs={"m": 3})
-    assert (b.max_iter, type(b.max_iter), b.tol, type(b.tol)) == (7, int, 1.0, float)
-    kwargs = {"m": 3}
-    b = Implicit(solver_kwargs=kwargs)
-    kwargs["m"] = 9
-    assert b.solver_kwargs == {"m": 3}   # a copy
-    assert b.solver_arguments() == dict(max_iter=40, tol=1e-6, stop_mode="abs", iterations=None, m=3)
-    with pytest.raises(ValueError, match="Implicit: stop_mode must be one of"):
-        Implicit(stop_mode="max")
-    with pytest.raises(TypeError, match="Implicit: solver_kwargs must be a dict"):
-        Implicit(solver_kwargs=[("m", 3)])
-
-
-def test_deprecated_keywords_warn_and_give_the_same_gradients():
-    new = _grads(backward=Implicit(solver="broyden", max_iter=300, tol=1e-11, x0="zeros"))
-    with pytest.warns(DeprecationWarning, match=r"b_max_iter, b_solver, b_tol, b_x0 are deprecated; pass "
-                      r"backward=Implicit\(solver='broyden', max_iter=300, tol=1e-11, x0='zeros'\)"):
-        old = _grads(b_solver="broyden", b_max_iter=300, b_tol=1e-11, b_x0="zeros")
-    assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1])
-    assert new[2][0]["f_evals"] == old[2][0]["f_evals"]
-
-
-def test_deprecated_phantom_keywords():
-    W, x, f = _problem(1)
-    z_new, _ = deq_solve(f, torch.zeros_like(x), backward=Phantom(steps=3, tau=0.7))
-    with pytest.warns(DeprecationWarning, match=r"pass backward=Phantom\(steps=3, tau=0.7\)"):
-        z_old, _ = deq_solve(f, torch.zeros_like(x), backward="phantom", phantom_steps=3, phantom_tau=0.7)
-    assert torch.equal(z_new, z_old)
-    assert torch.equal(torch.autograd.grad(z_new.sum(), W)[0], torch.autograd.grad(z_old.sum(), W)[0])
-
-
-def test_deprecated_keywords_of_another_method_are_ignored_as_before():
-    _, x, f = _problem(2)
-    z_jfb, _ = deq_solve(f, torch.zeros_like(x), backward="jfb")
-    with pytest.warns(DeprecationWarning):
-        z, _ = deq_solve(f, torch.zeros_like(x), backward="jfb", b_tol=1e-9, phantom_steps=2)
-    assert torch.equal(z, z_jfb)
-
-
-def test_deprecated_keywords_do_not_mix_with_an_object():
+@pytest.mark.parametrize("name", ["implicit", "jfb", "phantom", "none"])
+def test_a_backward_name_is_refused_outside_configs(name):
+    with pytest.raises(ConfigTypeError, match=rf"backward='{name}': pass the object, e.g. backward=lmdeq.Implicit\(\)"):
+        as_backward(name)
     _, x, f = _problem()
-    with pytest.raises(TypeError, match="cannot be combined with backward=Implicit"):
-        deq_solve(f, torch.zeros_like(x), backward=Implicit(), b_tol=1e-9)
+    with pytest.raises(ConfigTypeError, match=r"pass the object, e.g. backward=lmdeq.Implicit\(\), lmdeq.JFB\(\), "
+                                              r"lmdeq.Phantom\(\) or None"):
+        deq_solve(f, torch.zeros_like(x), backward=name)
+    with pytest.raises(ConfigTypeError, match=r"pass the object, e.g. backward=lmdeq.Implicit\(\)"):
+        DEQ(lambda z, x: torch.tanh(0.5 * z + x), backward=name)
 
 
-def test_deq_module_turns_deprecated_keywords_into_the_object_once():
-    with pytest.warns(DeprecationWarning, match="DEQ: the keywords b_tol are deprecated"):
-        layer = DEQ(lambda z, x: torch.tanh(0.5 * z + x), b_tol=1e-9)
-    assert layer.config == {"backward": Implicit(tol=1e-9)}
+def test_fields_are_checked_and_normalised():
+    b = Implicit(solver=FixedPoint(max_iter=torch.tensor(7), tol=1))
+    assert (b.solver.max_iter, type(b.solver.max_iter), b.solver.tol, type(b.solver.tol)) == (7, int, 1.0, float)
+    b = Implicit(solver=Anderson(m=3))
+    assert b.solver.m == 3 and b.x0 == "v"
+    with pytest.raises(ValueError, match="FixedPoint: stop_mode must be one of"):
+        Implicit(solver=FixedPoint(stop_mode="max"))
+    with pytest.raises(TypeError, match="Implicit: solver must be a Solver object"):
+        Implicit(solver="fixed_point")
+    with pytest.raises(TypeError, match="Implicit: solver must be a Solver object"):
+        Implicit(solver={"name": "fixed_point"})
+    with pytest.raises(ValueError, match="Implicit: x0 must be one of"):
+        Implicit(x0="ones")
+    with pytest.raises(TypeError):
+        Implicit(max_iter=40)   # the adjoint's settings live in its solver object
+
+
+def test_an_implicit_backward_with_its_own_solver_gives_the_converged_gradients():
+    """(The part of the removed b_* shim test that still holds: an Implicit with a Broyden adjoint from 0.)"""
+    broyden = _grads(backward=Implicit(solver=Broyden(max_iter=300, tol=1e-11), x0="zeros"))
+    picard = _grads(backward=Implicit(solver=FixedPoint(max_iter=300, tol=1e-11)))
+    assert len(broyden[2]) == 1 and bool(broyden[2][0]["converged"].all())
+    assert torch.allclose(broyden[0], picard[0], rtol=1e-8, atol=1e-9)
+    assert torch.allclose(broyden[1], picard[1], rtol=1e-8, atol=1e-9)
+
+
+def test_phantom_steps_from_the_solved_state():
+    W, x, f = _problem(1)
+    solver = Anderson(max_iter=200, tol=1e-12)
+    z, _ = deq_solve(f, torch.zeros_like(x), solver=solver, backward=Phantom(steps=3, tau=0.7))
+    star, _ = deq_solve(f, torch.zeros_like(x), solver=solver, backward=None)
+    expected = star
+    for _ in range(3):
+        expected = (1.0 - 0.7) * expected + 0.7 * f(expected)
+    assert torch.equal(z, expected)
+    assert torch.equal(torch.autograd.grad(z.sum(), W)[0], torch.autograd.grad(expected.sum(), W)[0])
+
+
+@pytest.mark.parametrize("kwargs", [dict(b_solver="broyden", b_max_iter=300, b_tol=1e-11), dict(b_tol=1e-9)])
+def test_removed_backward_keywords_are_errors_with_advice(kwargs):
+    _, x, f = _problem()
+    with pytest.raises(ConfigTypeError, match="are settings of the solver"):
+        deq_solve(f, torch.zeros_like(x), **kwargs)
+    with pytest.raises(ConfigTypeError, match="are settings of the solver"):
+        deq_solve(f, torch.zeros_like(x), backward=Implicit(), **kwargs)
+    with pytest.raises(ConfigTypeError, match=r"DEQ got unknown config key\(s\)"):
+        DEQ(lambda z, x: torch.tanh(0.5 * z + x), **kwargs)
+
+
+def test_removed_phantom_keywords_are_errors():
+    _, x, f = _problem(1)
+    with pytest.raises(ConfigTypeError, match=r"unexpected keyword argument\(s\) \['phantom_steps', 'phantom_tau'\]"):
+        deq_solve(f, torch.zeros_like(x), backward=Phantom(), phantom_steps=3, phantom_tau=0.7)
+
+
+def test_deq_module_checks_the_backward_once():
+    layer = DEQ(lambda z, x: torch.tanh(0.5 * z + x), backward=Implicit(solver=FixedPoint(tol=1e-9)))
+    assert layer.config == {"backward": Implicit(solver=FixedPoint(tol=1e-9))}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         z, _ = layer(torch.zeros(2, 3), torch.ones(2, 3))   # no warning per call
-    assert DEQ(lambda z, x: z, backward="jfb").config == {"backward": JFB()}
+    assert DEQ(lambda z, x: z, backward=JFB()).config == {"backward": JFB()}
+    assert DEQ(lambda z, x: z).config == {"backward": Implicit()}
+    assert DEQ(lambda z, x: z, backward=None).config == {"backward": None}
 
 
-def test_flat_config_spelling():
-    assert FORWARD_FIELDS == ("solver", "max_iter", "tol", "stop_mode", "iterations", "solver_kwargs")
-    assert BACKWARD_FIELDS == ("solver", "max_iter", "tol", "stop_mode", "iterations", "solver_kwargs", "x0")
-    cfg = dict(f_solver="anderson", f_max_iter=12, f_tol=1e-4, f_stop_mode="rel", f_solver_kwargs={"m": 4},
-               backward="implicit", b_solver="broyden", b_max_iter=20, b_tol=1e-5, b_stop_mode="abs",
-               b_solver_kwargs={"memory": 8}, b_x0="zeros", s=0.4)   # (s: not a solve setting, left out)
-    kwargs = solve_arguments(cfg)
-    assert kwargs == dict(solver="anderson", max_iter=12, tol=1e-4, stop_mode="rel", solver_kwargs={"m": 4},
-                          backward=Implicit(solver="broyden", max_iter=20, tol=1e-5, stop_mode="abs",
-                                            solver_kwargs={"memory": 8}, x0="zeros"))
-    assert kwargs["solver_kwargs"] is not cfg["f_solver_kwargs"]
-    assert solve_arguments(dict(cfg, backward="phantom"))["backward"] == Phantom()
-    assert solve_arguments(dict(cfg, backward="none"))["backward"] is None
+@pytest.mark.parametrize("backward", [
+    Implicit(),
+    Implicit(solver=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel", exact=True)),
+    Implicit(solver=FixedPoint(max_iter=Apriori(slack=5), tol=1e-3, stop_mode="rel")),
+    Implicit(solver=AuthorsAnderson(max_iter=20, tol=1e-3, stop_mode="rel", m=6, lam=1e-4), x0="zeros"),
+    Implicit(solver=Broyden(max_iter=20, tol=1e-3, stop_mode="rel", memory=8), x0="zeros"),
+    Implicit(solver=Anderson(max_iter=12, tol=1e-5, m=4, lam=1e-3, tau=0.8, check_every=2)),
+    JFB(),
+    Phantom(),
+    Phantom(steps=3, tau=0.7),
+    None,
+])
+def test_backward_config_round_trip(backward):
+    config = backward_to_config(backward)
+    assert json.loads(json.dumps(config)) == config
+    assert backward_from_config(config) == backward
+    assert backward_from_config(json.loads(json.dumps(config))) == backward
+    if backward is not None:
+        assert backward.to_config() == config
+
+
+def test_backward_config_forms():
+    assert backward_to_config(None) == {"method": "none"}
+    assert backward_to_config(JFB()) == {"method": "jfb"}
+    assert backward_to_config(Phantom(steps=3, tau=0.7)) == {"method": "phantom", "steps": 3, "tau": 0.7}
+    assert backward_to_config(Implicit(solver=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel"))) == {
+        "method": "implicit", "x0": "v",
+        "solver": {"name": "fixed_point", "max_iter": {"apriori": 2}, "tol": 1e-3, "stop_mode": "rel", "exact": False,
+                   "check_every": None, "raise_on_failure": False, "tau": 1.0}}
+    assert backward_from_config({"method": "implicit", "solver": {"name": "broyden", "max_iter": 20}, "x0": "zeros"}
+                                ) == Implicit(solver=Broyden(max_iter=20), x0="zeros")
+
+
+@pytest.mark.parametrize("config,error,match", [
+    ({"method": "adjoint"}, ValueError, "backward: method must be one of"),
+    ({}, ValueError, "backward: method must be one of"),
+    ({"method": "none", "steps": 2}, ConfigTypeError, "backward 'none' takes no fields"),
+    ({"method": "jfb", "steps": 2}, ConfigTypeError, r"backward 'jfb' has no field\(s\) \['steps'\]"),
+    ({"method": "implicit", "max_iter": 40}, ConfigTypeError, r"backward 'implicit' has no field\(s\) \['max_iter'\]"),
+    ({"method": "implicit", "solver": {"name": "picard"}}, ConfigError, "solver name must be one of"),
+    ("implicit", ConfigTypeError, "a backward config must be a dict with a 'method'"),
+])
+def test_bad_backward_configs(config, error, match):
+    with pytest.raises(error, match=match):
+        backward_from_config(config)

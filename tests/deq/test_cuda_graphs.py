@@ -13,6 +13,7 @@ from lmdeq import cuda_graphs, deq_solve
 from lmdeq.cuda_graphs import GraphCache
 from lmdeq.deq import GraphedProblem, Implicit
 from lmdeq.ops import backends
+from lmdeq.solvers import SOLVERS, FixedPoint
 
 from .graph_double import RerunCall
 
@@ -47,12 +48,12 @@ def _solve_and_grads(W, x, graph, state="tensor", solver="fixed_point"):
     if state == "list":
         half = x.shape[1] // 2
         f_list = lambda z: list(torch.tanh(torch.cat(z, 1) @ W.T + x).split(half, 1))  # noqa: E731
-        z, info = deq_solve(f_list, list(z0.split(half, 1)), solver="fixed_point", iterations=30, max_iter=30,
-                            backward=Implicit(solver="fixed_point", iterations=30, max_iter=30), graph=graph)
+        z, info = deq_solve(f_list, list(z0.split(half, 1)), solver=FixedPoint(max_iter=30, exact=True),
+                            backward=Implicit(solver=FixedPoint(max_iter=30, tol=1e-6, exact=True)), graph=graph)
         z = torch.cat(z, 1)
     else:
-        z, info = deq_solve(f, z0, solver=solver, iterations=30, max_iter=30,
-                            backward=Implicit(solver=solver, iterations=30, max_iter=30), graph=graph)
+        z, info = deq_solve(f, z0, solver=SOLVERS[solver](max_iter=30, exact=True),
+                            backward=Implicit(solver=SOLVERS[solver](max_iter=30, tol=1e-6, exact=True)), graph=graph)
     loss = (z ** 2).sum() + z.sin().sum()
     gW, gx = torch.autograd.grad(loss, (W, x))
     return z.detach(), info, gW, gx
@@ -89,8 +90,8 @@ def test_checked_solves_are_not_graphed():
     W = _problem("cpu", torch.float64)
     x = _x("cpu", torch.float64, 1)
     f = lambda z: torch.tanh(z @ W.T + x)  # noqa: E731
-    z, info = deq_solve(f, torch.zeros_like(x).detach(), solver="fixed_point", max_iter=30, tol=1e-8,
-                        backward=Implicit(solver="fixed_point", max_iter=30), graph=_graphed(cache, W, x))
+    z, info = deq_solve(f, torch.zeros_like(x).detach(), solver=FixedPoint(max_iter=30, tol=1e-8),
+                        backward=Implicit(solver=FixedPoint(max_iter=30, tol=1e-6)), graph=_graphed(cache, W, x))
     z.sum().backward()
     assert not hasattr(info, "cuda_graph") and len(cache) == 0
 

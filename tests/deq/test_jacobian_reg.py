@@ -20,6 +20,7 @@ import torch
 import lmdeq
 from lmdeq import JFB, Implicit, Phantom, deq_solve
 from lmdeq.deq import DEQ, JacobianPair, jac_reg, jacobian_pair, power_method
+from lmdeq.solvers import Anderson, FixedPoint
 
 torchdeq = pytest.importorskip("torchdeq")
 from torchdeq.loss import jacobian as tdeq_jacobian  # noqa: E402
@@ -224,7 +225,7 @@ def _problem(parts=False, seed=0):
     return Counted(W, x, parts), z0
 
 
-SOLVE = dict(solver="anderson", max_iter=60, tol=1e-12)
+SOLVE = dict(solver=Anderson(max_iter=60, tol=1e-12))
 
 
 @pytest.mark.parametrize("parts", [False, True])
@@ -279,7 +280,7 @@ def test_gradient_of_loss_plus_jac_reg_is_the_sum_of_both():
     gradient of the regulariser at z* held fixed (the same vectors), computed separately."""
     w = 0.7
     f, z0 = _problem()
-    back = Implicit(solver="fixed_point", max_iter=200, tol=1e-13)
+    back = Implicit(solver=FixedPoint(max_iter=200, tol=1e-13))
     z, info = deq_solve(f, z0, backward=back, jacobian_pair=True, **SOLVE)
     torch.manual_seed(4)
     total = (z ** 2).sum() + w * jac_reg(*info.jacobian_pair, vecs=2)
@@ -413,8 +414,8 @@ def test_graphed_adjoint_pays_one_evaluation_and_keeps_its_gradients():
 
     def solve(pair):
         f.calls = 0
-        z, info = deq_solve(f, z0, solver="fixed_point", iterations=25, max_iter=25,
-                            backward=Implicit(solver="fixed_point", iterations=25, max_iter=25),
+        z, info = deq_solve(f, z0, solver=FixedPoint(max_iter=25, exact=True),
+                            backward=Implicit(solver=FixedPoint(max_iter=25, tol=1e-6, exact=True)),
                             graph=GraphedProblem(cache, ("jr", f.W.data_ptr()), [f.x], bind), jacobian_pair=pair)
         grads = torch.autograd.grad((z ** 2).sum(), [f.W, f.x])
         return z, info, grads, f.calls

@@ -9,8 +9,8 @@ torchdeq = pytest.importorskip("torchdeq")
 
 from torchdeq.solver import get_solver  # noqa: E402
 
-from lmdeq import solvers  # noqa: E402
 from lmdeq.integrations import torchdeq as interop  # noqa: E402
+from lmdeq.integrations.torchdeq_solvers import LMDEQ_SOLVERS, TORCHDEQ_SOLVERS  # noqa: E402
 
 TORCHDEQ_NAMES = ["anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter"]
 
@@ -44,7 +44,8 @@ def _reference_grads(f, z0, params):
 
 def test_names_registered():
     assert interop.register() == ["lmdeq_anderson", "lmdeq_authors_anderson", "lmdeq_broyden", "lmdeq_fixed_point"]
-    assert get_solver("lmdeq_anderson").__module__ == "lmdeq.solvers.anderson"
+    assert get_solver("lmdeq_anderson") is LMDEQ_SOLVERS["lmdeq_anderson"]
+    assert get_solver("lmdeq_anderson").__module__ == "lmdeq.integrations.torchdeq_solvers"
     assert get_solver("anderson").__module__ == "torchdeq.solver.anderson"   # replace=False: untouched
 
 
@@ -93,7 +94,7 @@ def test_replace_registers_torchdeqs_names_and_unregister_restores_them():
     assert names == sorted(["lmdeq_anderson", "lmdeq_authors_anderson", "lmdeq_broyden", "lmdeq_fixed_point",
                             *TORCHDEQ_NAMES])
     for name in TORCHDEQ_NAMES:
-        assert get_solver(name) is solvers.TORCHDEQ_SOLVERS[name]
+        assert get_solver(name) is TORCHDEQ_SOLVERS[name]
     interop.register(replace=True)   # idempotent: the originals stay remembered
     assert interop.unregister() == names
     for name in TORCHDEQ_NAMES:
@@ -121,10 +122,10 @@ def test_registered_context_restores_exactly_even_on_error():
     interop.register()                          # lmdeq_* already there before the block
     with pytest.raises(RuntimeError, match="inside"):
         with interop.registered(replace=True) as names:
-            assert "anderson" in names and get_solver("anderson") is solvers.TORCHDEQ_SOLVERS["anderson"]
+            assert "anderson" in names and get_solver("anderson") is TORCHDEQ_SOLVERS["anderson"]
             raise RuntimeError("inside")
     assert get_solver("anderson").__module__ == "torchdeq.solver.anderson"
-    assert get_solver("lmdeq_anderson") is solvers.anderson   # what was there before the block stays
+    assert get_solver("lmdeq_anderson") is LMDEQ_SOLVERS["lmdeq_anderson"]   # what was there before the block stays
 
 
 def test_bad_replace():
@@ -141,7 +142,7 @@ def test_add_deq_args_command_line_switches_with_one_call(replace):
     args = parser.parse_args(["--f_solver", "anderson", "--b_solver", "broyden", "--ift", "--f_max_iter", "12"])
     with interop.registered(replace=replace):
         deq = torchdeq.get_deq(args)
-    expected = solvers.TORCHDEQ_SOLVERS if replace else {"anderson": torchdeq.solver.anderson_solver,
+    expected = TORCHDEQ_SOLVERS if replace else {"anderson": torchdeq.solver.anderson_solver,
                                                          "broyden": torchdeq.solver.broyden_solver}
     assert deq.f_solver is expected["anderson"] and deq.b_solver is expected["broyden"]
     lin, x = _setup(2)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmdeq import deq_solve
+from lmdeq.solvers import Anderson, FixedPoint
 from lmdeq.deq import JFB, Implicit, Phantom
 
 from ..solvers.problems import tanh_contraction
@@ -27,8 +28,8 @@ def _f(W, x):
 
 def test_first_order_implicit_gradient_is_the_unrolled_one():
     W, x, z0 = _problem()
-    z, _ = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=200, tol=1e-13,
-                     backward=Implicit(max_iter=200, tol=1e-13))
+    z, _ = deq_solve(_f(W, x), z0, solver=FixedPoint(max_iter=200, tol=1e-13),
+                     backward=Implicit(solver=FixedPoint(max_iter=200, tol=1e-13)))
     (g,) = torch.autograd.grad((z ** 2).sum(), W)
     z_u = z0
     for _ in range(200):
@@ -39,11 +40,11 @@ def test_first_order_implicit_gradient_is_the_unrolled_one():
 
 def test_a_gradient_penalty_through_the_implicit_backward_is_refused():
     W, x, z0 = _problem()
-    z, _ = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=200, tol=1e-13)
+    z, _ = deq_solve(_f(W, x), z0, solver=FixedPoint(max_iter=200, tol=1e-13))
     with pytest.raises(RuntimeError, match="create_graph=True through the DEQ's backward.*not supported"):
         torch.autograd.grad((z ** 2).sum(), W, create_graph=True)
     x = x.clone().requires_grad_()     # a penalty on the input gradient, W frozen
-    z, _ = deq_solve(_f(W.detach(), x), z0, solver="fixed_point", max_iter=200, tol=1e-13)
+    z, _ = deq_solve(_f(W.detach(), x), z0, solver=FixedPoint(max_iter=200, tol=1e-13))
     with pytest.raises(RuntimeError, match="silently wrong"):
         torch.autograd.grad((z ** 2).sum(), x, create_graph=True)
 
@@ -51,7 +52,7 @@ def test_a_gradient_penalty_through_the_implicit_backward_is_refused():
 @pytest.mark.parametrize("backward,steps", [(JFB(), 1), (Phantom(steps=3, tau=0.5), 3)])
 def test_higher_order_gradients_through_jfb_and_phantom_are_their_approximations(backward, steps):
     W, x, z0 = _problem()
-    z, _ = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=200, tol=1e-13, backward=backward)
+    z, _ = deq_solve(_f(W, x), z0, solver=FixedPoint(max_iter=200, tol=1e-13), backward=backward)
     (g,) = torch.autograd.grad((z ** 2).sum(), W, create_graph=True)
     (gg,) = torch.autograd.grad((g ** 2).sum(), W)
     # the same approximation written out: steps of f (damped for Phantom) from the detached fixed point
@@ -72,7 +73,7 @@ def test_torch_func_transforms_are_refused_by_name(transform):
     W = W.detach()
 
     def solve(xx):
-        z, _ = deq_solve(_f(W, xx), torch.zeros_like(xx), solver="fixed_point", max_iter=50, tol=1e-8)
+        z, _ = deq_solve(_f(W, xx), torch.zeros_like(xx), solver=FixedPoint(max_iter=50, tol=1e-8))
         return z.sum()
 
     call = {"grad": lambda: torch.func.grad(solve)(x), "vjp": lambda: torch.func.vjp(solve, x),
@@ -89,7 +90,7 @@ def test_functional_call_works():
     def f_of(z):
         return torch.tanh(torch.func.functional_call(lin, params, (z,)) + x)
 
-    z, info = deq_solve(f_of, torch.zeros_like(x), solver="anderson", max_iter=100, tol=1e-10)
+    z, info = deq_solve(f_of, torch.zeros_like(x), solver=Anderson(max_iter=100, tol=1e-10))
     z.sum().backward()
     assert info.result == "converged" and params["weight"].grad is not None and lin.weight.grad is None
 
@@ -99,15 +100,15 @@ def test_nothing_requires_grad_so_neither_does_the_result():
     the pair for Jacobian regularisation is still there; with one parameter requiring grad it does."""
     _, x, z0 = _problem()
     W = torch.randn(6, 6, dtype=torch.float64) * 0.1
-    z, info = deq_solve(_f(W, x), z0, solver="fixed_point", max_iter=100, tol=1e-10, jacobian_pair=True)
+    z, info = deq_solve(_f(W, x), z0, solver=FixedPoint(max_iter=100, tol=1e-10), jacobian_pair=True)
     assert not z.requires_grad and z.numpy().shape == (3, 6)
     assert info.jacobian_pair.f0.requires_grad
-    z, _ = deq_solve(_f(W.requires_grad_(), x), z0, solver="fixed_point", max_iter=100, tol=1e-10)
+    z, _ = deq_solve(_f(W.requires_grad_(), x), z0, solver=FixedPoint(max_iter=100, tol=1e-10))
     assert z.requires_grad
-    z, _ = deq_solve(_f(W.detach(), x.clone().requires_grad_()), z0, solver="fixed_point", max_iter=100, tol=1e-10)
+    z, _ = deq_solve(_f(W.detach(), x.clone().requires_grad_()), z0, solver=FixedPoint(max_iter=100, tol=1e-10))
     assert z.requires_grad   # an input that requires grad is reached too
 
 
 def test_a_meta_device_state_is_refused_by_name():
     with pytest.raises(ValueError, match="z0 is on the meta device"):
-        deq_solve(lambda z: 0.5 * z, torch.zeros(2, 4, device="meta"), solver="fixed_point")
+        deq_solve(lambda z: 0.5 * z, torch.zeros(2, 4, device="meta"), solver=FixedPoint())

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lmdeq.models import AUTHORS_SOLVER, mdeq
+from lmdeq.models import APRIORI_SOLVES, AUTHORS_SOLVER, mdeq
 from lmdeq.models.authors_cap import BUFFER
 from lmdeq.models.deq_conv import DEQConv2d
 
-from .tiny import TINY3
+from .tiny import TINY3, lipschitz_solves
 
 
 def _convs(model):
@@ -95,7 +95,7 @@ def test_released_cap_leaves_small_convs_alone_and_persists_u():
 @pytest.mark.parametrize("constraint", ["released", "none"])
 def test_uncertified_constraints_clamp_gammas_after_the_step_and_certify_nothing(constraint):
     torch.manual_seed(2)
-    model = mdeq("cifar10-small", constraint=constraint, **TINY3, f_max_iter=6, b_max_iter=6)
+    model = mdeq("cifar10-small", constraint=constraint, **TINY3, **lipschitz_solves(6, 6))
     assert math.isinf(model.lipschitz_bound())
     conv = model.cell.convs()[0]
     assert conv.cap is None and torch.equal(conv.effective_weight(), conv.unscaled_weight())
@@ -113,9 +113,9 @@ def test_uncertified_constraints_clamp_gammas_after_the_step_and_certify_nothing
 
 def test_uncertified_constraints_have_no_apriori_count():
     with pytest.raises(ValueError, match="certifies no bound"):
-        mdeq("cifar10-small", constraint="none")     # f_max_iter=None: the a-priori count
+        mdeq("cifar10-small", constraint="none")     # max_iter=Apriori(): the a-priori count
     with pytest.raises(ValueError, match="certifies no bound"):
-        mdeq("cifar10-small", constraint="released", solve_mode="apriori", f_max_iter=5, b_max_iter=5)
+        mdeq("cifar10-small", constraint="released", **APRIORI_SOLVES)
 
 
 def test_bad_constraint():

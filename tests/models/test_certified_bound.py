@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from lmdeq import solvers
 from lmdeq.models import mdeq
-from lmdeq.solvers import adjoint_apriori_iterations, apriori_iterations
+from lmdeq.solvers import Apriori, FixedPoint, adjoint_apriori_iterations, apriori_iterations
 
 from .tiny import TINY2, TINY3, conv_norm_upper_bound, jacobian_spectral_norm, scale_weights_, state_norm
 
@@ -85,14 +84,14 @@ def test_apriori_count_certifies_relative_residual_on_a_linear_contraction(L, ta
     b = torch.randn(3, 12, dtype=torch.float64)
     tol = 1e-4
     n = apriori_iterations(L, tol, tau)
-    z, _, _ = solvers.fixed_point(lambda z: L * z @ q.T + b, torch.zeros_like(b), iterations=n, tau=tau)
+    z = FixedPoint(max_iter=n, exact=True, tau=tau).solve(lambda z: L * z @ q.T + b, torch.zeros_like(b)).value
     fz = L * z @ q.T + b
     rel = ((fz - z).norm(dim=1) / fz.norm(dim=1)).max()
     assert rel <= tol
     # the adjoint problem g = J^T g + v (J = L Q) from g0 = v: its own, smaller count suffices
     v = torch.randn(3, 12, dtype=torch.float64)
     n_adj = adjoint_apriori_iterations(L, tol, tau)
-    g, _, _ = solvers.fixed_point(lambda g: L * g @ q + v, v.clone(), iterations=n_adj, tau=tau)
+    g = FixedPoint(max_iter=n_adj, exact=True, tau=tau).solve(lambda g: L * g @ q + v, v.clone()).value
     fg = L * g @ q + v
     assert ((fg - g).norm(dim=1) / fg.norm(dim=1)).max() <= tol
     assert n_adj <= n
@@ -122,7 +121,7 @@ def test_apriori_counts_are_at_least_the_worst_case(L):
 
 @pytest.mark.parametrize("adversarial", [False, True], ids=["init", "scaled"])
 def test_model_solve_reaches_tolerance_within_the_apriori_count(adversarial):
-    model = _model(TINY2, seed=15, f_tol=1e-4)
+    model = _model(TINY2, seed=15, forward=FixedPoint(max_iter=Apriori(), tol=1e-4, stop_mode="rel"))
     if adversarial:
         scale_weights_(model, conv_factor=40.0, gamma_factor=6.0)
         model.constraint_step(n_iter=model.config["init_power_iters"])
@@ -137,7 +136,8 @@ def test_model_solve_reaches_tolerance_within_the_apriori_count(adversarial):
     # A-priori mode: exactly `count` unchecked steps; measure the returned point's residual directly.
     f, z0 = model.fixed_point_problem(x)
     with torch.no_grad():
-        z, _, sinfo = solvers.fixed_point(f, z0, iterations=count)
+        sol = FixedPoint(max_iter=count, exact=True).solve(f, z0)
+        z, sinfo = sol.value, sol.stats
         fz = f(z)
     for b in range(x.shape[0]):
         res = state_norm([a[b] - c[b] for a, c in zip(fz, z)]) / state_norm([a[b] for a in fz])
@@ -145,7 +145,7 @@ def test_model_solve_reaches_tolerance_within_the_apriori_count(adversarial):
     assert sinfo["f_evals"] == count
     # Adjoint: g = J_f(z*)^T g + v from g0 = v, exactly the adjoint a-priori count, residual measured.
     with torch.no_grad():
-        z_star, _, _ = solvers.fixed_point(f, z0, max_iter=200, tol=1e-13, stop_mode="rel")
+        z_star = FixedPoint(max_iter=200, tol=1e-13, stop_mode="rel").solve(f, z0).value
     with torch.enable_grad():
         zs = [t.detach().requires_grad_() for t in z_star]
         fz = f(zs)
@@ -156,7 +156,7 @@ def test_model_solve_reaches_tolerance_within_the_apriori_count(adversarial):
         return [a + b for a, b in zip(v, jt)]
 
     b_count = adjoint_apriori_iterations(model.lipschitz_bound(), 1e-4)
-    g, _, _ = solvers.fixed_point(adjoint_map, v, iterations=b_count)
+    g = FixedPoint(max_iter=b_count, exact=True).solve(adjoint_map, v).value
     fg = adjoint_map(g)
     for b in range(x.shape[0]):
         res = state_norm([a[b] - c[b] for a, c in zip(fg, g)]) / state_norm([a[b] for a in fg])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lmdeq.models.deq_conv import DEQConv2d
-from lmdeq.models.norm_estimates import update_norm_estimates
+from lmdeq.models.constraints import update_norm_estimates
 from lmdeq.models.normalization import MeanOnlyGroupNorm
 
 from .tiny import dense_conv_norm

@@ -1,4 +1,4 @@
-"""The MDEQ classifier's CUDA-graphed solves (solve_mode='apriori', cuda_graphs=True) equal its eager
+"""The MDEQ classifier's CUDA-graphed solves (**APRIORI_SOLVES, cuda_graphs=True) equal its eager
 solves: logits, parameter gradients and solver stats, in training mode with dropout masks that change
 every forward pass, across optimiser steps (weights updated in place) and new batches.
 
@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from lmdeq.cuda_graphs import GraphCache
-from lmdeq.models import mdeq
+from lmdeq.models import APRIORI_SOLVES, mdeq
 
 from ..deq.graph_double import RerunCall
 from .tiny import TINY3
@@ -17,7 +17,7 @@ from .tiny import TINY3
 
 def _pair(device, call_type):
     torch.manual_seed(0)
-    graphed = mdeq("cifar10-small", **TINY3, dropout=0.2, solve_mode="apriori").to(device)
+    graphed = mdeq("cifar10-small", **TINY3, dropout=0.2, **APRIORI_SOLVES).to(device)
     if call_type is not None:
         graphed.graphs = GraphCache(call_type=call_type)
     eager = mdeq(**{**graphed.config, "cuda_graphs": False}).to(device)
@@ -73,7 +73,7 @@ def test_model_graphed_solves_equal_eager_cpu_double(amp):
 def test_capture_counts_are_visible():
     """last_info['graph_captures'] and model.graph_stats(): what a benchmark reads around its timed steps."""
     torch.manual_seed(0)
-    model = mdeq("cifar10-small", **TINY3, solve_mode="apriori")
+    model = mdeq("cifar10-small", **TINY3, **APRIORI_SOLVES)
     model.graphs = GraphCache(call_type=RerunCall)
     x = torch.randn(2, 3, 32, 32)
     model(x).sum().backward()
@@ -85,12 +85,12 @@ def test_capture_counts_are_visible():
 
 def test_no_graphs_for_checked_solves_or_when_disabled(monkeypatch):
     torch.manual_seed(0)
-    model = mdeq("cifar10-small", **TINY3)  # solve_mode='checked'
+    model = mdeq("cifar10-small", **TINY3)  # checked solves (the default)
     model.graphs = GraphCache(call_type=RerunCall)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert len(model.graphs) == 0 and model.last_info["cuda_graph"] is False
     monkeypatch.setenv("LMDEQ_CUDA_GRAPHS", "0")
-    model = mdeq("cifar10-small", **TINY3, solve_mode="apriori")
+    model = mdeq("cifar10-small", **TINY3, **APRIORI_SOLVES)
     model.graphs = GraphCache(call_type=RerunCall)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert len(model.graphs) == 0 and model.last_info["cuda_graph"] is False

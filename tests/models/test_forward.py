@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lmdeq.models import AUTHORS_SOLVER, mdeq
+from lmdeq.models import APRIORI_SOLVES, AUTHORS_SOLVER, mdeq
 from lmdeq.solvers import adjoint_apriori_iterations, apriori_iterations
 
-from .tiny import TINY2, TINY3
+from .tiny import TINY2, TINY3, original_solves
 
 INFO_KEYS = {"f_nstep", "f_residual", "b_nstep", "b_residual", "converged"}
 
@@ -19,7 +19,7 @@ INFO_KEYS = {"f_nstep", "f_residual", "b_nstep", "b_residual", "converged"}
 @pytest.mark.parametrize("tiny", [TINY2, TINY3], ids=["2br", "3br"])
 def test_output_shapes_batch_one_and_non_contiguous_input(lipschitz, tiny):
     torch.manual_seed(0)
-    extra = {} if lipschitz else {"f_max_iter": 4}
+    extra = {} if lipschitz else original_solves(4)
     model = mdeq("cifar10-small", lipschitz=lipschitz, **tiny, **extra).eval()
     x = torch.randn(3, 32, 32, 3).permute(0, 3, 1, 2)        # (B, 3, 32, 32), non-contiguous
     assert not x.is_contiguous()
@@ -64,9 +64,9 @@ def test_bad_input_is_a_clear_error(bad, exc, match):
 
 
 @pytest.mark.parametrize("variant", [
-    dict(lipschitz=False, f_max_iter=6, b_max_iter=6),
+    dict(lipschitz=False, **original_solves(6, 6)),
     dict(lipschitz=True),
-    dict(lipschitz=True, solve_mode="apriori"),
+    dict(lipschitz=True, **APRIORI_SOLVES),
     dict(lipschitz=True, weight_norm=False),
     dict(lipschitz=True, **AUTHORS_SOLVER),
 ], ids=["original", "lipschitz", "lipschitz-apriori", "lipschitz-no-wnorm", "lipschitz-authors-solver"])
@@ -95,10 +95,12 @@ def test_training_step(variant):
         assert all(float(g.weight.detach().abs().max()) <= model.config["gamma_max"] for g in model.cell.gamma_clipped_norms())
         assert not any(c.estimate_is_stale() for c in model.cell.convs())
         assert model.lipschitz_bound() < 1.0
-        if variant.get("solve_mode") == "apriori":   # exactly the a-priori count, forward and backward
-            bound, tol = info["lipschitz_bound"], model.config["f_tol"]
-            assert info["f_nstep"] == apriori_iterations(bound, tol)
-            assert info["b_nstep"] == adjoint_apriori_iterations(bound, tol)
+        if variant.get("forward") is APRIORI_SOLVES["forward"]:   # exactly the a-priori count, forward and backward
+            bound = info["lipschitz_bound"]
+            f_tol, b_tol = model.config["forward"]["tol"], model.config["backward"]["solver"]["tol"]
+            assert (f_tol, b_tol) == (1e-3, 1e-3)
+            assert info["f_nstep"] == apriori_iterations(bound, f_tol)
+            assert info["b_nstep"] == adjoint_apriori_iterations(bound, b_tol)
     else:
         assert model.lipschitz_bound() == math.inf
     loss2 = F.cross_entropy(model(x), y)      # a second step runs after the upkeep

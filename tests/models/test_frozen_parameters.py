@@ -49,7 +49,7 @@ def test_group_norm_scaled_parameters_are_computed_once_and_keep_their_gradient(
 def test_conv_input_scaled_weight_is_computed_once_per_block():
     torch.manual_seed(1)
     conv = DEQConv2d(4, 4, 1, weight_norm=True, cap=2.0).double()
-    from lmdeq.models.norm_estimates import update_norm_estimates
+    from lmdeq.models.constraints import update_norm_estimates
 
     update_norm_estimates([conv], 5)
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
@@ -88,7 +88,7 @@ def test_post_fusion_keeps_its_input_unless_told():
     torch.manual_seed(3)
     post = PostFusion(8, CellOptions(lipschitz=True, expansion=2, num_groups=4, dropout=0.0, weight_norm=True,
                                      s=0.4, conv_cap=2.0)).double()
-    from lmdeq.models.norm_estimates import update_norm_estimates
+    from lmdeq.models.constraints import update_norm_estimates
 
     update_norm_estimates([post.conv], 5)
     y = torch.randn(2, 8, 4, 4, dtype=torch.float64)

@@ -3,7 +3,7 @@ gradients as a mean over the spatial dims, in both memory formats (float64)."""
 import pytest
 import torch
 
-from lmdeq.models.head import ClassificationHead
+from lmdeq.models.outer import ClassificationHead
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

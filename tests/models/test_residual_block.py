@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lmdeq.models.cell_options import CellOptions
-from lmdeq.models.norm_estimates import update_norm_estimates
+from lmdeq.models.constraints import update_norm_estimates
 from lmdeq.models.residual_block import ResidualBlock
 
 

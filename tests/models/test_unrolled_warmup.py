@@ -8,12 +8,12 @@ from torch.nn import functional as F
 from lmdeq.models import mdeq
 from lmdeq.models.presets import original_warmup_steps
 
-from .tiny import TINY2
+from .tiny import TINY2, original_solves
 
 
 def _model(**kw):
     torch.manual_seed(0)
-    return mdeq("cifar10-small", lipschitz=False, **TINY2, f_max_iter=5, b_max_iter=5, **kw)
+    return mdeq("cifar10-small", lipschitz=False, **TINY2, **original_solves(5, 5), **kw)
 
 
 def _unrolled_logits(model, x, layers):

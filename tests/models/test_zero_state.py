@@ -5,14 +5,15 @@ keep the state's memory format."""
 import pytest
 import torch
 
+from lmdeq import FixedPoint, Implicit
 from lmdeq.models import mdeq
 from lmdeq.models.residual_block import ResidualBlock
 
-from .tiny import TINY2, TINY3
+from .tiny import TINY2, TINY3, original_solves
 
 
-def _model(lipschitz, tiny, **kw):
-    extra = {"init_power_iters": 2} if lipschitz else {"f_max_iter": 6, "b_max_iter": 6}
+def _model(lipschitz, tiny, solves=None, **kw):
+    extra = {"init_power_iters": 2} if lipschitz else (solves or original_solves(6, 6))
     return mdeq("cifar10-small", lipschitz=lipschitz, **tiny, **extra, **kw).double()
 
 
@@ -100,8 +101,10 @@ def test_training_step_logits_and_gradients_unchanged_by_the_zero_path(lipschitz
     # (Broyden and Anderson iterate on a flat buffer, so f never sees the zero state itself; the original
     # variant is run with fixed-point solves here to exercise its cell on the zero path.)
     torch.manual_seed(4)
-    solver = {} if lipschitz else {"f_solver": "fixed_point", "b_solver": "fixed_point"}
-    model = _model(lipschitz, TINY2, dropout=0.25, **solver).train()
+    solves = None if lipschitz else dict(
+        forward=FixedPoint(max_iter=6, tol=1e-3, stop_mode="rel"),
+        backward=Implicit(solver=FixedPoint(max_iter=6, tol=1e-3, stop_mode="rel"), x0="zeros"))
+    model = _model(lipschitz, TINY2, solves, dropout=0.25).train()
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
 
     def step():

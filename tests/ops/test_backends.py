@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from lmdeq import info, ops
+from lmdeq import ops
+from lmdeq.app import info
 from lmdeq.ops import backends
 
 needs_ext = pytest.mark.skipif(backends.extension() is None, reason="lmdeq._C not built")
@@ -171,7 +172,8 @@ import sys
 sys.modules['triton'] = None
 sys.modules['lmdeq._C'] = None
 import torch
-from lmdeq import info, ops
+from lmdeq import ops
+from lmdeq.app import info
 from lmdeq.ops import backends
 assert backends.choose(torch.device('cpu')) == 'torch'
 z = torch.randn(2, 5)
@@ -180,11 +182,12 @@ X = torch.randn(2, 3, 4)
 ops.anderson_gram_row(X, X, 0); ops.anderson_mix(X, X, torch.ones(2, 3), 0.5)
 ops.power_iteration_matrices([torch.randn(3, 2)], [torch.randn(3)], 1)
 ops.conv_power_iteration([torch.randn(2, 1, 3, 3)], [torch.randn(1, 1, 4, 4)], [1], [1], 1)
-from lmdeq import Implicit, solvers, deq_solve
-zs, _, res = solvers.anderson(lambda z: 0.5 * torch.tanh(z) + 1.0, torch.zeros(2, 5), tol=1e-6)
-assert res.result == 'converged', res.result
+from lmdeq import Anderson, FixedPoint, Implicit, deq_solve
+sol = Anderson(max_iter=50, tol=1e-6).solve(lambda z: 0.5 * torch.tanh(z) + 1.0, torch.zeros(2, 5))
+assert sol.result == 'converged', sol.result
 W = torch.nn.Parameter(0.3 * torch.eye(5))
-zd, _ = deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), tol=1e-8, backward=Implicit(tol=1e-8))
+zd, _ = deq_solve(lambda z: torch.tanh(z @ W.T + 1.0), torch.zeros(2, 5), solver=Anderson(max_iter=40, tol=1e-8),
+                  backward=Implicit(solver=FixedPoint(max_iter=40, tol=1e-8)))
 zd.sum().backward()
 assert W.grad.abs().sum() > 0
 text = info.report()
@@ -210,7 +213,7 @@ def test_info_report_lists_versions_backends_and_choices(monkeypatch):
 
 
 def test_info_module_runs():
-    out = subprocess.run([sys.executable, "-m", "lmdeq.info"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "lmdeq.app.info"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "selected (cpu)" in out.stdout
 

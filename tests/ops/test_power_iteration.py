@@ -129,7 +129,7 @@ def test_norm_estimates_under_autocast_equal_fp32():
     import copy
 
     from lmdeq.models.deq_conv import DEQConv2d
-    from lmdeq.models.norm_estimates import update_norm_estimates
+    from lmdeq.models.constraints import update_norm_estimates
 
     torch.manual_seed(0)
     convs = [DEQConv2d(4, 6, 3, input_size=(8, 8), cap=2.0), DEQConv2d(6, 4, 3, stride=2, input_size=(9, 9), cap=2.0),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lmdeq import Implicit, deq_solve
+from lmdeq.solvers import SOLVERS, FixedPoint
 
 
 def _problem():
@@ -20,9 +21,9 @@ def test_zero_start_gives_the_implicit_gradient(b_solver):
     for start in ("v", "zeros"):
         w, f = _problem()
         seen = []
-        z, _ = deq_solve(f, torch.zeros(3, 6, dtype=torch.float64), solver="fixed_point", max_iter=200, tol=1e-12,
-                         backward=Implicit(solver=b_solver, max_iter=200, tol=1e-11, stop_mode="rel", x0=start),
-                         on_backward=seen.append)
+        adjoint = SOLVERS[b_solver](max_iter=200, tol=1e-11, stop_mode="rel")
+        z, _ = deq_solve(f, torch.zeros(3, 6, dtype=torch.float64), solver=FixedPoint(max_iter=200, tol=1e-12),
+                         backward=Implicit(solver=adjoint, x0=start), on_backward=seen.append)
         (z ** 2).sum().backward()
         grads[start], evals[start] = w.grad.clone(), seen[0]["f_evals"]
     assert torch.allclose(grads["zeros"], grads["v"], rtol=1e-8, atol=1e-12)

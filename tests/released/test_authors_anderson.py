@@ -1,4 +1,4 @@
-"""lmdeq.solvers.authors_anderson against an independent re-implementation of the Anderson solver the
+"""lmdeq.solvers.AuthorsAnderson against an independent re-implementation of the Anderson solver the
 Lipschitz-MDEQ authors release (iiduka-researches/Lipschitz_mdeq, lib/solvers.py), in float64: the same
 sequence of iterates handed to f, the same returned point, f-evaluation count and pooled residuals.
 
@@ -11,8 +11,7 @@ import math
 import pytest
 import torch
 
-from lmdeq import solvers
-from lmdeq.solvers import Result
+from lmdeq.solvers import SOLVERS, Anderson, AuthorsAnderson, Result
 
 from ..solvers.problems import split_state, tanh_contraction
 
@@ -50,6 +49,12 @@ def released_anderson(f, x0, m, lam, threshold, eps, stop_mode="rel", beta=1.0):
     return result, evals, lowest[stop_mode], traces
 
 
+def solve(solver, f, z0):
+    """(value, stats) of solver.solve(f, z0)."""
+    sol = solver.solve(f, z0)
+    return sol.value, sol.stats
+
+
 def logged(f):
     """f that records every input it is called with (flattened per sample)."""
     calls = []
@@ -73,8 +78,7 @@ def test_same_iterates_as_the_released_algorithm(m, lam, tau, tol, max_iter):
     ref_f, ref_calls = logged(f)
     ours_f, our_calls = logged(f)
     ref, ref_evals, ref_low, ref_traces = released_anderson(ref_f, z0, m, lam, max_iter, tol, beta=tau)
-    z, _, info = solvers.authors_anderson(ours_f, z0, max_iter=max_iter, tol=tol, stop_mode="rel", m=m, lam=lam,
-                                          tau=tau)
+    z, info = solve(AuthorsAnderson(max_iter=max_iter, tol=tol, stop_mode="rel", m=m, lam=lam, tau=tau), ours_f, z0)
     assert len(our_calls) == len(ref_calls) == ref_evals == info.f_evals
     for ours, theirs in zip(our_calls, ref_calls):
         assert rel_err(ours, theirs) < 1e-10
@@ -97,7 +101,7 @@ def test_list_state_is_one_flat_vector_per_sample():
     f_list = split_state(f, sizes, shapes)
     z0_list = [p.reshape(s) for p, s in zip(z0.split(sizes, dim=1), shapes)]
     ref, evals, _, _ = released_anderson(f, z0, 6, 1e-4, 20, 1e-8)
-    z, _, info = solvers.authors_anderson(f_list, z0_list, max_iter=20, tol=1e-8)
+    z, info = solve(AuthorsAnderson(max_iter=20, tol=1e-8), f_list, z0_list)
     assert isinstance(z, list) and [tuple(p.shape) for p in z] == shapes
     assert info.f_evals == evals
     assert rel_err(torch.cat([p.reshape(2, -1) for p in z], 1), ref) < 1e-10
@@ -108,9 +112,9 @@ def test_first_check_at_the_third_evaluation():
     the 2nd (which measures x_1's residual), the released one checks only from its 3rd on."""
     c = torch.randn(4, 5, dtype=torch.float64)
     f = lambda z: c.clone()   # noqa: E731
-    _, _, info = solvers.authors_anderson(f, torch.zeros_like(c), max_iter=18, tol=1e-3)
+    _, info = solve(AuthorsAnderson(max_iter=18, tol=1e-3), f, torch.zeros_like(c))
     assert info.f_evals == 3 and info["abs_trace"].shape == (4, 16)
-    _, _, ours = solvers.anderson(f, torch.zeros_like(c), max_iter=18, tol=1e-3, stop_mode="rel")
+    _, ours = solve(Anderson(max_iter=18, tol=1e-3, stop_mode="rel"), f, torch.zeros_like(c))
     assert ours.f_evals == 2
 
 
@@ -125,7 +129,7 @@ def test_one_residual_pooled_over_the_batch_decides():
     def f(z):
         return rates * torch.tanh(z) + b
 
-    z, _, info = solvers.authors_anderson(f, torch.zeros_like(b), max_iter=18, tol=1e-3)
+    z, info = solve(AuthorsAnderson(max_iter=18, tol=1e-3), f, torch.zeros_like(b))
     fz = f(z)
     own = (fz - z).norm(dim=1) / fz.norm(dim=1)
     assert info.result == Result.CONVERGED and bool(info.converged.all())
@@ -139,17 +143,17 @@ def test_absolute_ridge_is_not_scale_invariant():
     f, z0, _, _ = tanh_contraction(12, 2, 0.9, seed=4)
     s = 1e-3
     g = lambda z: s * f(z / s)   # noqa: E731
-    big, _, a = solvers.authors_anderson(f, z0, max_iter=10, tol=1e-30)
-    small, _, b = solvers.authors_anderson(g, z0, max_iter=10, tol=1e-30)
+    released = AuthorsAnderson(max_iter=10, tol=1e-30)
+    big, small = released.solve(f, z0).value, released.solve(g, z0).value
     assert rel_err(small / s, big) > 1e-3
-    big, _, _ = solvers.anderson(f, z0, max_iter=10, tol=1e-30, m=6, lam=1e-4)
-    small, _, _ = solvers.anderson(g, z0, max_iter=10, tol=1e-30, m=6, lam=1e-4)
+    ours = Anderson(max_iter=10, tol=1e-30, m=6, lam=1e-4)
+    big, small = ours.solve(f, z0).value, ours.solve(g, z0).value
     assert rel_err(small / s, big) < 1e-8
 
 
 def test_iterations_mode_and_trajectory():
     f, z0, _, _ = tanh_contraction(6, 2, 0.5, seed=5)
-    z, traj, info = solvers.authors_anderson(f, z0, iterations=7, tol=1e-2, indexing=[1, 2, 5, 7])
+    z, traj, info = AuthorsAnderson(max_iter=7, exact=True, tol=1e-2).run(f, z0, snapshots=[1, 2, 5, 7])
     assert info.f_evals == 7 and len(traj) == 4
     assert (info.result == Result.CONVERGED) == bool(info.converged.all())   # computed on the device, no early stop
     assert torch.equal(traj[0], z0) and torch.equal(traj[-1], z)
@@ -158,11 +162,11 @@ def test_iterations_mode_and_trajectory():
 def test_bad_arguments_name_themselves():
     f, z0, _, _ = tanh_contraction(4, 1, 0.5)
     with pytest.raises(ValueError, match="max_iter must be >= 3"):
-        solvers.authors_anderson(f, z0, max_iter=2)
-    with pytest.raises(ValueError, match="m must be an int >= 2"):
-        solvers.authors_anderson(f, z0, m=1)
-    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
-        solvers.authors_anderson(f, z0, lam=-1.0)
-    with pytest.raises(ValueError, match="indexing"):
-        solvers.authors_anderson(f, z0, indexing=[0])
-    assert solvers.get_solver("authors_anderson") is solvers.authors_anderson
+        AuthorsAnderson(max_iter=2).solve(f, z0)
+    with pytest.raises(ValueError, match="AuthorsAnderson: m must be an int >= 2"):
+        AuthorsAnderson(m=1)
+    with pytest.raises(ValueError, match="AuthorsAnderson: lam must be a finite number >= 0"):
+        AuthorsAnderson(lam=-1.0)
+    with pytest.raises(ValueError, match="1-based f-evaluation counts"):
+        AuthorsAnderson().run(f, z0, snapshots=[0])
+    assert SOLVERS["authors_anderson"] is AuthorsAnderson

@@ -25,15 +25,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmdeq.data.augment import normalize
-from lmdeq.data.images import LabelledImages
-from lmdeq.data.split import derive_seed
+from lmdeq.app.data.augment import normalize
+from lmdeq.app.data.images import LabelledImages
+from lmdeq.app.data.split import derive_seed
 from lmdeq.models import RELEASED_JR, mdeq
-from lmdeq.train.checkpoint import RUN, load_checkpoint
-from lmdeq.train.config import TrainConfig
-from lmdeq.train.jacobian import JacobianSchedule
-from lmdeq.train.step import train_step
-from lmdeq.train.trainer import Trainer
+from lmdeq.app.train.checkpoint import RUN, load_checkpoint
+from lmdeq.app.train.config import TrainConfig
+from lmdeq.app.train.jacobian import JacobianSchedule
+from lmdeq.app.train.step import train_step
+from lmdeq.app.train.trainer import Trainer
 
 from ..models.tiny import TINY2
 from .test_authors_anderson import released_anderson
@@ -170,11 +170,12 @@ def tiny():
 
 def test_the_model_config_is_the_released_recipe():
     cfg = mdeq("cifar10-large", lipschitz=False, **RELEASED_JR).config
-    assert (cfg["f_solver"], cfg["b_solver"], cfg["f_max_iter"], cfg["b_max_iter"]) == \
-        ("authors_anderson", "authors_anderson", 7, 8)
-    assert (cfg["f_stop_mode"], cfg["b_stop_mode"], cfg["f_tol"], cfg["b_tol"], cfg["b_x0"]) == \
+    f, b = cfg["forward"], cfg["backward"]["solver"]
+    assert (f["name"], b["name"], f["max_iter"], b["max_iter"]) == ("authors_anderson", "authors_anderson", 7, 8)
+    assert (f["stop_mode"], b["stop_mode"], f["tol"], b["tol"], cfg["backward"]["x0"]) == \
         ("rel", "rel", 1e-3, 1e-3, "zeros")
-    assert cfg["f_solver_kwargs"] == {"m": 6, "lam": 1e-4} and cfg["backward"] == "implicit"
+    assert (f["m"], f["lam"]) == (6, 1e-4) and (b["m"], b["lam"]) == (6, 1e-4)
+    assert cfg["backward"]["method"] == "implicit" and not f["exact"] and not b["exact"]
     assert (cfg["dropout"], cfg["unrolled_layers"], cfg["unrolled_warmup_steps"]) == (0.22, 8, 0)
     assert (cfg["jac_loss_weight"], cfg["jac_loss_freq"], cfg["jac_incremental"], cfg["rand_f_thres_delta"],
             cfg["jac_loss_vecs"]) == (0.5, 0.05, 100_000_000, 2, 2)
@@ -214,7 +215,7 @@ def test_same_draws_thresholds_losses_and_gradients_as_the_released_loop(tiny):
 
             factor, compute, f_thres, b_thres = released_decision(gen, step, step // RECIPE["STEPS_PER_EPOCH"])
             assert (draw.factor, draw.jac_loss) == (pytest.approx(factor), compute), step
-            assert (draw.f_max_iter or model.config["f_max_iter"]) == f_thres, step
+            assert draw.model_kwargs().get("max_iter", model.config["forward"]["max_iter"]) == f_thres, step
             flags.append(compute)
             kinds.add((compute, f_thres))
 
@@ -255,7 +256,7 @@ def test_one_jr_step_in_float64_matches_tightly(tiny):
     y = torch.randint(0, 10, (B,), generator=g)
     torch.manual_seed(3)
     model.zero_grad(set_to_none=True)
-    logits, jr = model(x, jac_loss=True, f_max_iter=6)
+    logits, jr = model(x, jac_loss=True, max_iter=6)
     masks = model.cell.dropout_masks()
     (F.cross_entropy(logits, y) + 0.7 * jr).backward()
     params = {k: (v.requires_grad_() if v.is_floating_point() and "running" not in k else v)
@@ -303,7 +304,7 @@ def test_the_decisions_continue_exactly_after_a_resume(tmp_path):
     whole.fit()
     per_epoch = len(calls) // 2
     assert len(calls) == 8 and calls[:per_epoch] != calls[per_epoch:]   # (a restart from the seed would repeat)
-    assert any("jac_loss" in c for c in calls) and any("f_max_iter" in c for c in calls)
+    assert any("jac_loss" in c for c in calls) and any("max_iter" in c for c in calls)
     assert [r["jr_steps"] for r in whole.history] == [sum("jac_loss" in c for c in calls[:4]),
                                                       sum("jac_loss" in c for c in calls[4:])]
 
@@ -340,7 +341,7 @@ def test_a_checkpoint_without_the_generator_is_refused(tmp_path):
 def test_during_the_unrolled_warm_up_the_estimate_is_at_the_last_state():
     """As released (``not deq_mode``): z2 = z1.clone().detach().requires_grad_(); jac_loss_estimate(func(z2), z2)."""
     from lmdeq.deq import jac_reg, jacobian_pair
-    from lmdeq.models.unrolled import unrolled
+    from lmdeq.models.problem import unrolled
 
     torch.manual_seed(0)
     model = mdeq("cifar10-small", lipschitz=False, **_config(unrolled_warmup_steps=5, unrolled_layers=3)).double()

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from lmdeq import solvers
-from lmdeq.solvers import Result
+from lmdeq.integrations.torchdeq_solvers import LMDEQ_SOLVERS, UnknownOptionWarning
+from lmdeq.solvers import SOLVERS, Anderson, FixedPoint, Result, Solution, SolverError
 
 from .problems import linear_contraction, split_state, tanh_contraction
 
-SOLVERS = ["fixed_point", "anderson", "broyden"]
+NAMES = ["fixed_point", "anderson", "broyden"]
 INFO_KEYS = {"abs_lowest", "rel_lowest", "abs_trace", "rel_trace", "nstep", "sradius", "converged", "result",
              "f_evals"}
 
@@ -19,13 +19,16 @@ def _residual(f, z):
     return torch.stack([(a - b).reshape(a.shape[0], -1).square().sum(1) for a, b in zip(fz, z)]).sum(0).sqrt()
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("shape", [(1, 7), (3, 2, 5, 5), (4, 33)])
 def test_reaches_tolerance_tensor_state(name, dtype, tol, shape):
     f, z0 = linear_contraction(shape, 0.7, dtype=dtype, seed=len(shape))
-    z, traj, info = solvers.get_solver(name)(f, z0, max_iter=200, tol=tol, stop_mode="abs")
-    assert info.result == Result.CONVERGED
+    solver = SOLVERS[name](max_iter=200, tol=tol, stop_mode="abs")
+    solution = solver.solve(f, z0)
+    assert isinstance(solution, Solution)
+    z, info = solution.value, solution.stats
+    assert solution.result == info.result == Result.CONVERGED
     assert bool(info.converged.all()) and info.converged.dtype == torch.bool
     assert z.shape == z0.shape and z.dtype == dtype
     # The returned point's own residual, measured independently, is within a small factor of tol.
@@ -48,25 +51,28 @@ def test_reaches_tolerance_tensor_state(name, dtype, tol, shape):
     assert info["sradius"].shape == (1,)
     steps = info.f_evals - (name == "broyden")
     assert bool((info["nstep"] <= steps).all()) and bool((info["nstep"] >= 0).all())
-    assert traj == []
+    # run() without snapshots: the same solve, no trajectory.
+    z_run, traj, info_run = solver.run(f, z0)
+    assert traj == [] and torch.equal(z_run, z) and torch.equal(info_run["abs_trace"], info["abs_trace"])
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("container", [list, tuple])
 def test_reaches_tolerance_list_state(name, container):
     f_flat, _, _, _ = tanh_contraction(2 * 9 + 3 * 4, 2, 0.8, seed=3)
     shapes = [(2, 2, 3, 3), (2, 3, 2, 2)]
     f = split_state(f_flat, [18, 12], shapes)
     z0 = container(torch.zeros(s, dtype=torch.float64) for s in shapes)
-    z, _, info = solvers.get_solver(name)(f, z0, max_iter=200, tol=1e-10, stop_mode="rel")
+    solution = SOLVERS[name](max_iter=200, tol=1e-10, stop_mode="rel").solve(f, z0)
+    z = solution.value
     assert isinstance(z, container) and [t.shape for t in z] == [torch.Size(s) for s in shapes]
-    assert info.result == "converged"
+    assert solution.result == "converged"
     assert float(_residual(f, z).max()) < 1e-9
 
 
 def test_solvers_agree_with_each_other():
     f, z0, _, _ = tanh_contraction(40, 3, 0.9, seed=1)
-    outs = [solvers.get_solver(n)(f, z0, max_iter=300, tol=1e-12)[0] for n in SOLVERS]
+    outs = [SOLVERS[n](max_iter=300, tol=1e-12).solve(f, z0).value for n in NAMES]
     for z in outs[1:]:
         assert torch.allclose(z, outs[0], rtol=0, atol=1e-10)
 
@@ -76,7 +82,8 @@ def test_solvers_agree_with_each_other():
 def test_agree_with_torchdeq(ours, theirs):
     tds = pytest.importorskip("torchdeq.solver")
     f, z0, _, _ = tanh_contraction(24, 2, 0.8, seed=2)
-    z_ours, _, info_ours = solvers.get_solver(ours)(f, z0, max_iter=100, tol=1e-11)
+    solution = SOLVERS[ours](max_iter=100, tol=1e-11).solve(f, z0)
+    z_ours, info_ours = solution.value, solution.stats
     z_theirs, _, info_theirs = tds.get_solver(theirs)(f, z0, max_iter=100, tol=1e-11)
     rel = (z_ours - z_theirs).norm() / z_theirs.norm()
     assert float(rel) < 1e-9
@@ -86,62 +93,67 @@ def test_agree_with_torchdeq(ours, theirs):
 
 def test_lmdeq_anderson_beats_fixed_point():
     f, z0, _, _ = tanh_contraction(64, 2, 0.95, seed=4)
-    _, _, fp = solvers.fixed_point(f, z0, max_iter=500, tol=1e-8)
-    _, _, aa = solvers.anderson(f, z0, max_iter=500, tol=1e-8)
+    fp = FixedPoint(max_iter=500, tol=1e-8).solve(f, z0).stats
+    aa = Anderson(max_iter=500, tol=1e-8).solve(f, z0).stats
     assert aa.result == fp.result == "converged"
     assert aa.f_evals < fp.f_evals
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_indexing_trajectory(name):
     f, z0 = linear_contraction((2, 6), 0.5, seed=5)
-    solve = solvers.get_solver(name)
-    # Run to completion to know the count; then index steps before and after the stop.
-    _, _, info = solve(f, z0, max_iter=100, tol=1e-8)
-    n = info.f_evals - (name == "broyden")   # steps: Broyden's are updates, after g(x0)
-    _, traj, _ = solve(f, z0, max_iter=100, tol=1e-8, indexing=[1, 2, n + 5])
+    solver = SOLVERS[name](max_iter=100, tol=1e-8)
+    # Run to completion to know the count; then ask for the estimates at steps before and after the stop.
+    solution = solver.solve(f, z0)
+    z_final = solution.value
+    n = solution.stats.f_evals - (name == "broyden")   # steps: Broyden's are updates, after g(x0)
+    _, traj, _ = solver.run(f, z0, snapshots=[1, 2, n + 5])
     assert len(traj) == 3
     # Step k's entry is the best estimate after k steps: compare with a fresh solve capped at k steps.
     for k, zk in zip([1, 2], traj[:2]):
-        z_cap, _, _ = solve(f, z0, max_iter=k, tol=1e-8)
-        assert torch.equal(zk, z_cap)
-    z_final, _, _ = solve(f, z0, max_iter=100, tol=1e-8)
+        assert torch.equal(zk, solver.replace(max_iter=k).solve(f, z0).value)
     assert torch.equal(traj[2], z_final)
+    # TorchDEQ's function contract (indexing=) gives the same trajectory.
+    _, traj_fn, _ = LMDEQ_SOLVERS[f"lmdeq_{name}"](f, z0, max_iter=100, tol=1e-8, indexing=[1, 2, n + 5])
+    assert len(traj_fn) == 3 and all(torch.equal(a, b) for a, b in zip(traj_fn, traj))
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_non_convergence_is_reported(name):
     # A non-contractive map: f(z) = 1.5 z + 1 has no attracting fixed point under iteration.
     f = lambda z: 1.5 * z + 1.0  # noqa: E731
     z0 = torch.zeros(3, 4, dtype=torch.float64)
     if name == "fixed_point":
-        _, _, info = solvers.fixed_point(f, z0, max_iter=30, tol=1e-6)
+        info = FixedPoint(max_iter=30, tol=1e-6).solve(f, z0).stats
         assert info.result == "diverged" and float(info["result"]) == Result.DIVERGED.code
     else:
         # Quasi-Newton methods solve a linear map exactly; give them a map with no fixed point instead.
         g = lambda z: z + 1.0 + 0.1 * torch.sin(z)  # noqa: E731
-        _, _, info = solvers.get_solver(name)(g, z0, max_iter=10, tol=1e-6)
+        info = SOLVERS[name](max_iter=10, tol=1e-6).solve(g, z0).stats
         assert info.result in ("max_iter", "diverged")
     assert not bool(info.converged.any())
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_low_max_iter_reported_and_never_returns_initial_guess(name):
     f, z0, _, _ = tanh_contraction(16, 2, 0.9, seed=6)
-    z, _, info = solvers.get_solver(name)(f, z0, max_iter=2, tol=1e-12)
+    solution = SOLVERS[name](max_iter=2, tol=1e-12).solve(f, z0)
+    z, info = solution.value, solution.stats
     assert info.result == "max_iter" and not bool(info.converged.any())
     assert info.f_evals == (3 if name == "broyden" else 2)   # Broyden: g(x0), then 2 updates
     assert not torch.equal(z, z0)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_raise_on_failure(name):
     f, z0, _, _ = tanh_contraction(16, 2, 0.9, seed=6)
-    with pytest.raises(solvers.SolverError, match="did not converge"):
-        solvers.get_solver(name)(f, z0, max_iter=2, tol=1e-12, raise_on_failure=True)
+    with pytest.raises(SolverError, match="did not converge"):
+        SOLVERS[name](max_iter=2, tol=1e-12, raise_on_failure=True).solve(f, z0)
+    with pytest.raises(SolverError, match="did not converge"):   # the option of the function contract
+        LMDEQ_SOLVERS[f"lmdeq_{name}"](f, z0, max_iter=2, tol=1e-12, raise_on_failure=True)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_torchdeq_options_ignored_and_func_with_tau(name, recwarn):
     calls = []
 
@@ -150,8 +162,13 @@ def test_torchdeq_options_ignored_and_func_with_tau(name, recwarn):
         return 0.5 * z + 1.0
 
     # Options of other TorchDEQ/lmdeq solvers (TorchDEQ passes them to every solver) are ignored quietly.
-    z, _, info = solvers.get_solver(name)(f, torch.zeros(2, 3), max_iter=60, tol=1e-5, m=3, lam=1e-3,
-                                          LBFGS_thres=4, memory=4, tau=1.0, return_final=False)
+    z, _, info = LMDEQ_SOLVERS[f"lmdeq_{name}"](f, torch.zeros(2, 3), max_iter=60, tol=1e-5, m=3, lam=1e-3,
+                                                LBFGS_thres=4, memory=4, tau=1.0, return_final=False)
     assert info.result == "converged" and set(calls) == {1.0}
     assert torch.allclose(z, torch.full((2, 3), 2.0), atol=1e-4)
-    assert not [w for w in recwarn if issubclass(w.category, solvers.UnknownOptionWarning)]
+    assert not [w for w in recwarn if issubclass(w.category, UnknownOptionWarning)]
+    # The solver objects call func(z) alike.
+    calls.clear()
+    solution = SOLVERS[name](max_iter=60, tol=1e-5).solve(f, torch.zeros(2, 3))
+    assert solution.result == "converged" and set(calls) == {1.0}
+    assert torch.allclose(solution.value, torch.full((2, 3), 2.0), atol=1e-4)

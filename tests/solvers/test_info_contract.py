@@ -1,17 +1,18 @@
-"""lmdeq's own solver contract: tensor-only info, max_iter=0, step counting, outcome codes, options."""
+"""lmdeq's info layout: tensor-only info, max_iter=0, step counting, outcome codes; and the options of the
+function contract (lmdeq.integrations.torchdeq_solvers.LMDEQ_SOLVERS)."""
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from lmdeq import solvers
-from lmdeq.solvers import Result, SolverInfo, result_of
-from lmdeq.solvers import state as solver_state
+from lmdeq.integrations import torchdeq_solvers as contract
+from lmdeq.integrations.torchdeq_solvers import LMDEQ_SOLVERS, UnknownOptionWarning
+from lmdeq.solvers import SOLVERS, Anderson, Broyden, Result, SolverInfo, result_of
 
 from .problems import split_state, tanh_contraction
 
-SOLVERS = ["fixed_point", "anderson", "broyden"]
+NAMES = ["fixed_point", "anderson", "broyden"]
 
 
 class Counting:
@@ -29,7 +30,7 @@ def _residual(f, z):
     return (f(z) - z).flatten(1).norm(dim=1)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("state", ["tensor", "list"])
 def test_max_iter_zero_returns_x0_without_evaluating(name, state):
     f_flat, z0, _, _ = tanh_contraction(6, 3, 0.5, seed=1)
@@ -39,7 +40,7 @@ def test_max_iter_zero_returns_x0_without_evaluating(name, state):
         x0 = [z0[:, :2].clone(), z0[:, 2:].clone()]
     else:
         f, x0 = Counting(f_flat), z0
-    z, traj, info = solvers.get_solver(name)(f, x0, max_iter=0, tol=1e-3, indexing=[0, 1])
+    z, traj, info = SOLVERS[name](max_iter=0, tol=1e-3).run(f, x0, snapshots=[0, 1])
     assert f.calls == 0
     parts = [z] if state == "tensor" else z
     for got, want in zip(parts, [x0] if state == "tensor" else x0):
@@ -53,50 +54,63 @@ def test_max_iter_zero_returns_x0_without_evaluating(name, state):
     assert info["abs_trace"].shape == info["rel_trace"].shape == (3, width)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_iterations_zero_is_max_iter_zero(name):
     f, z0, _, _ = tanh_contraction(5, 2, 0.5, seed=2)
-    z, _, info = solvers.get_solver(name)(f, z0 + 1.0, iterations=0)
+    z, _, info = LMDEQ_SOLVERS[f"lmdeq_{name}"](f, z0 + 1.0, iterations=0)
     assert torch.equal(z, z0 + 1.0) and info.f_evals == 0
+    solution = SOLVERS[name](max_iter=0, exact=True).solve(f, z0 + 1.0)
+    assert torch.equal(solution.value, z0 + 1.0) and solution.stats.f_evals == 0
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("max_iter", [torch.tensor(5), np.int64(5), 5.0])
 def test_tensor_numpy_and_integral_float_max_iter(name, max_iter):
     f, z0, _, _ = tanh_contraction(8, 2, 0.9, seed=3)
-    z_ref, _, ref = solvers.get_solver(name)(f, z0, max_iter=5, tol=1e-30)
-    z, _, info = solvers.get_solver(name)(f, z0, max_iter=max_iter, tol=1e-30)
-    assert torch.equal(z, z_ref) and info.f_evals == ref.f_evals
-    assert info["abs_trace"].shape == ref["abs_trace"].shape
+    ref = SOLVERS[name](max_iter=5, tol=1e-30).solve(f, z0)
+    solver = SOLVERS[name](max_iter=max_iter, tol=1e-30)
+    assert type(solver.max_iter) is int and solver == SOLVERS[name](max_iter=5, tol=1e-30)
+    solution = solver.solve(f, z0)
+    assert torch.equal(solution.value, ref.value) and solution.stats.f_evals == ref.stats.f_evals
+    assert solution.stats["abs_trace"].shape == ref.stats["abs_trace"].shape
+    # The function contract takes them too (TorchDEQ's cores pass tensors and floats).
+    z, _, info = LMDEQ_SOLVERS[f"lmdeq_{name}"](f, z0, max_iter=max_iter, tol=1e-30)
+    assert torch.equal(z, ref.value) and info.f_evals == ref.stats.f_evals
+    assert info["abs_trace"].shape == ref.stats["abs_trace"].shape
 
 
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_broyden_max_iter_counts_updates(k):
     f = Counting(tanh_contraction(10, 3, 0.9, seed=4)[0])
     z0 = torch.zeros(3, 10, dtype=torch.float64)
-    z, _, info = solvers.broyden(f, z0, max_iter=k, tol=1e-30, return_final=True)
+    solution = Broyden(max_iter=k, tol=1e-30, exact=True).solve(f, z0)
+    z, info = solution.value, solution.stats
     assert f.calls == k + 1 and info.f_evals == k + 1  # g(x0), then one per update
     assert torch.equal(info["nstep"], torch.full((3,), float(k)))
     # One update already improves on x0 (the first Broyden step is a Picard step).
     assert bool((_residual(f.f, z) < _residual(f.f, z0)).all())
     if k > 1:
-        z_fewer, _, _ = solvers.broyden(f.f, z0, max_iter=k - 1, tol=1e-30, return_final=True)
+        z_fewer = Broyden(max_iter=k - 1, tol=1e-30, exact=True).solve(f.f, z0).value
         assert bool((_residual(f.f, z) < _residual(f.f, z_fewer)).all())
+    # return_final=True of the function contract returns the same last iterate.
+    z_fn, _, info_fn = LMDEQ_SOLVERS["lmdeq_broyden"](f.f, z0, max_iter=k, tol=1e-30, return_final=True)
+    assert torch.equal(z_fn, z) and torch.equal(info_fn["nstep"], info["nstep"])
 
 
 def test_broyden_records_x0_and_stops_when_it_is_already_a_fixed_point():
     f, z0, _, _ = tanh_contraction(6, 2, 0.5, seed=5)
-    z_star, _, _ = solvers.anderson(f, z0, max_iter=100, tol=1e-13)
+    z_star = Anderson(max_iter=100, tol=1e-13).solve(f, z0).value
     counted = Counting(f)
-    z, _, info = solvers.broyden(counted, z_star, max_iter=20, tol=1e-6)
+    solution = Broyden(max_iter=20, tol=1e-6).solve(counted, z_star)
+    z, info = solution.value, solution.stats
     assert counted.calls == 1 and info.f_evals == 1 and info.result == "converged"
     assert torch.equal(info["nstep"], torch.zeros(2)) and torch.equal(z, z_star)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_info_is_tensors_only_and_generic_consumers_work(name):
     f, z0, _, _ = tanh_contraction(8, 3, 0.8, seed=6)
-    _, _, info = solvers.get_solver(name)(f, z0, max_iter=30, tol=1e-6)
+    info = SOLVERS[name](max_iter=30, tol=1e-6).solve(f, z0).stats
     assert isinstance(info, SolverInfo)
     assert all(torch.is_tensor(v) and v.is_floating_point() for v in info.values())
     logged = {k: v.mean().item() for k, v in info.items()}
@@ -104,13 +118,13 @@ def test_info_is_tensors_only_and_generic_consumers_work(name):
     assert logged["f_evals"] == info.f_evals
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_infos_of_two_batches_merge_along_dim0(name):
     # Two batches that stop after different step counts still merge value by value (DataParallel's gather).
     f_a, z_a, _, _ = tanh_contraction(8, 2, 0.05, seed=7)
     f_b, z_b, _, _ = tanh_contraction(40, 3, 0.99, seed=8)
-    _, _, a = solvers.get_solver(name)(f_a, z_a, max_iter=8, tol=1e-4)
-    _, _, b = solvers.get_solver(name)(f_b, z_b, max_iter=8, tol=1e-4)
+    solver = SOLVERS[name](max_iter=8, tol=1e-4)
+    a, b = solver.solve(f_a, z_a).stats, solver.solve(f_b, z_b).stats
     assert a.f_evals < b.f_evals
     merged = type(a)((k, torch.cat([a[k], b[k]])) for k in a)
     assert merged["abs_trace"].shape[0] == merged["converged"].shape[0] == 5
@@ -133,21 +147,39 @@ def test_result_codes_and_helpers():
 
 
 def test_unknown_option_warns_once_with_a_suggestion(monkeypatch):
-    monkeypatch.setattr(solver_state, "_reported", set())
+    monkeypatch.setattr(contract, "_reported", set())
     f, z0, _, _ = tanh_contraction(6, 2, 0.5, seed=9)
-    with pytest.warns(solvers.UnknownOptionWarning, match=r"'mm'.*did you mean 'm'\?"):
-        solvers.anderson(f, z0, max_iter=10, mm=3)
+    anderson, broyden, fixed_point = (LMDEQ_SOLVERS[f"lmdeq_{n}"] for n in ("anderson", "broyden", "fixed_point"))
+    with pytest.warns(UnknownOptionWarning, match=r"'mm'.*did you mean 'm'\?") as caught:
+        anderson(f, z0, max_iter=10, mm=3)
+    assert [w.filename for w in caught] == [__file__]   # the warning points at the solver's caller
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        solvers.anderson(f, z0, max_iter=10, mm=3)           # once per process
-        solvers.broyden(f, z0, max_iter=3, m=6, lam=1e-3)     # other solvers' options: quiet
-        solvers.fixed_point(f, z0, max_iter=3, LBFGS_thres=4, ls=False, memory=2)
-    with pytest.warns(solvers.UnknownOptionWarning, match="'tolerance'"):
-        solvers.fixed_point(f, z0, max_iter=3, tolerance=1e-4)
+        anderson(f, z0, max_iter=10, mm=3)           # once per process
+        broyden(f, z0, max_iter=3, m=6, lam=1e-3)     # other solvers' options: quiet
+        fixed_point(f, z0, max_iter=3, LBFGS_thres=4, ls=False, memory=2)
+    with pytest.warns(UnknownOptionWarning, match="'tolerance'") as caught:
+        fixed_point(f, z0, max_iter=3, tolerance=1e-4)
+    assert [w.filename for w in caught] == [__file__]
+    with pytest.warns(UnknownOptionWarning, match="simple_fixed_point_iter got solver option 'tolerence'"):
+        contract.simple_fixed_point_iter(f, z0, max_iter=3, tolerence=1e-4)
+    # A solver object has fields, not options: an unknown one is an error, not a warning.
+    with pytest.raises(TypeError, match="mm"):
+        Anderson(max_iter=10, mm=3)
 
 
 def test_broyden_line_search_is_reported_not_silently_dropped(monkeypatch):
-    monkeypatch.setattr(solver_state, "_reported", set())
+    monkeypatch.setattr(contract, "_reported", set())
     f, z0, _, _ = tanh_contraction(6, 2, 0.5, seed=10)
-    with pytest.warns(UserWarning, match="ls=True"):
-        solvers.broyden(f, z0, max_iter=3, ls=True)
+    with pytest.warns(UserWarning, match="ls=True") as caught:
+        LMDEQ_SOLVERS["lmdeq_broyden"](f, z0, max_iter=3, ls=True)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_every_solver_field_is_a_known_option():
+    # configs share one solver_kwargs between solvers: a field of any lmdeq solver is never reported as unknown
+    import dataclasses
+
+    for cls in SOLVERS.values():
+        assert {f.name for f in dataclasses.fields(cls)} <= contract.KNOWN_OPTIONS, cls
+    assert {"indexing", "return_final", "iterations", "LBFGS_thres", "ls"} <= contract.KNOWN_OPTIONS

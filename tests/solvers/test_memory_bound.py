@@ -1,10 +1,13 @@
 """A solver's memory follows the solve, never max_iter (issue 28 item 5): max_iter=10**12 on a solve that
 converges in a few steps allocates nothing of that size (traces of the measured steps, Broyden's ring grown as
 updates are made), while budgets up to TRACE_PAD_LIMIT keep the padded, mergeable trace layout."""
+import sys
+
 import pytest
 import torch
 
-from lmdeq.solvers import SOLVERS, TORCHDEQ_SOLVERS
+from lmdeq.integrations.torchdeq_solvers import TORCHDEQ_SOLVERS
+from lmdeq.solvers import SOLVERS, Broyden, FixedPoint
 from lmdeq.solvers.tracking import TRACE_PAD_LIMIT
 
 from .problems import tanh_contraction
@@ -20,7 +23,8 @@ def _problem():
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_a_huge_budget_allocates_only_what_the_solve_uses(name):
     f, z0 = _problem()
-    z, _, info = SOLVERS[name](f, z0, max_iter=HUGE, tol=1e-8, stop_mode="rel")
+    solution = SOLVERS[name](max_iter=HUGE, tol=1e-8, stop_mode="rel").solve(f, z0)
+    z, info = solution.value, solution.stats
     assert info.result == "converged"
     steps = info["abs_trace"].shape[1]
     assert 1 <= steps < 100 and steps == info["rel_trace"].shape[1]
@@ -37,24 +41,21 @@ def test_a_huge_budget_under_torchdeqs_names(name):
 def test_budgets_within_the_limit_keep_the_padded_layout():
     f, z0 = _problem()
     for budget in (50, TRACE_PAD_LIMIT):
-        _, _, info = SOLVERS["fixed_point"](f, z0, max_iter=budget, tol=1e-8)
+        info = FixedPoint(max_iter=budget, tol=1e-8).solve(f, z0).stats
         assert info["abs_trace"].shape == (3, budget)
         assert info.f_evals < 50 and torch.equal(info["abs_trace"][:, -1], info["abs_lowest"])
-    _, _, info = SOLVERS["fixed_point"](f, z0, max_iter=TRACE_PAD_LIMIT + 1, tol=1e-8)
+    info = FixedPoint(max_iter=TRACE_PAD_LIMIT + 1, tol=1e-8).solve(f, z0).stats
     assert info["abs_trace"].shape == (3, info.f_evals)
 
 
 def test_broyden_grows_its_ring_and_keeps_its_iterates(monkeypatch):
     # 89 updates, more than the first slots: the grown ring gives the iterates of a ring allocated whole
-    import sys
-
-    from lmdeq.solvers import broyden
-
-    module = sys.modules["lmdeq.solvers.broyden"]   # (the package's attribute of that name is the function)
+    module = sys.modules["lmdeq.solvers.broyden"]
 
     f, z0 = _problem()
+    solver = Broyden(max_iter=90, tol=1e-30, memory=200)
     monkeypatch.setattr(module, "_FIRST_SLOTS", 4)
-    a, _, ia = broyden(f, z0, max_iter=90, tol=1e-30, memory=200)
+    a = solver.solve(f, z0)
     monkeypatch.setattr(module, "_FIRST_SLOTS", 1000)
-    b, _, ib = broyden(f, z0, max_iter=90, tol=1e-30, memory=200)
-    assert torch.equal(a, b) and torch.equal(ia["abs_trace"], ib["abs_trace"])
+    b = solver.solve(f, z0)
+    assert torch.equal(a.value, b.value) and torch.equal(a.stats["abs_trace"], b.stats["abs_trace"])

@@ -17,7 +17,8 @@ import inspect
 import pytest
 import torch
 
-from lmdeq.solvers import TORCHDEQ_SOLVERS, Result
+from lmdeq.integrations.torchdeq_solvers import TORCHDEQ_SOLVERS
+from lmdeq.solvers import Result
 from lmdeq.solvers.tracking import Tracker
 
 from ..cpu_paths import unrecorded

@@ -10,8 +10,16 @@ import time
 
 import torch
 
+# --set keys of the command line (solve_mode: the flat spelling lmdeq.app.flat_solves turns into solver objects)
 TINY_MDEQ = dict(channels=[8, 8], head_channels=[4, 8], final_channels=32, num_groups=4, dropout=0.0,
                  solve_mode="apriori", num_classes=4)
+
+
+def tiny_config(**overrides) -> dict:
+    """mdeq()'s keyword arguments of TINY_MDEQ (and ``overrides``), as ``lmdeq train --set`` builds them."""
+    from lmdeq.app.flat_solves import model_arguments
+
+    return model_arguments("cifar10-small", True, {**TINY_MDEQ, **overrides})
 
 
 def frozen_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -27,7 +35,7 @@ def frozen_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 def tiny_mdeq(_cfg=None, **overrides):
     from lmdeq.models import mdeq
 
-    return frozen_batchnorm(mdeq("cifar10-small", **{**TINY_MDEQ, **overrides}))
+    return frozen_batchnorm(mdeq("cifar10-small", **tiny_config(**overrides)))
 
 
 def free_port() -> int:

@@ -7,8 +7,8 @@ from train_helpers import write_image_folder
 
 from lmdeq.errors import LmdeqError
 from lmdeq.models import mdeq
-from lmdeq.train import TrainConfig, run_evaluation, run_training
-from lmdeq.train.checkpoint import load_checkpoint
+from lmdeq.app.train import TrainConfig, run_evaluation, run_training
+from lmdeq.app.train.checkpoint import load_checkpoint
 
 TINY = dict(channels=[8, 8], expansion=2, num_groups=4, head_channels=[2, 4], final_channels=16)
 WRONG = ["text", 7, None, [1, 2], {"a": 1}, torch.ones(2)]

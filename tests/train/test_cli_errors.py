@@ -7,11 +7,11 @@ import pytest
 import torch
 from train_helpers import write_image_folder
 
-from lmdeq.cli import main
+from lmdeq.app.cli import main
 from lmdeq.errors import NonFiniteError
-from lmdeq.train import TrainConfig, run_training
-from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.train.metrics import read_jsonl
+from lmdeq.app.train import TrainConfig, run_training
+from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.app.train.metrics import read_jsonl
 
 CLASSES10 = tuple(f"k{i}" for i in range(10))
 TINY = ["--set", "channels=[8,8]", "--set", "head_channels=[4,8]", "--set", "final_channels=32",
@@ -107,7 +107,7 @@ def test_model_config_is_checked_before_any_data_is_read(tmp_path, capsys, monke
     def no_data(*a, **k):
         raise AssertionError("the data was read before the model config was checked")
 
-    monkeypatch.setattr("lmdeq.train.run.prepare_splits", no_data)
+    monkeypatch.setattr("lmdeq.app.train.run.prepare_splits", no_data)
     for sets, needle in ((["dropuot=0.1"], "dropuot"), (["s=5"], "certified bound"), (["channels=[8]"], "channels")):
         argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"]
         assert main(argv + [a for s in sets for a in ("--set", s)]) == 2
@@ -119,7 +119,7 @@ def test_an_unexpected_exception_keeps_its_traceback(tmp_path, monkeypatch):
     def bug(*a, **k):
         raise KeyError("a bug in lmdeq")
 
-    monkeypatch.setattr("lmdeq.train.run.prepare_splits", bug)
+    monkeypatch.setattr("lmdeq.app.train.run.prepare_splits", bug)
     with pytest.raises(KeyError, match="a bug in lmdeq"):
         main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress", *TINY])
 
@@ -159,8 +159,8 @@ def test_training_on_unconverged_solves_warns_every_epoch(tmp_path, caplog):
 def test_non_finite_images_and_logits_are_errors(tmp_path):
     """NaN input images (the model's checked forward solve), and a model whose logits are NaN (evaluate)."""
     from lmdeq.models import mdeq
-    from lmdeq.train.evaluate import evaluate
-    from lmdeq.data.sources import load_source
+    from lmdeq.app.train.evaluate import evaluate
+    from lmdeq.app.data.sources import load_source
 
     model = mdeq("cifar10-small", channels=[8, 8], head_channels=[4, 8], final_channels=32, num_groups=4)
     x = torch.randn(3, 3, 32, 32)

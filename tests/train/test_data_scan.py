@@ -1,4 +1,4 @@
-"""Which files of an ImageFolder are images (lmdeq.data.scan) and how odd ones decode (issue 28 item 3): a symlink
+"""Which files of an ImageFolder are images (lmdeq.app.data.scan) and how odd ones decode (issue 28 item 3): a symlink
 loop is not followed, a link out of the data root is not taken, a FIFO is skipped (never opened: no hang), a file
 reached twice is taken once at its own path, 16-bit images keep their top bits, float images are refused, and
 fixing a file's permissions invalidates the decoded cache."""
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from lmdeq.data.folder import load_image_folder
-from lmdeq.data.scan import scan_image_folder
+from lmdeq.app.data.folder import load_image_folder
+from lmdeq.app.data.scan import scan_image_folder
 
 from train_helpers import write_image_folder
 
@@ -53,7 +53,7 @@ def test_links_loops_and_special_files(tmp_path, caplog):
     os.symlink(outside, root / first / "evil.png")                # a link out of the root
     os.symlink(root / other / "0000.png", root / first / "dup.png")   # another class's image
     os.mkfifo(root / first / "fifo.png")
-    with caplog.at_level(logging.WARNING, logger="lmdeq.train"):
+    with caplog.at_level(logging.WARNING, logger="lmdeq.app.train"):
         classes, samples = scan_image_folder(root)
     got = _rel(root, samples)
     assert len(got) == len(set(p for p, _ in got)) == 2 * len(classes)        # each image once
@@ -82,7 +82,7 @@ def test_sixteen_bit_images_keep_their_top_bits_and_floats_are_refused(tmp_path,
     Image.fromarray(ramp).save(root / "a" / "g16.png")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "b" / "rgb.png")
     Image.fromarray(np.random.rand(32, 32).astype(np.float32)).save(root / "b" / "float.tiff")
-    with caplog.at_level(logging.WARNING, logger="lmdeq.train"):
+    with caplog.at_level(logging.WARNING, logger="lmdeq.app.train"):
         data = load_image_folder(root, tmp_path / "cache")
     assert len(data) == 2 and "floating-point" in caplog.text
     g = data.images[data.labels.tolist().index(0)]
@@ -103,7 +103,7 @@ def test_fixing_permissions_invalidates_the_cache(tmp_path):
 
 def test_a_chmod_changes_the_cache_key(tmp_path):
     # (as root, unreadable files are still read: the key itself must change with the file's status)
-    from lmdeq.data.folder import _cache_key
+    from lmdeq.app.data.folder import _cache_key
 
     root = write_image_folder(tmp_path / "d", per_class=2)
     classes, samples = scan_image_folder(root)

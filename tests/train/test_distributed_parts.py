@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from lmdeq.errors import ConfigError
-from lmdeq.data.batches import check_shardable, train_batches
-from lmdeq.data.batches import shard_bounds
-from lmdeq.train.distributed import Dist, _backend, _rank_device, distributed, is_main_process, torchrun_env
-from lmdeq.data.images import LabelledImages
-from lmdeq.train.replicas import sync_batchnorm
+from lmdeq.app.data.batches import check_shardable, train_batches
+from lmdeq.app.data.batches import shard_bounds
+from lmdeq.app.train.distributed import Dist, _backend, _rank_device, distributed, is_main_process, torchrun_env
+from lmdeq.app.data.images import LabelledImages
+from lmdeq.app.train.replicas import sync_batchnorm
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 64])
@@ -97,7 +97,7 @@ def test_settings_that_cannot_work_are_named():
 
 def _kills(monkeypatch, spec, env, times=3):
     """How many times the process would have been SIGKILLed reaching the point 'step' ``times`` times."""
-    from lmdeq import faults
+    from lmdeq.app import faults
 
     kills = []
     monkeypatch.setattr(faults.os, "kill", lambda pid, sig: kills.append(sig))
@@ -126,7 +126,7 @@ def test_fault_qualifiers_pick_the_rank_and_the_attempt(monkeypatch):
 
 
 def test_cli_flags():
-    from lmdeq.cli import build_parser
+    from lmdeq.app.cli import build_parser
 
     args = build_parser().parse_args(["train", "--dist-backend", "gloo", "--sync-bn"])
     assert args.dist_backend == "gloo" and args.sync_bn

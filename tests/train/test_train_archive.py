@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from lmdeq.data.archive import MARKER, archive_stem, default_cache_dir, extract_archive
+from lmdeq.app.data.archive import MARKER, archive_stem, default_cache_dir, extract_archive
 
 
 def _tar(path, members):

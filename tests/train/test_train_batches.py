@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmdeq.data.augment import CIFAR10_MEAN, CIFAR10_STD, crop_flip, normalize
-from lmdeq.data.batches import epoch_plan, eval_batches, train_batches
-from lmdeq.data.images import LabelledImages
+from lmdeq.app.data.augment import CIFAR10_MEAN, CIFAR10_STD, crop_flip, normalize
+from lmdeq.app.data.batches import epoch_plan, eval_batches, train_batches
+from lmdeq.app.data.images import LabelledImages
 
 
 def _reference_crop_flip(img, oy, ox, flip, p):

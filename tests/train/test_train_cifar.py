@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lmdeq.train import TrainConfig, run_training
-from lmdeq.data.archive import default_cache_dir
+from lmdeq.app.train import TrainConfig, run_training
+from lmdeq.app.data.archive import default_cache_dir
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from train_helpers import write_image_folder
 
-from lmdeq.train import trainer as trainer_module
-from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.train.cli import config_from_args, main, parse_override, parse_value, register
-from lmdeq.train.metrics import read_jsonl
+from lmdeq.app.train import trainer as trainer_module
+from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.app.train.cli import config_from_args, main, parse_override, parse_value, register
+from lmdeq.app.train.metrics import read_jsonl
 
 TINY = ["--set", "channels=[8,8]", "--set", "head_channels=[4,8]", "--set", "final_channels=32",
         "--set", "num_groups=4"]

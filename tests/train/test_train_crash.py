@@ -2,7 +2,7 @@
 an uninterrupted run; the epoch end is one atomic commit (issue: data loss 1).
 
 Every run, the reference included, is a forked child with one intra-op thread; the child kills itself at
-the fault point named by LMDEQ_FAULT_AT (lmdeq.faults), so nothing depends on timing.
+the fault point named by LMDEQ_FAULT_AT (lmdeq.app.faults), so nothing depends on timing.
 """
 import os
 import signal
@@ -16,10 +16,10 @@ import pytest
 import torch
 from train_helpers import TinyDEQClassifier, run_in_fork, write_image_folder
 
-from lmdeq.train import TrainConfig, run_training
-from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.train.metrics import read_jsonl, write_jsonl
-from lmdeq.train.rundir import compare_runs
+from lmdeq.app.train import TrainConfig, run_training
+from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.app.train.metrics import read_jsonl, write_jsonl
+from lmdeq.app.train.rundir import compare_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,7 +133,7 @@ def test_the_issue_reproduction_through_the_command_line(tmp_path):
     """`lmdeq train` (a real process, the real MDEQ) killed just after the first last.pt, then resumed:
     metrics.jsonl holds epochs [1, 2, 3] and best.pt exists (it held [2, 3] and no best.pt before)."""
     write_image_folder(tmp_path / "d" / "train", per_class=2, classes=tuple(f"k{i}" for i in range(10)))
-    argv = [sys.executable, "-m", "lmdeq.cli", "train", "--data", str(tmp_path / "d"), "--epochs", "3",
+    argv = [sys.executable, "-m", "lmdeq.app.cli", "train", "--data", str(tmp_path / "d"), "--epochs", "3",
             "--batch-size", "15", "--val-fraction", "0.25", "--device", "cpu", "--cache-dir", str(tmp_path / "c"),
             "--out", str(tmp_path / "run"), "--no-progress", "--set", "channels=[8,8]", "--set", "head_channels=[4,8]",
             "--set", "final_channels=32", "--set", "num_groups=4"]

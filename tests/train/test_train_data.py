@@ -9,13 +9,13 @@ import torch
 from train_helpers import CLASSES, write_image_folder
 from PIL import Image
 
-from lmdeq.data import sources
-from lmdeq.train.config import TrainConfig
-from lmdeq.data.run_data import prepare_splits
-from lmdeq.data.folder import find_split_dirs, load_image_folder
-from lmdeq.data.images import LabelledImages
-from lmdeq.data.sources import load_source
-from lmdeq.data.split import derive_seed, stratified_holdout, stratified_subset
+from lmdeq.app.data import sources
+from lmdeq.app.train.config import TrainConfig
+from lmdeq.app.data.run_data import prepare_splits
+from lmdeq.app.data.folder import find_split_dirs, load_image_folder
+from lmdeq.app.data.images import LabelledImages
+from lmdeq.app.data.sources import load_source
+from lmdeq.app.data.split import derive_seed, stratified_holdout, stratified_subset
 
 
 def test_folder_decodes_exact_pixels_in_imagefolder_order(image_folder, tmp_path):
@@ -35,7 +35,7 @@ def test_folder_cache_is_reused_and_invalidated(image_folder, tmp_path, monkeypa
     def _no_decode(*a, **k):
         raise AssertionError("decoded again despite a valid cache")
 
-    monkeypatch.setattr("lmdeq.data.folder._decode", _no_decode)
+    monkeypatch.setattr("lmdeq.app.data.folder._decode", _no_decode)
     again = load_image_folder(image_folder, cache)
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
     monkeypatch.undo()

@@ -15,9 +15,9 @@ from PIL import Image
 from train_helpers import run_in_fork, write_image_folder
 
 from lmdeq.errors import CheckpointError, ConfigError, DataError
-from lmdeq.data.archive import MEMBER_ENV, TOTAL_ENV, extract_archive, size_limit
-from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.data.folder import find_split_dirs, load_image_folder
+from lmdeq.app.data.archive import MEMBER_ENV, TOTAL_ENV, extract_archive, size_limit
+from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.app.data.folder import find_split_dirs, load_image_folder
 
 
 def _tar(path, members):
@@ -88,7 +88,7 @@ def test_a_truncated_archive_is_one_clear_error(tmp_path):
 
 
 def test_cache_dir_that_is_a_file(tmp_path):
-    from lmdeq.data.sources import load_source
+    from lmdeq.app.data.sources import load_source
 
     (tmp_path / "f").write_text("x")
     write_image_folder(tmp_path / "d" / "train", per_class=1)

@@ -3,7 +3,7 @@ rank-0-only outputs, equal to a single-process run with the same global batch; a
 equals the uninterrupted run; the certified constraint state is identical on every rank after every step.
 
 The ranks are forked processes with torchrun's environment (ddp_helpers.run_ranks), one intra-op thread
-each; the last test runs the real ``torchrun ... -m lmdeq.cli train`` with an elastic restart. The model
+each; the last test runs the real ``torchrun ... -m lmdeq.app.cli train`` with an elastic restart. The model
 is the tiny real Lipschitz MDEQ with the implicit backward (ddp_helpers.tiny_mdeq). Batch size 5 on 18
 training images gives global batches of 5, 5, 5, 3: shards of 3 + 2 and, for the last one, 2 + 1, so the
 loss weighting of unequal shards is exercised at every step.
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_helpers import TINY_MDEQ, run_ranks, tiny_mdeq
+from ddp_helpers import TINY_MDEQ, run_ranks, tiny_config, tiny_mdeq
 from train_helpers import run_in_fork, write_image_folder
 
-from lmdeq.train import TrainConfig, run_training
-from lmdeq.train.checkpoint import load_checkpoint, seed_everything
-from lmdeq.train.metrics import read_jsonl
-from lmdeq.train.rundir import compare_runs, locked
+from lmdeq.app.train import TrainConfig, run_training
+from lmdeq.app.train.checkpoint import load_checkpoint, seed_everything
+from lmdeq.app.train.metrics import read_jsonl
+from lmdeq.app.train.rundir import compare_runs, locked
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS_PER_EPOCH = 2, 4
@@ -37,9 +37,9 @@ def _record_steps_and_writes(log_dir: Path, rank: int) -> None:
     """In this process: after every optimiser step append the certified bound (exact float) and a digest of
     every parameter and buffer (the norm estimates sigma_hat and power vectors included) to
     ``steps-<rank>.jsonl``; log the name of every run-directory file written to ``writes-<rank>.txt``."""
-    import lmdeq.train.rundir as rundir
-    import lmdeq.train.step as step
-    from lmdeq.train.replicas import state_digests
+    import lmdeq.app.train.rundir as rundir
+    import lmdeq.app.train.step as step
+    from lmdeq.app.train.replicas import state_digests
 
     constraint, save, jsonl = step.apply_constraint, rundir.save_checkpoint, rundir.write_jsonl
 
@@ -182,11 +182,11 @@ def test_ranks_must_read_the_same_data(runs, tmp_path):
 
 
 def test_torchrun_cli_elastic_restart_resumes_from_last_pt(runs, tmp_path):
-    """``torchrun --nproc-per-node=2 --max-restarts=1 -m lmdeq.cli train ...`` with rank 1 killed in epoch 2 of
+    """``torchrun --nproc-per-node=2 --max-restarts=1 -m lmdeq.app.cli train ...`` with rank 1 killed in epoch 2 of
     the first attempt: torchrun restarts both workers, they continue from last.pt, and the run ends exactly
     like an uninterrupted 2-process run (train-mode BatchNorm and dropout here: per-rank state)."""
-    from lmdeq.cli import build_parser
-    from lmdeq.train.cli import config_from_args
+    from lmdeq.app.cli import build_parser
+    from lmdeq.app.train.cli import config_from_args
 
     root, _ = runs
     sets = [a for k, v in TINY_MDEQ.items() if k != "dropout"
@@ -196,7 +196,7 @@ def test_torchrun_cli_elastic_restart_resumes_from_last_pt(runs, tmp_path):
             "--no-progress", "--device", "cpu", *sets]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LMDEQ_FAULT_AT": "step@6;rank=1;attempt=0"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1",
-           "-m", "lmdeq.cli", *argv, "--out", str(tmp_path / "elastic")]
+           "-m", "lmdeq.app.cli", *argv, "--out", str(tmp_path / "elastic")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr
@@ -224,7 +224,7 @@ def test_two_gpus_nccl_with_sync_bn_equal_one_gpu(tmp_path):
     write_image_folder(tmp_path / "data" / "train")
     sets = [a for k, v in {**TINY_MDEQ, "cuda_graphs": False}.items()
             for a in ("--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}")]
-    argv = ["-m", "lmdeq.cli", "train", "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
+    argv = ["-m", "lmdeq.app.cli", "train", "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
             "--epochs", "2", "--batch-size", "6", "--val-fraction", "0.25", "--lr", "0.01", "--no-progress",
             "--device", "cuda", *sets]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -235,7 +235,7 @@ def test_two_gpus_nccl_with_sync_bn_equal_one_gpu(tmp_path):
     from lmdeq.models import mdeq
 
     seed_everything(0)
-    init = _flat(mdeq("cifar10-small", **{**TINY_MDEQ, "cuda_graphs": False}).state_dict())
+    init = _flat(mdeq("cifar10-small", **tiny_config(cuda_graphs=False)).state_dict())
     a = _flat(load_checkpoint(tmp_path / "two" / "last.pt")["model_state"])
     b = _flat(load_checkpoint(tmp_path / "one" / "last.pt")["model_state"])
     assert float((a - b).norm() / (b - init).norm()) < 1e-4

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from lmdeq.train import TrainConfig, run_evaluation, run_training
-from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.train.metrics import read_jsonl
+from lmdeq.app.train import TrainConfig, run_evaluation, run_training
+from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.app.train.metrics import read_jsonl
 
 TIMING_KEYS = {"train_time_s", "val_time_s", "images_per_s"}
 
@@ -63,7 +63,7 @@ def test_resume_without_rng_state_differs(image_folder, tmp_path, tiny_model_cls
     _run(cfg, tmp_path / "full", tiny_model_cls)
     with pytest.raises(Interrupted):
         _run(cfg, tmp_path / "split", tiny_model_cls, on_epoch_end=_stop_after(1))
-    monkeypatch.setattr("lmdeq.train.trainer.restore_rng_state", lambda state: None)
+    monkeypatch.setattr("lmdeq.app.train.trainer.restore_rng_state", lambda state: None)
     _run(cfg, tmp_path / "split", tiny_model_cls, resume=tmp_path / "split" / "last.pt")
     a = load_checkpoint(tmp_path / "full" / "last.pt")["model_state"]
     b = load_checkpoint(tmp_path / "split" / "last.pt")["model_state"]
@@ -123,7 +123,7 @@ def test_trainer_rejects_too_few_logits_and_non_finite_loss(image_folder, tmp_pa
 
 
 def test_device_errors():
-    from lmdeq.train.run import resolve_device
+    from lmdeq.app.train.run import resolve_device
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="not a device"):
         resolve_device("gpu0")
@@ -162,7 +162,7 @@ def test_resume_refuses_other_images_of_the_same_count_unless_told(image_folder,
     moved = cfg.replace(data=str(other))
     with pytest.raises(DataError, match="the training and validation images differ .* --allow-data-change"):
         _run(moved, tmp_path / "run", tiny_model_cls, resume=tmp_path / "run" / "last.pt")
-    with caplog.at_level(logging.WARNING, logger="lmdeq.train"):
+    with caplog.at_level(logging.WARNING, logger="lmdeq.app.train"):
         done = _run(moved, tmp_path / "run", tiny_model_cls, resume=tmp_path / "run" / "last.pt",
                     allow_data_change=True)
     assert done["steps"] == 8 and "resuming on other training and validation images" in caplog.text

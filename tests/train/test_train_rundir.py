@@ -10,11 +10,11 @@ import torch
 from train_helpers import TinyDEQClassifier, run_in_fork
 
 from lmdeq.errors import CheckpointError, ConfigError, RunDirectoryError, RunLockedError
-from lmdeq.train import TrainConfig, run_training
-from lmdeq.train.checkpoint import load_checkpoint
-from lmdeq.train.cli import main
-from lmdeq.train.metrics import read_jsonl
-from lmdeq.train.rundir import LOCK, compare_runs, locked
+from lmdeq.app.train import TrainConfig, run_training
+from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.app.train.cli import main
+from lmdeq.app.train.metrics import read_jsonl
+from lmdeq.app.train.rundir import LOCK, compare_runs, locked
 
 
 def _cfg(data, **kw):
@@ -180,7 +180,7 @@ def test_a_full_disk_at_the_commit_is_a_clear_error_and_keeps_the_previous_epoch
                                                                                   monkeypatch):
     import errno
 
-    from lmdeq.train import rundir
+    from lmdeq.app.train import rundir
 
     real = rundir.save_checkpoint
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from lmdeq.errors import CheckpointError
-from lmdeq.train.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
+from lmdeq.app.train.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
                                     seed_everything)
-from lmdeq.train.config import TrainConfig
-from lmdeq.train.hooks import certified_bound, solver_stats
-from lmdeq.train.metrics import MeanMeter, json_number, read_jsonl, write_jsonl
-from lmdeq.train.optim import build_optimizer, build_scheduler, cosine_lr, scheduled_lr
+from lmdeq.app.train.config import TrainConfig
+from lmdeq.app.train.hooks import certified_bound, solver_stats
+from lmdeq.app.train.metrics import MeanMeter, json_number, read_jsonl, write_jsonl
+from lmdeq.app.train.optim import build_optimizer, build_scheduler, cosine_lr, scheduled_lr
 
 
 @pytest.mark.parametrize("field,value,err", [
@@ -144,16 +144,14 @@ def test_hooks_work_with_any_classifier(tiny_model_cls):
     assert stats["f_nstep"] == 6 and "b_nstep" not in stats
 
 
-def test_format_1_checkpoints_are_read_but_not_resumed(tmp_path):
-    """Checkpoints of an older lmdeq (no run history) still evaluate and benchmark; resuming says why not."""
-    from lmdeq.train.checkpoint import RUN
-
-    old = {"format": "lmdeq-train-checkpoint", "version": 1, "model_state": {"w": torch.zeros(2)},
-           "model_config": {}, "train_config": {}, "epoch": 3}
+@pytest.mark.parametrize("version", [1, 2])
+def test_checkpoints_of_older_formats_are_refused_saying_why(tmp_path, version):
+    """Formats 1 and 2 spelt the solves in flat f_/b_ keys: refused, not guessed at; a future format too."""
+    old = {"format": "lmdeq-train-checkpoint", "version": version, "kind": "best", "model_state": {"w": torch.zeros(2)},
+           "model_config": {"f_max_iter": None}, "train_config": {}, "epoch": 3}
     torch.save(old, tmp_path / "old.pt")
-    assert load_checkpoint(tmp_path / "old.pt")["epoch"] == 3
-    with pytest.raises(CheckpointError, match="older lmdeq \\(format 1\\) without the run history"):
-        load_checkpoint(tmp_path / "old.pt", kind=RUN)
+    with pytest.raises(CheckpointError, match=f"format version {version}, this lmdeq reads 3 .*older lmdeq"):
+        load_checkpoint(tmp_path / "old.pt")
     torch.save({**old, "version": 7}, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match="format version 7"):
+    with pytest.raises(CheckpointError, match="format version 7, this lmdeq reads 3$"):
         load_checkpoint(tmp_path / "future.pt")

@@ -1,0 +1,80 @@
+"""Resolve a ``--data`` specification into decoded train (and, where one exists, test) images.
+
+Accepted forms:
+
+* ``cifar10``: torchvision's CIFAR-10 under ``<cache_dir>/cifar10-torchvision``, downloaded if missing;
+* ``torchvision:<root>``: torchvision's CIFAR-10 under ``root`` (downloaded if missing);
+* a directory: an ImageFolder (``<class>/<image>``), or one holding ``train/`` (+ ``test/`` or ``val/``);
+* a ``.tar.gz`` / ``.tgz`` / ``.tar`` of such a directory, extracted once into the cache.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...errors import DataError, DataNotFoundError, DataUnavailableError
+from .archive import extract_archive, is_archive, prepare_cache_dir
+from .folder import find_split_dirs, load_image_folder
+from .images import LabelledImages
+
+__all__ = ["DataSource", "DataUnavailableError", "load_source", "TORCHVISION_PREFIX", "DOWNLOAD_NAME"]
+
+TORCHVISION_PREFIX = "torchvision:"
+DOWNLOAD_NAME = "cifar10"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    spec: str
+    train: LabelledImages
+    test: LabelledImages | None
+
+
+def _torchvision_cifar10(root: Path, train: bool) -> LabelledImages:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=train, download=True)
+    except Exception as err:  # URLError, socket errors, corrupt files: all mean "no usable copy"
+        raise DataUnavailableError(
+            f"data: could not load or download torchvision CIFAR-10 into {root} ({type(err).__name__}: {err}). "
+            "Without network access pass --data <ImageFolder directory or .tar.gz of one>.") from err
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return LabelledImages(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes))
+
+
+def _folder_source(spec: str, root: Path, cache: Path, workers: int, progress: bool, strict: bool) -> DataSource:
+    train_dir, test_dir = find_split_dirs(root)
+    train = load_image_folder(train_dir, cache, workers, progress, strict)
+    test = load_image_folder(test_dir, cache, workers, progress, strict) if test_dir is not None else None
+    if test is not None and test.classes != train.classes:
+        raise DataError(f"data: {test_dir} has classes {test.classes}, but {train_dir} has {train.classes}")
+    return DataSource(spec, train, test)
+
+
+def load_source(spec: str, cache_dir: str | os.PathLike | None = None, workers: int = 0,
+                progress: bool = False, strict: bool = False) -> DataSource:
+    """Decode the data named by ``spec`` (see the module docstring); ``strict``: an undecodable image file
+    is an error instead of being skipped and reported."""
+    if not isinstance(spec, str) or not spec:
+        raise TypeError("data must be a non-empty string")
+    cache = prepare_cache_dir(cache_dir)
+    if spec == DOWNLOAD_NAME or spec.startswith(TORCHVISION_PREFIX):
+        if spec == DOWNLOAD_NAME:
+            root = cache / "cifar10-torchvision"
+        else:
+            root = Path(spec[len(TORCHVISION_PREFIX):]).expanduser()
+        return DataSource(spec, _torchvision_cifar10(root, True), _torchvision_cifar10(root, False))
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataNotFoundError(
+            f"data: {spec} does not exist (expected an ImageFolder directory, a .tar.gz of one, "
+            f"'{DOWNLOAD_NAME}' or '{TORCHVISION_PREFIX}<root>')")
+    if path.is_file():
+        if not is_archive(path):
+            raise DataError(f"data: {spec} is a file but not a .tar.gz, .tgz or .tar archive")
+        return _folder_source(spec, extract_archive(path, cache), cache, workers, progress, strict)
+    return _folder_source(spec, path, cache, workers, progress, strict)

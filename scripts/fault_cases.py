@@ -346,15 +346,16 @@ def train_a_diverging_model(w: Path) -> None:
                  model_factory=lambda _c: Diverging(), print_fn=lambda s: None)
 
 
-def _tiny_deq(backward="implicit"):
+def _tiny_deq(backward=None):
     import torch
 
-    from lmdeq import deq_solve
+    from lmdeq import JFB, FixedPoint, Implicit, deq_solve
 
+    backward = JFB() if backward == "jfb" else Implicit()
     W = (0.1 * torch.randn(6, 6, generator=torch.Generator().manual_seed(0))).requires_grad_()
     x = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
     return lambda xx=x, b=backward: deq_solve(lambda z: torch.tanh(z @ W.T + xx), torch.zeros_like(xx),
-                                              solver="fixed_point", max_iter=100, tol=1e-10, backward=b)[0], W, x
+                                              solver=FixedPoint(max_iter=100, tol=1e-10), backward=b)[0], W, x
 
 
 def gradient_penalty_through_implicit(w: Path) -> None:
@@ -396,9 +397,9 @@ def sixteen_bit_images_decode(w: Path) -> None:
 def huge_max_iter(w: Path) -> None:
     import torch
 
-    from lmdeq.solvers import broyden
+    from lmdeq.solvers import Broyden
 
-    _, _, info = broyden(lambda z: 0.5 * z + 1, torch.zeros(2, 1000), max_iter=10 ** 12, tol=1e-8)
+    info = Broyden(max_iter=10 ** 12, tol=1e-8).solve(lambda z: 0.5 * z + 1, torch.zeros(2, 1000)).stats
     assert info.result == "converged" and info["abs_trace"].shape[1] < 100
 
 
@@ -436,9 +437,9 @@ def cases() -> list[Case]:
         train(f"train {flag} {value}", "arguments", flag, value, needle=needle)
     for sets, needle in [(["s=5"], "certified bound L"), (["dropuot=0.1"], "unknown mdeq override"),
                          (["channels=[8]"], "channels"), (["f_max_iter=0"], "f_max_iter"),
-                         (["solver=nope"], "solver must be one of"), (["num_groups=3"], "divisible by num_groups"),
+                         (["f_solver=nope"], "f_solver must be one of"), (["num_groups=3"], "divisible by num_groups"),
                          (["dropout=1.5"], "dropout"), (["channels=[8,"], "not valid JSON"),
-                         (["dropout"], "key=value"), (["stop_mode=abs"], "stop_mode='rel'"),
+                         (["dropout"], "key=value"), (["f_stop_mode=abs"], "stop_mode='rel'"),
                          (["dropout=0.1", "dropout=0.2"], "--set given more than once")]:
         train(f"train --set {' '.join(sets)}", "model config", *[a for s in sets for a in ("--set", s)], needle=needle)
     train("train --preset nope", "model config", "--preset", "nope", needle="unknown preset")

@@ -6,7 +6,8 @@
 
 The public surface the trainer relies on:
 
-* ``model(x)`` -> logits (B, num_classes) for x of shape (B, 3, 32, 32);
+* ``model(x)`` -> logits (B, num_classes) for x of shape (B, in_channels, image_size, image_size) (3, 32 for
+  CIFAR; ``model.input_shape``);
 * ``model.last_info`` -> python numbers of the latest forward (and backward) solve (solves.py);
 * ``model.constraint_step()`` after each ``optimizer.step()`` (the constraint upkeep of the Lipschitz
   variant, constraints.py; with an unrolled warm-up it also counts the optimiser steps);
@@ -41,13 +42,13 @@ from ..solvers import Result
 from .cell_options import CellOptions
 from .constraints import CachedBound, ConstraintUpkeep
 from .mdeq_cell import MDEQCell
-from .outer import (IMAGE_SIZE, IN_CHANNELS, ClassificationHead, check_images, init_outer_weights, make_injection,
-                    make_stem)
+from .outer import (ClassificationHead, check_images, init_outer_weights, make_injection, make_stem,
+                    state_resolution)
 from .presets import resolve_config
 from .problem import fixed_point_problem, graphed_problem, unrolled
 from .solves import ResolvedSolves, SolveStats
 
-__all__ = ["MDEQClassifier", "mdeq", "IMAGE_SIZE", "IN_CHANNELS"]
+__all__ = ["MDEQClassifier", "mdeq"]
 
 
 def mdeq(preset: str, lipschitz: bool = True, **overrides) -> "MDEQClassifier":
@@ -66,9 +67,11 @@ class MDEQClassifier(nn.Module):
         cfg = self.config
         self.lipschitz = cfg["lipschitz"]
         channels = cfg["channels"]
-        self.stem = make_stem(IN_CHANNELS, channels[0])
+        self.input_shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+        resolution = state_resolution(cfg["image_size"], cfg["downsample"], len(channels))
+        self.stem = make_stem(cfg["in_channels"], channels[0], cfg["downsample"])
         self.injection = make_injection(channels[0], len(channels))
-        self.cell = MDEQCell(channels, IMAGE_SIZE, CellOptions.from_config(cfg))
+        self.cell = MDEQCell(channels, resolution, CellOptions.from_config(cfg))
         self.head = ClassificationHead(channels, cfg["head_channels"], cfg["final_channels"], cfg["num_classes"])
         init_outer_weights(self.stem, self.injection, self.head)
         self.graphs = GraphCache(max_graphs=8)
@@ -81,8 +84,9 @@ class MDEQClassifier(nn.Module):
 
     def fixed_point_problem(self, x: torch.Tensor):
         """(f, z0) for input x: f maps a list of branch tensors to a list, with x's injection fixed and
-        this forward pass's dropout masks drawn; z0 is zeros of shapes (B, C_i, 32 / 2^i, 32 / 2^i)."""
-        check_images(x)
+        this forward pass's dropout masks drawn; z0 is zeros of shapes (B, C_i, r / 2^i, r / 2^i), r the
+        stem's output size (image_size / 2^downsample)."""
+        check_images(x, self.input_shape[0], self.input_shape[1])
         f, z0, _ = fixed_point_problem(self.stem, self.injection, self.cell, x)
         return f, z0
 
@@ -103,7 +107,7 @@ class MDEQClassifier(nn.Module):
         checks.boolean("jac_loss", jac_loss, where="MDEQClassifier: ")
         if max_iter is not None:
             max_iter = checks.integer("max_iter", max_iter, 1, where="MDEQClassifier: ")
-        check_images(x)
+        check_images(x, self.input_shape[0], self.input_shape[1])
         self._constraints.refresh_stale()
         f, z0, injection = fixed_point_problem(self.stem, self.injection, self.cell, x)
         if self.in_unrolled_warmup():

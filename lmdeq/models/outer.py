@@ -1,10 +1,12 @@
 """The explicit layers around the equilibrium of the MDEQ classifier (outside f; plain BatchNorm layers).
 
-    logits = head(z*),   z* = f(z*; injection(stem(x))),   x of shape (B, 3, 32, 32)
+    logits = head(z*),   z* = f(z*; injection(stem(x))),   x of shape (B, in_channels, image_size, image_size)
 
-* Input: a batch of CIFAR-sized RGB images (B, 3, 32, 32), floating point (:func:`check_images`).
-* Stem and injection: stem(x) = relu(bn(conv3x3(relu(bn(conv3x3(x)))))), 3 -> C_0 channels, stride 1 (CIFAR
-  keeps 32x32); injection = relu(bn(conv1x1(stem(x)))) when there are more than 2 branches, else the stem
+* Input: a batch of square images (B, in_channels, S, S), floating point (:func:`check_images`); the model's
+  ``in_channels`` and ``image_size`` settings (3 and 32 for CIFAR).
+* Stem and injection: stem(x) = relu(bn(conv3x3(relu(bn(conv3x3(x)))))), in_channels -> C_0 channels; the first
+  ``downsample`` of its two convolutions have stride 2 (MDEQ's DOWNSAMPLE_TIMES: 0 for CIFAR, which keeps
+  32x32, 2 for ImageNet, 224 -> 56), so the state's highest resolution is S / 2^downsample; injection = relu(bn(conv1x1(stem(x)))) when there are more than 2 branches, else the stem
   output. The injection enters the highest-resolution branch only.
 * HRNet-style classification head: per branch i a bottleneck block raises C_i to 4 h_i channels; starting at
   the highest resolution, a stride-2 conv3x3-BN-ReLU chain carries the running sum down one level at a time
@@ -22,34 +24,51 @@ from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
 
-__all__ = ["IMAGE_SIZE", "IN_CHANNELS", "check_images", "make_stem", "make_injection", "Bottleneck",
-           "ClassificationHead", "init_outer_weights"]
+__all__ = ["check_images", "make_stem", "make_injection", "Bottleneck", "ClassificationHead", "init_outer_weights",
+           "state_resolution"]
 
-IMAGE_SIZE = 32
-IN_CHANNELS = 3
 BN_MOMENTUM = 0.1
 
 
 # -- input -------------------------------------------------------------------------------------------------
-def check_images(x) -> None:
-    """A clear error naming ``x`` unless it is a floating tensor of shape (B, 3, 32, 32) with B >= 1."""
+def check_images(x, in_channels: int, image_size: int) -> None:
+    """A clear error naming ``x`` unless it is a floating tensor of shape (B, in_channels, image_size,
+    image_size) with B >= 1."""
     if not torch.is_tensor(x):
         raise ConfigTypeError(f"x must be a tensor of images, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ConfigTypeError(f"x must have a floating dtype, got {x.dtype}")
-    expected = (IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+    expected = (in_channels, image_size, image_size)
     if x.dim() != 4 or tuple(x.shape[1:]) != expected or x.shape[0] < 1:
-        raise ConfigError(f"x must have shape (B, {IN_CHANNELS}, {IMAGE_SIZE}, {IMAGE_SIZE}) with B >= 1, "
-                          f"got {tuple(x.shape)}")
+        what = ""
+        if x.dim() == 4 and x.shape[1] != in_channels:
+            what = f" (this model takes {in_channels}-channel images: its in_channels setting)"
+        elif x.dim() == 4 and tuple(x.shape[2:]) != (image_size, image_size):
+            what = f" (this model takes {image_size}x{image_size} images: its image_size setting)"
+        raise ConfigError(f"x must have shape (B, {in_channels}, {image_size}, {image_size}) with B >= 1, "
+                          f"got {tuple(x.shape)}{what}")
+
+
+def state_resolution(image_size: int, downsample: int, branches: int) -> int:
+    """The highest resolution of the state, image_size / 2^downsample, which the branches halve branches - 1
+    times; a ConfigError naming the size unless every one of those halvings is exact."""
+    factor = 2 ** (downsample + branches - 1)
+    if image_size % factor:
+        fits = [n for n in (image_size - image_size % factor, image_size - image_size % factor + factor) if n > 0]
+        raise ConfigError(f"image_size {image_size} does not fit: the stem halves it {downsample} time(s) "
+                          f"(downsample) and the {branches} branches {branches - 1} more time(s), so it must be a "
+                          f"multiple of {factor} (e.g. {' or '.join(map(str, fits))}); resize the images or change "
+                          "downsample / the number of channels entries")
+    return image_size // 2 ** downsample
 
 
 # -- stem and injection ------------------------------------------------------------------------------------
-def make_stem(in_channels: int, channels: int) -> nn.Sequential:
+def make_stem(in_channels: int, channels: int, downsample: int = 0) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+        nn.Conv2d(in_channels, channels, 3, stride=2 if downsample >= 1 else 1, padding=1, bias=False),
         nn.BatchNorm2d(channels, momentum=BN_MOMENTUM),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.Conv2d(channels, channels, 3, stride=2 if downsample >= 2 else 1, padding=1, bias=False),
         nn.BatchNorm2d(channels, momentum=BN_MOMENTUM),
         nn.ReLU(inplace=True),
     )

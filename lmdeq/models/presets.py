@@ -44,21 +44,63 @@ from .. import checks
 from ..deq import Implicit
 from ..errors import ConfigError, ConfigTypeError
 from ..solvers import Apriori, AuthorsAnderson, Broyden, FixedPoint
+from .outer import state_resolution
 from .solves import check_solves, solve_sections
 
-__all__ = ["PRESETS", "AUTHORS_SOLVER", "APRIORI_SOLVES", "CONSTRAINTS", "RELEASED_JR", "JR_KEYS", "ARCH_KEYS",
+__all__ = ["PRESETS", "PRESET_DATA", "describe_presets", "AUTHORS_SOLVER", "APRIORI_SOLVES", "CONSTRAINTS", "RELEASED_JR", "JR_KEYS", "ARCH_KEYS",
            "resolve_config", "original_warmup_steps", "jacobian_regularised"]
 
+# The two CIFAR-10 architectures of the original MDEQ (locuslab/deq experiments/cifar: LARGE, and TINY = MDEQ-small)
+# and of its ImageNet configs (experiments/imagenet cls_mdeq_SMALL.yaml / cls_mdeq_LARGE.yaml: a stem that halves
+# 224 twice, DOWNSAMPLE_TIMES 2, four branches 56..7, Broyden 26/27).
+_CIFAR_LARGE = dict(channels=[32, 64, 128, 256], expansion=5, num_groups=8, dropout=0.3,
+                    head_channels=[14, 28, 56, 112], final_channels=1680, in_channels=3, image_size=32, downsample=0,
+                    original_iters=(18, 20), original_warmup=(20000, 220 * 391))
+_CIFAR_SMALL = dict(channels=[24, 24], expansion=5, num_groups=8, dropout=0.25, head_channels=[8, 16],
+                    final_channels=200, in_channels=3, image_size=32, downsample=0, original_iters=(18, 20),
+                    original_warmup=(3000, 50 * 391))
+_IMAGENET = dict(expansion=5, num_groups=8, dropout=0.0, final_channels=2048, in_channels=3, image_size=224,
+                 downsample=2, original_iters=(26, 27), original_warmup=(510000, 100 * 10010))
 PRESETS = {
-    "cifar10-large": dict(channels=[32, 64, 128, 256], expansion=5, num_groups=8, dropout=0.3,
-                          head_channels=[14, 28, 56, 112], final_channels=1680,
-                          original_iters=(18, 20), original_warmup=(20000, 220 * 391)),
-    "cifar10-small": dict(channels=[24, 24], expansion=5, num_groups=8, dropout=0.25,
-                          head_channels=[8, 16], final_channels=200,
-                          original_iters=(18, 20), original_warmup=(3000, 50 * 391)),
+    "cifar10-large": dict(_CIFAR_LARGE, num_classes=10),
+    "cifar10-small": dict(_CIFAR_SMALL, num_classes=10),
+    "cifar100-large": dict(_CIFAR_LARGE, num_classes=100),
+    "cifar100-small": dict(_CIFAR_SMALL, num_classes=100),
+    "svhn-small": dict(_CIFAR_SMALL, num_classes=10),
+    "mnist-small": dict(_CIFAR_SMALL, in_channels=1, image_size=28, num_classes=10),
+    "fashion-mnist-small": dict(_CIFAR_SMALL, in_channels=1, image_size=28, num_classes=10),
+    "tiny-imagenet-small": dict(_IMAGENET, channels=[32, 64, 128, 256], head_channels=[24, 48, 96, 192],
+                                image_size=64, downsample=1, num_classes=200),
+    "imagenet-small": dict(_IMAGENET, channels=[32, 64, 128, 256], head_channels=[24, 48, 96, 192],
+                           num_classes=1000),
+    "imagenet-large": dict(_IMAGENET, channels=[80, 160, 320, 640], head_channels=[32, 64, 128, 256],
+                           num_classes=1000),
 }
 # original_warmup = (PRETRAIN_STEPS, schedule length in steps) of the locuslab recipe: LARGE 20,000 of
-# 220 epochs x 391 steps (4 GPUs x 32 images), TINY (MDEQ-small) 3,000 of 50 epochs x 391 (2 GPUs x 64).
+# 220 epochs x 391 steps (4 GPUs x 32 images), TINY (MDEQ-small) 3,000 of 50 epochs x 391 (2 GPUs x 64), ImageNet
+# 510,000 of 100 epochs x 10,010 steps (128 images); the presets without a recipe of their own take the ratio of
+# the recipe their architecture comes from.
+
+# What each preset is for: the data set (a torchvision name) and its training defaults, normalisation
+# x = (u / 255 - mean) / std per channel and augmentation (a random crop with zero padding ``crop_padding`` and
+# a horizontal flip when ``flip``; ImageNet-style presets resize to image_size first).
+_CIFAR10_NORM = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
+_IMAGENET_NORM = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+PRESET_DATA = {
+    "cifar10-large": dict(dataset="CIFAR10", **_CIFAR10_NORM, crop_padding=4, flip=True),
+    "cifar10-small": dict(dataset="CIFAR10", **_CIFAR10_NORM, crop_padding=4, flip=True),
+    "cifar100-large": dict(dataset="CIFAR100", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                           crop_padding=4, flip=True),
+    "cifar100-small": dict(dataset="CIFAR100", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                           crop_padding=4, flip=True),
+    "svhn-small": dict(dataset="SVHN", mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+                       crop_padding=2, flip=False),   # digits: a flip changes the class
+    "mnist-small": dict(dataset="MNIST", mean=(0.1307,), std=(0.3081,), crop_padding=2, flip=False),
+    "fashion-mnist-small": dict(dataset="FashionMNIST", mean=(0.2860,), std=(0.3530,), crop_padding=2, flip=True),
+    "tiny-imagenet-small": dict(dataset="ImageFolder", **_IMAGENET_NORM, crop_padding=8, flip=True),
+    "imagenet-small": dict(dataset="ImageNet", **_IMAGENET_NORM, crop_padding=0, flip=True),
+    "imagenet-large": dict(dataset="ImageNet", **_IMAGENET_NORM, crop_padding=0, flip=True),
+}
 UNROLLED_LAYERS = 10   # NUM_LAYERS of both CIFAR-10 recipes
 
 # The conv constraint of the Lipschitz variant:
@@ -98,7 +140,8 @@ RELEASED_JR = dict(dropout=0.22, unrolled_layers=8, unrolled_warmup_steps=0,
                    rand_f_thres_delta=2, jac_loss_vecs=2)
 
 # The architecture a preset fixes (a checkpoint trained with --set on them keeps its own, see lmdeq bench --weights).
-ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels")
+ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", "final_channels", "in_channels",
+             "image_size", "downsample")
 _COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, cuda_graphs=True, unrolled_warmup_steps=0,
                         unrolled_layers=UNROLLED_LAYERS, **JR_KEYS)
 _LIPSCHITZ_DEFAULTS = dict(s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0, constraint="certified",
@@ -115,6 +158,7 @@ def _defaults(preset: str, lipschitz: bool) -> dict:
     cfg = {"preset": preset, "lipschitz": lipschitz}
     cfg.update({k: copy.deepcopy(spec[k]) for k in ARCH_KEYS})
     cfg.update(copy.deepcopy(_COMMON_DEFAULTS))
+    cfg["num_classes"] = spec["num_classes"]
     if lipschitz:
         cfg.update(_LIPSCHITZ_DEFAULTS)
         cfg.update(solve_sections(**_LIPSCHITZ_SOLVES))
@@ -123,6 +167,17 @@ def _defaults(preset: str, lipschitz: bool) -> dict:
         cfg.update(solve_sections(Broyden(max_iter=f_iter, tol=1e-3, stop_mode="rel"),
                                   Implicit(solver=Broyden(max_iter=b_iter, tol=1e-3, stop_mode="rel"), x0="zeros")))
     return cfg
+
+
+def describe_presets() -> list:
+    """One line per preset: name, input, classes, branches, the data it is for."""
+    lines = []
+    for name, spec in PRESETS.items():
+        data = PRESET_DATA[name]
+        lines.append(f"{name:<20} {spec['in_channels']}x{spec['image_size']}x{spec['image_size']} input, "
+                     f"{spec['num_classes']} classes, {len(spec['channels'])} branches {spec['channels']}"
+                     + (f", stem /{2 ** spec['downsample']}" if spec["downsample"] else "") + f"; {data['dataset']}")
+    return lines
 
 
 def _check_preset(preset) -> None:
@@ -181,10 +236,12 @@ def _validate(cfg: dict) -> None:
     _int_list(cfg, "channels")
     n = len(cfg["channels"])
     if not 2 <= n <= 5:
-        raise ConfigError(f"channels must list 2 to 5 branches (32x32 input, resolution halves per branch), got {n}")
+        raise ConfigError(f"channels must list 2 to 5 branches (the resolution halves per branch), got {n}")
     _int_list(cfg, "head_channels", length=n)
-    for key in ("expansion", "num_groups", "final_channels", "num_classes"):
+    for key in ("expansion", "num_groups", "final_channels", "num_classes", "in_channels", "image_size"):
         checks.integer(key, cfg[key], 1)
+    checks.choice("downsample", cfg["downsample"], (0, 1, 2))
+    state_resolution(cfg["image_size"], cfg["downsample"], n)
     groups = cfg["num_groups"]
     for c in cfg["channels"]:
         if c % groups or (c * cfg["expansion"]) % groups or c % max(1, groups // 2):

@@ -20,7 +20,9 @@ def test_preset_parameter_counts(preset, expected, lipschitz):
 
 
 def test_presets_are_named():
-    assert set(PRESETS) == {"cifar10-large", "cifar10-small"}
+    assert set(PRESETS) == {"cifar10-large", "cifar10-small", "cifar100-large", "cifar100-small", "svhn-small",
+                            "mnist-small", "fashion-mnist-small", "tiny-imagenet-small", "imagenet-small",
+                            "imagenet-large"}
 
 
 @pytest.mark.parametrize("lipschitz", [False, True])

@@ -76,16 +76,18 @@ def check_weights(paths) -> None:
         check_solvable(model, source, ConfigError)
 
 
-def check_data(spec: str) -> None:
+def check_data(spec: str, preset: str) -> None:
     """``--data`` must load (decoded once into the cache, which the benchmark then reuses) as images of the
-    models' input size."""
-    from ...models.classifier import IMAGE_SIZE, IN_CHANNELS
+    preset's input size."""
+    from ...models import PRESETS
     from ..data.sources import load_source
 
+    spec_ = PRESETS[preset]
+    shape = (spec_["in_channels"], spec_["image_size"], spec_["image_size"])
     images = load_source(spec).train.images
-    if tuple(images.shape[1:]) != (IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
-        raise ConfigError(f"--data {spec}: its images are {tuple(images.shape[1:])} (C, H, W); the MDEQ models take "
-                          f"{(IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)}")
+    if tuple(images.shape[1:]) != shape:
+        raise ConfigError(f"--data {spec}: its images are {tuple(images.shape[1:])} (C, H, W); preset {preset} "
+                          f"takes {shape}")
 
 
 def check_out_dir(out: str) -> None:
@@ -125,7 +127,7 @@ def run(args) -> int:
         raise ConfigError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
     check_weights(args.weights)
     if args.data:
-        check_data(args.data)
+        check_data(args.data, preset)
     result = run_speedup(preset=preset, batch=batch,
                          device=device, steps=args.steps or (10 if gpu else 3),
                          warmup=args.warmup if args.warmup is not None else (3 if gpu else 2),

@@ -276,9 +276,13 @@ def _ratios(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def _batch(preset_batch: int, device, data: Optional[str], seed: int):
-    """One batch of images and labels: real CIFAR-10 images from ``data`` if given, else N(0, 1) images."""
+def _batch(preset_batch: int, device, data: Optional[str], seed: int, preset: str = "cifar10-small"):
+    """One batch of images and labels: real images from ``data`` if given (normalised with the preset's
+    statistics), else N(0, 1) images of the preset's input shape."""
+    from ...models.presets import PRESET_DATA, PRESETS
+
     g = torch.Generator().manual_seed(seed)
+    spec, stats = PRESETS[preset], PRESET_DATA[preset]
     if data:
         from ..data.augment import normalize
         from ..data.batches import eval_batches
@@ -288,10 +292,10 @@ def _batch(preset_batch: int, device, data: Optional[str], seed: int):
         images = load_source(data).train
         picked = images.subset(stratified_subset(images.labels, len(images.classes), preset_batch, seed, "bench"))
         images, y = next(iter(eval_batches(picked, preset_batch)))
-        x = normalize(images)
+        x = normalize(images, stats["mean"], stats["std"])
     else:
-        x = torch.randn(preset_batch, 3, 32, 32, generator=g)
-        y = torch.randint(0, 10, (preset_batch,), generator=g)
+        x = torch.randn(preset_batch, spec["in_channels"], spec["image_size"], spec["image_size"], generator=g)
+        y = torch.randint(0, spec["num_classes"], (preset_batch,), generator=g)
     return x.to(device), y.to(device)
 
 
@@ -327,7 +331,7 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
     load_start = load_average()
     device = torch.device(device)
     solve_mode = solve_mode or ("apriori" if device.type == "cuda" else "checked")
-    x, y = _batch(batch, device, data, seed)
+    x, y = _batch(batch, device, data, seed, preset)
     checkpoints = []
     if weights:
         from ..train.checkpoint import load_checkpoint

@@ -42,6 +42,7 @@ from ...errors import NonFiniteError
 from ..data.batches import train_batches
 from ..train.checkpoint import capture_rng_state, restore_rng_state, seed_everything
 from ..flat_solves import model_arguments
+from ..data.augment import preset_defaults
 from ..train.config import TrainConfig
 from ..train.evaluate import evaluate
 from ..train.jacobian import JacobianSchedule
@@ -96,6 +97,7 @@ class MethodRun:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         seed_everything(cfg.seed)
         model = mdeq(**spec.model_config)
+        self.data_defaults = preset_defaults(model.config["preset"])
         if init is not None:
             own = dict(model.named_parameters())
             if set(own) != set(init) or any(own[k].shape != v.shape for k, v in init.items()):
@@ -142,8 +144,10 @@ class MethodRun:
         start = time.perf_counter()
         while self.in_epoch < in_epoch:
             if self._batches is None:
+                d = self.data_defaults
                 self._batches = iter(train_batches(self.train, self.cfg.batch_size, self.cfg.seed, self.epoch + 1,
-                                                   self.cfg.augment, pin_memory=self.device.type == "cuda"))
+                                                   self.cfg.augment, d.padding, pin_memory=self.device.type == "cuda",
+                                                   flip=d.flip))
                 for _ in range(self._skip):     # restored mid-epoch: the plan's batches already trained on
                     next(self._batches)
                 self._skip = 0
@@ -152,7 +156,7 @@ class MethodRun:
             done = train_step(self.model, self.optimizer, self.scheduler, images, labels, self.device,
                               len(self.train.classes), self.cfg.grad_clip,
                               lambda v: NonFiniteError(f"{self.spec.label}: loss is {v} at step {self.step + 1}"),
-                              memory_format=self.memory_format, jacobian=draw)
+                              memory_format=self.memory_format, jacobian=draw, stats=self.data_defaults)
             self.jr_steps += bool(draw is not None and draw.jac_loss)
             self.step += 1
             self.in_epoch += 1
@@ -198,7 +202,7 @@ class MethodRun:
     def evaluate_point(self, interval: Dict) -> Dict:
         """Validate now (not on the clock) and append the curve point."""
         restore_rng_state(self.rng)
-        val = evaluate(self.model, self.val, self.cfg.eval_batch_size, self.device)
+        val = evaluate(self.model, self.val, self.cfg.eval_batch_size, self.device, stats=self.data_defaults)
         self.rng = capture_rng_state()
         bound = certified_bound(self.model, training=False)
         point = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "train_s": self.clock,

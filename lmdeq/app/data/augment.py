@@ -4,16 +4,40 @@ Random crop with zero padding p followed by a horizontal flip, for a batch at on
 ``out[b, :, i, j] = P[b, :, oy_b + i, ox_b + j']`` where ``P`` is the image padded by p on every side,
 ``(oy_b, ox_b)`` in ``[0, 2p]^2`` and ``j' = W - 1 - j`` when sample b is flipped, else ``j``
 (the same result as torchvision's RandomCrop(padding=p) then RandomHorizontalFlip).
-Normalisation: ``x = (u / 255 - mean) / std`` per channel, with the CIFAR-10 statistics the
-Lipschitz-MDEQ authors use.
+Normalisation: ``x = (u / 255 - mean) / std`` per channel; :func:`preset_defaults` gives a preset's statistics
+and augmentation (:data:`lmdeq.models.presets.PRESET_DATA`; the CIFAR-10 statistics the Lipschitz-MDEQ authors use
+for the CIFAR-10 presets).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ...models.presets import PRESET_DATA
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+
+@dataclass(frozen=True)
+class DataDefaults:
+    """A preset's normalisation statistics and augmentation (random crop with ``padding``, flip when ``flip``)."""
+
+    mean: Tuple[float, ...] = CIFAR10_MEAN
+    std: Tuple[float, ...] = CIFAR10_STD
+    padding: int = 4
+    flip: bool = True
+
+
+def preset_defaults(preset: str | None) -> DataDefaults:
+    """The data defaults of ``preset`` (CIFAR-10's for a model that is not one of the presets)."""
+    spec = PRESET_DATA.get(preset) if isinstance(preset, str) else None
+    if spec is None:
+        return DataDefaults()
+    return DataDefaults(tuple(spec["mean"]), tuple(spec["std"]), spec["crop_padding"], spec["flip"])
 
 
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:

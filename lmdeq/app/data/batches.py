@@ -37,14 +37,16 @@ class EpochPlan:
     flips: torch.Tensor | None  # (N,) bool by position
 
 
-def epoch_plan(n: int, seed: int, epoch: int, augment: bool, padding: int) -> EpochPlan:
+def epoch_plan(n: int, seed: int, epoch: int, augment: bool, padding: int, flip: bool = True) -> EpochPlan:
+    """The epoch's order, crop offsets and flips (drawn in that order, also when ``flip`` is False, which then
+    clears them: the crops of a run do not depend on whether it flips)."""
     gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
     order = torch.randperm(n, generator=gen)
     if not augment:
         return EpochPlan(order, None, None)
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen)
     flips = torch.randint(0, 2, (n,), generator=gen).bool()
-    return EpochPlan(order, offsets, flips)
+    return EpochPlan(order, offsets, flips if flip else torch.zeros_like(flips))
 
 
 class _PlannedBatches(torch.utils.data.Dataset):
@@ -93,11 +95,11 @@ def _loader(batches: _PlannedBatches, workers: int, pin_memory: bool) -> torch.u
 
 def train_batches(data: LabelledImages, batch_size: int, seed: int, epoch: int, augment: bool = True,
                   padding: int = 4, workers: int = 0, pin_memory: bool = False,
-                  shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
-    """Shuffled (and, with ``augment``, randomly cropped and flipped) batches of epoch ``epoch``; with
-    ``shard=(rank, world)`` only that rank's share of each batch (see the module docstring)."""
+                  shard: tuple[int, int] = (0, 1), flip: bool = True) -> torch.utils.data.DataLoader:
+    """Shuffled (and, with ``augment``, randomly cropped and, with ``flip``, flipped) batches of epoch ``epoch``;
+    with ``shard=(rank, world)`` only that rank's share of each batch (see the module docstring)."""
     _check(data, batch_size, workers, shard)
-    plan = epoch_plan(len(data), seed, epoch, augment, padding)
+    plan = epoch_plan(len(data), seed, epoch, augment, padding, flip)
     return _loader(_PlannedBatches(data, batch_size, plan, padding, shard), workers, pin_memory)
 
 

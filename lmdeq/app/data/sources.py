@@ -4,6 +4,10 @@ Accepted forms:
 
 * ``cifar10``: torchvision's CIFAR-10 under ``<cache_dir>/cifar10-torchvision``, downloaded if missing;
 * ``torchvision:<root>``: torchvision's CIFAR-10 under ``root`` (downloaded if missing);
+* ``<Name>:<root>``: a torchvision data set already on disk under ``root`` in torchvision's own layout, never
+  downloaded: ``CIFAR10``, ``CIFAR100``, ``SVHN``, ``MNIST``, ``FashionMNIST``, ``STL10`` (the name in any case);
+  its train and test splits, its classes; a missing one is one line saying where it was looked for and how to
+  get it;
 * a directory: an ImageFolder (``<class>/<image>``), or one holding ``train/`` (+ ``test/`` or ``val/``);
 * a ``.tar.gz`` / ``.tgz`` / ``.tar`` of such a directory, extracted once into the cache.
 """
@@ -20,7 +24,8 @@ from .archive import extract_archive, is_archive, prepare_cache_dir
 from .folder import find_split_dirs, load_image_folder
 from .images import LabelledImages
 
-__all__ = ["DataSource", "DataUnavailableError", "load_source", "TORCHVISION_PREFIX", "DOWNLOAD_NAME"]
+__all__ = ["DataSource", "DataUnavailableError", "load_source", "TORCHVISION_PREFIX", "DOWNLOAD_NAME",
+           "TORCHVISION_SETS"]
 
 TORCHVISION_PREFIX = "torchvision:"
 DOWNLOAD_NAME = "cifar10"
@@ -46,6 +51,56 @@ def _torchvision_cifar10(root: Path, train: bool) -> LabelledImages:
     return LabelledImages(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes))
 
 
+# torchvision data sets by name: (how a split is asked for, where the images / labels are, their layout).
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", "train", "data", "targets", "NHWC"),
+    "cifar100": ("CIFAR100", "train", "data", "targets", "NHWC"),
+    "svhn": ("SVHN", "split", "data", "labels", "NCHW"),
+    "mnist": ("MNIST", "train", "data", "targets", "NHW"),
+    "fashionmnist": ("FashionMNIST", "train", "data", "targets", "NHW"),
+    "stl10": ("STL10", "split", "data", "labels", "NCHW"),
+}
+
+
+def _named_split(key: str, root: Path, train: bool) -> LabelledImages:
+    """One split of the torchvision data set ``key`` (:data:`TORCHVISION_SETS`) under ``root``, never downloaded."""
+    import numpy as np
+    import torchvision.datasets as tvd
+
+    name, how, data_attr, label_attr, layout = TORCHVISION_SETS[key]
+    cls = getattr(tvd, name)
+    split = {"train": train} if how == "train" else {"split": "train" if train else "test"}
+    try:
+        ds = cls(str(root), download=False, **split)
+    except Exception as err:   # torchvision: "Dataset not found or corrupted", missing files, bad archives
+        raise DataUnavailableError(
+            f"data: torchvision {name} was not found (or is damaged) under {root} ({type(err).__name__}: {err}); "
+            f"lmdeq never downloads it: get it once where there is network with python -c \"import torchvision; "
+            + (f"[torchvision.datasets.{name}('{root}', split=s, download=True) for s in ('train', 'test')]"
+               if how == "split" else f"torchvision.datasets.{name}('{root}', download=True)")
+            + f"\" and pass --data {name}:{root}") from err
+    images = torch.as_tensor(np.asarray(getattr(ds, data_attr)))
+    if images.dtype != torch.uint8:
+        raise DataError(f"data: torchvision {name} under {root} holds {images.dtype} images, expected uint8")
+    images = {"NHWC": lambda t: t.permute(0, 3, 1, 2), "NCHW": lambda t: t,
+              "NHW": lambda t: t.unsqueeze(1)}[layout](images).contiguous()
+    labels = torch.as_tensor(np.asarray(getattr(ds, label_attr)), dtype=torch.int64)
+    classes = tuple(str(c) for c in getattr(ds, "classes", None) or range(int(labels.max()) + 1))
+    return LabelledImages(images, labels, classes)
+
+
+def _named_source(spec: str) -> DataSource | None:
+    """The torchvision data set ``<Name>:<root>`` names, or None when ``spec`` is no such name."""
+    name, sep, root = spec.partition(":")
+    key = name.lower().replace("-", "").replace("_", "")
+    if not sep or key not in TORCHVISION_SETS:
+        return None
+    if not root:
+        raise DataError(f"data: {spec} names no root directory; pass --data {name}:<root>")
+    path = Path(root).expanduser()
+    return DataSource(spec, _named_split(key, path, True), _named_split(key, path, False))
+
+
 def _folder_source(spec: str, root: Path, cache: Path, workers: int, progress: bool, strict: bool) -> DataSource:
     train_dir, test_dir = find_split_dirs(root)
     train = load_image_folder(train_dir, cache, workers, progress, strict)
@@ -68,11 +123,15 @@ def load_source(spec: str, cache_dir: str | os.PathLike | None = None, workers: 
         else:
             root = Path(spec[len(TORCHVISION_PREFIX):]).expanduser()
         return DataSource(spec, _torchvision_cifar10(root, True), _torchvision_cifar10(root, False))
+    named = _named_source(spec)
+    if named is not None:
+        return named
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataNotFoundError(
             f"data: {spec} does not exist (expected an ImageFolder directory, a .tar.gz of one, "
-            f"'{DOWNLOAD_NAME}' or '{TORCHVISION_PREFIX}<root>')")
+            f"'{DOWNLOAD_NAME}', '{TORCHVISION_PREFIX}<root>' or <Name>:<root> of a torchvision data set: "
+            f"{', '.join(v[0] for v in TORCHVISION_SETS.values())})")
     if path.is_file():
         if not is_archive(path):
             raise DataError(f"data: {spec} is a file but not a .tar.gz, .tgz or .tar archive")

@@ -78,7 +78,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "JSON list/dict, else string), e.g. --set dropout=0.1 --set channels=[16,16]")
     d = p.add_argument_group("data")
     src = d.add_mutually_exclusive_group()
-    src.add_argument("--data", type=path, help="ImageFolder directory, .tar.gz of one, or torchvision:<root>")
+    src.add_argument("--data", type=path, help="ImageFolder directory, .tar.gz of one, torchvision:<root> (CIFAR-10, "
+                     "downloaded when missing), or <Name>:<root> of a torchvision data set on disk (CIFAR10, CIFAR100, "
+                     "SVHN, MNIST, FashionMNIST, STL10)")
     src.add_argument("--dataset", choices=["cifar10"],
                      help="torchvision's CIFAR-10 in the cache directory, downloaded when missing")
     d.add_argument("--val-data", type=path, help="validation images (default: the data's test split, else a hold-out)")
@@ -221,8 +223,13 @@ def handle_eval(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``train`` and ``eval`` to ``subparsers``; each sets ``handler(args) -> exit code``."""
-    p = subparsers.add_parser("train", help="train an MDEQ classifier on CIFAR-10",
-                              description="Train an MDEQ classifier on CIFAR-10 (or any 10-class ImageFolder).")
+    from ...models.presets import describe_presets
+
+    p = subparsers.add_parser("train", help="train an MDEQ image classifier",
+                              description="Train an MDEQ image classifier (a preset's architecture, input shape and "
+                                          "class count; --set changes any of them).",
+                              epilog="presets (--preset):\n" + "\n".join("  " + line for line in describe_presets()),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
     p.set_defaults(handler=handle_train)
     q = subparsers.add_parser("eval", help="evaluate a training checkpoint",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import NonFiniteError
-from ..data.augment import normalize
+from ..data.augment import DataDefaults, normalize
 from ..data.batches import eval_batches
 from .distributed import Dist
 from .hooks import solver_stats
@@ -30,7 +30,8 @@ def check_logits(logits: torch.Tensor, batch: int, num_classes: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: LabelledImages, batch_size: int, device: torch.device,
-             workers: int = 0, progress: bool = False, desc: str = "eval", dist: Dist | None = None) -> dict:
+             workers: int = 0, progress: bool = False, desc: str = "eval", dist: Dist | None = None,
+             stats: DataDefaults = DataDefaults()) -> dict:
     """{'loss', 'acc', 'n', 'f_nstep', 'f_residual' (batch-size-weighted means), 'time_s'} over ``data``
     (with ``dist``: this rank evaluates its shard, see the module docstring).
 
@@ -54,7 +55,7 @@ def evaluate(model: torch.nn.Module, data: LabelledImages, batch_size: int, devi
         loader = tqdm(loader, desc=desc, leave=False, unit="batch")
     try:
         for images, labels in loader:
-            x = normalize(images.to(device, non_blocking=True))
+            x = normalize(images.to(device, non_blocking=True), stats.mean, stats.std)
             y = labels.to(device, non_blocking=True)
             logits = model(x)
             check_logits(logits, y.shape[0], len(data.classes))

@@ -26,6 +26,7 @@ import torch
 from ...errors import CheckpointError, ConfigError, DataError, LmdeqError
 from .checkpoint import RUN, load_checkpoint, seed_everything
 from .config import RESUME_MAY_CHANGE, TrainConfig
+from ..data.augment import preset_defaults
 from ..data.run_data import Splits, prepare_splits
 from .distributed import ELASTIC_RESTART, ELASTIC_RUN_ID, Dist, distributed
 from .evaluate import evaluate
@@ -96,7 +97,15 @@ def resume_path(resume: str | os.PathLike) -> Path:
 
 
 def check_classes(data: LabelledImages, source: str | None, model: torch.nn.Module) -> None:
-    """ConfigError when the model's head (config ``num_classes``) does not match the data's classes."""
+    """ConfigError when the model's head (config ``num_classes``) does not match the data's classes, or its input
+    shape (``model.input_shape``) the data's images."""
+    shape = getattr(model, "input_shape", None)
+    got = tuple(data.images.shape[1:])
+    if shape is not None and got != tuple(shape):
+        raise ConfigError(f"data: {source} has {got[0]}-channel {got[1]}x{got[2]} images but the model takes "
+                          f"{shape[0]}-channel {shape[1]}x{shape[2]} images (its in_channels / image_size settings); "
+                          "choose the preset for this data (lmdeq train --help lists them) or --set in_channels=... "
+                          "image_size=...")
     head = (model_config(model) or {}).get("num_classes")
     n = len(data.classes)
     if head is not None and head != n:
@@ -292,7 +301,10 @@ def _evaluate(checkpoint, dist: Dist, dev: torch.device, *, data, split, limit, 
     if ckpt.get("classes") is not None and tuple(ckpt["classes"]) != images.classes:
         raise DataError(f"data: the images have the classes {list(images.classes)}, but {checkpoint} was trained on "
                         f"{list(ckpt['classes'])}")
-    metrics = evaluate(model, images, cfg.eval_batch_size, dev, workers, progress, desc=f"eval {name}", dist=dist)
+    check_classes(images, name, model)
+    stats = preset_defaults((model_config(model) or {}).get("preset"))
+    metrics = evaluate(model, images, cfg.eval_batch_size, dev, workers, progress, desc=f"eval {name}", dist=dist,
+                       stats=stats)
     bound = certified_bound(model, training=False)
     return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "split": name, **metrics,
             "lipschitz_bound": bound, "certified": bound is not None and bound < 1.0}

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import NonFiniteError
-from ..data.augment import normalize
+from ..data.augment import DataDefaults, normalize
 from .evaluate import check_logits
 from .distributed import Dist
 from .hooks import apply_constraint
@@ -51,7 +51,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
                nonfinite_error: Callable[[float], Exception] | None = None,
                memory_format: torch.memory_format = torch.contiguous_format,
                forward: torch.nn.Module | None = None, dist: Dist | None = None,
-               jacobian: JacobianDraw | None = None) -> StepResult:
+               jacobian: JacobianDraw | None = None, stats: DataDefaults = DataDefaults()) -> StepResult:
     """Train ``model`` on one batch of uint8 ``images`` (B, 3, H, W) and ``labels`` (B,).
 
     ``nonfinite_error(loss)`` builds the exception raised for a NaN/Inf loss (default: NonFiniteError);
@@ -59,8 +59,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     channels_last model). ``forward``: the module that runs the forward pass (default ``model``; the
     DistributedDataParallel wrapper of ``model`` in a data-parallel step, with ``dist`` and this rank's
     shard as ``images``/``labels``: see the module docstring). ``jacobian``: the step's Jacobian-
-    regularisation draw (see the module docstring; None: no JR)."""
-    x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+    regularisation draw (see the module docstring; None: no JR). ``stats``: the normalisation statistics (the
+    preset's, :func:`lmdeq.app.data.augment.preset_defaults`)."""
+    x = normalize(images.to(device, non_blocking=True), stats.mean, stats.std).contiguous(memory_format=memory_format)
     y = labels.to(device, non_blocking=True)
     call = jacobian.model_kwargs() if jacobian is not None else {}
     out = (model if forward is None else forward)(x, **call)

@@ -46,6 +46,7 @@ import torch
 from ... import checks
 from ...errors import CheckpointError, DataError, NonFiniteError, first_line
 from . import replicas
+from ..data.augment import preset_defaults
 from ..data.batches import check_shardable, train_batches
 from .checkpoint import capture_rng_state, restore_generators, restore_rng_state
 from .config import TrainConfig
@@ -106,6 +107,7 @@ class Trainer:
             raise TypeError(f"dist must be a lmdeq.app.train.distributed.Dist, got {type(dist).__name__}")
         check_shardable(len(train_data), cfg.batch_size, dist.world)
         self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        self.data_defaults = preset_defaults(cfg.preset)   # normalisation and augmentation of the preset
         self.forward_model = model  # what runs the training forward pass: the DDP wrapper once fit() starts
         self.train_data, self.val_data = train_data, val_data
         # What the run trains and validates on (the exact images, labels and classes after the split), recorded
@@ -268,8 +270,8 @@ class Trainer:
         self.forward_model.train()
         epoch = self.epoch + 1
         loader = train_batches(self.train_data, self.cfg.batch_size, self.cfg.seed, epoch, self.cfg.augment,
-                               workers=self.workers, pin_memory=self.device.type == "cuda",
-                               shard=(self.dist.rank, self.dist.world))
+                               self.data_defaults.padding, workers=self.workers, pin_memory=self.device.type == "cuda",
+                               shard=(self.dist.rank, self.dist.world), flip=self.data_defaults.flip)
         meter, last, jr_meter = MeanMeter(), {}, MeanMeter()
         unconverged, judged, steps, jr_steps = 0, 0, 0, 0
         start = time.perf_counter()
@@ -286,7 +288,8 @@ class Trainer:
                                   lambda v: NonFiniteError(f"training diverged: the loss is {v} at epoch {epoch}, "
                                                            f"step {self.step + 1}; {self._kept()} (try a lower "
                                                            "--lr or --grad-clip)"),
-                                  forward=self.forward_model, dist=self.dist, jacobian=draw)
+                                  forward=self.forward_model, dist=self.dist, jacobian=draw,
+                                  stats=self.data_defaults)
                 self.step += 1
                 steps += 1
                 if draw is not None:
@@ -403,7 +406,7 @@ class Trainer:
                 val = None
                 if self.val_data is not None:
                     val = evaluate(self.model, self.val_data, self.cfg.eval_batch_size, self.device, self.workers,
-                                   self.progress, desc=f"val {self.epoch}", dist=self.dist)
+                                   self.progress, desc=f"val {self.epoch}", dist=self.dist, stats=self.data_defaults)
                 self.bound = certified_bound(self.model, training=True)
                 self.bound_eval = certified_bound(self.model, training=False)
                 if val is not None and (self.best_val_acc is None or val["acc"] > self.best_val_acc):

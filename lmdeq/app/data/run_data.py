@@ -4,7 +4,8 @@ fields of :class:`lmdeq.app.train.TrainConfig` that choose the images).
 Validation images, in order of preference: ``val_data`` (its test split if it has one, else all of
 it); the test split of ``data`` (torchvision CIFAR-10, or a ``test``/``val`` directory beside
 ``train``); else a stratified hold-out of ``val_fraction`` of the training images (none when 0),
-drawn by seed. ``limit_train`` / ``limit_val`` then take stratified subsets, also by seed.
+drawn by seed. ``limit_train`` / ``limit_val`` then take stratified subsets, also by seed; ``channels`` /
+``image_size`` then fit the images to a model's input (:mod:`lmdeq.app.data.fit`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from ...errors import ConfigError, DataError
+from .fit import fit_images
 from .images import LabelledImages
 from .sources import load_source
 from .split import stratified_holdout, stratified_subset
@@ -27,6 +29,8 @@ class DataSpec(Protocol):
     limit_train: Optional[int]
     limit_val: Optional[int]
     seed: int
+    channels: Optional[int]
+    image_size: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def prepare_splits(cfg: DataSpec, cache_dir: str | os.PathLike | None = None, wo
         train, val, val_name = train.subset(train_idx), train.subset(val_idx), "holdout"
     if val is not None and val.classes != train.classes:
         raise DataError(f"val_data: classes {val.classes} differ from the training classes {train.classes}")
-    train = _limit(train, cfg.limit_train, cfg.seed, "train")
+    train = fit_images(_limit(train, cfg.limit_train, cfg.seed, "train"), cfg.channels, cfg.image_size, cfg.data)
     if val is not None:
-        val = _limit(val, cfg.limit_val, cfg.seed, "val")
+        val = fit_images(_limit(val, cfg.limit_val, cfg.seed, "val"), cfg.channels, cfg.image_size, cfg.data)
     return Splits(train, val, val_name)

@@ -21,7 +21,8 @@ from .distributed import BACKENDS
 from .metrics import fmt_number, json_number
 
 # CLI destination -> TrainConfig field, for the flags that set the training config.
-CONFIG_FLAGS = ("preset", "lipschitz", "data", "val_data", "val_fraction", "limit_train", "limit_val", "epochs",
+CONFIG_FLAGS = ("preset", "lipschitz", "data", "val_data", "val_fraction", "limit_train", "limit_val", "channels",
+                "image_size", "epochs",
                 "batch_size", "eval_batch_size", "lr", "min_lr", "weight_decay", "grad_clip", "augment", "seed")
 
 
@@ -88,6 +89,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                                                       "when there is no test split (default: 0.1; 0: none)")
     d.add_argument("--limit-train", type=_positive_int, help="train on a stratified subset of this many images")
     d.add_argument("--limit-val", type=_positive_int, help="validate on a stratified subset of this many images")
+    d.add_argument("--channels", type=int, choices=(1, 3),
+                   help="convert the images to this many channels (3 -> 1: luma; 1 -> 3: repeated), e.g. 1 for a "
+                        "1-channel preset on RGB data")
+    d.add_argument("--image-size", type=_positive_int,
+                   help="resize the images to this square size once after decoding (bilinear, antialiased), e.g. "
+                        "64 for tiny-imagenet-small on 32x32 data")
     d.add_argument("--no-augment", dest="augment", action="store_const", const=False,
                    help="no random crop / flip")
     o = p.add_argument_group("optimisation (defaults: the authors' CIFAR-10 settings)")

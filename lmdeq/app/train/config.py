@@ -30,6 +30,8 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out of the training images when no test split exists; 0: none
     limit_train: int | None = None
     limit_val: int | None = None
+    channels: int | None = None     # convert the images to this many channels (1 or 3; lmdeq.app.data.fit)
+    image_size: int | None = None   # resize the images to image_size x image_size (lmdeq.app.data.fit)
     epochs: int = 50
     batch_size: int = 128
     eval_batch_size: int = 256
@@ -56,9 +58,11 @@ class TrainConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ConfigTypeError(f"{name} must be a string or None, got {type(getattr(self, name)).__name__}")
         self.val_fraction = checks.number("val_fraction", self.val_fraction, 0, 1, high_open=True)
-        for name in ("limit_train", "limit_val"):
+        for name in ("limit_train", "limit_val", "image_size"):
             if getattr(self, name) is not None:
                 setattr(self, name, checks.integer(name, getattr(self, name), 1))
+        if self.channels is not None:
+            self.channels = checks.choice("channels", checks.integer("channels", self.channels, 1), (1, 3))
         for name in ("epochs", "batch_size", "eval_batch_size"):
             setattr(self, name, checks.integer(name, getattr(self, name), 1))
         self.lr = checks.number("lr", self.lr, 0, low_open=True)

@@ -27,6 +27,7 @@ from ...errors import CheckpointError, ConfigError, DataError, LmdeqError
 from .checkpoint import RUN, load_checkpoint, seed_everything
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from ..data.augment import preset_defaults
+from ..data.fit import fit_images
 from ..data.run_data import Splits, prepare_splits
 from .distributed import ELASTIC_RESTART, ELASTIC_RUN_ID, Dist, distributed
 from .evaluate import evaluate
@@ -247,7 +248,8 @@ def eval_images(cfg: TrainConfig, split: str, limit: int | None, cache_dir=None,
     if cfg.data is None:
         raise ConfigError("data: the checkpoint names no training data; pass --data")
     if split == "all":
-        name, images = "all", load_source(cfg.data, cache_dir, workers, progress, strict).train
+        name, images = "all", fit_images(load_source(cfg.data, cache_dir, workers, progress, strict).train,
+                                         cfg.channels, cfg.image_size, cfg.data)
     else:
         splits: Splits = prepare_splits(cfg, cache_dir, workers, progress, strict)
         if split == "val":

@@ -281,3 +281,19 @@ def test_reserved_memory_is_reported_beside_allocated(result):
         assert r["peak_infer_reserved_mib"] is None and r["peak_train_mib"] is None
     assert speedup._peak_step_memory(lambda: None, torch.device("cpu"), "train") == {
         "peak_train_mib": None, "peak_train_reserved_mib": None, "held_train_mib": None}
+
+
+def test_weights_of_another_preset_and_input_size_are_benchmarked_on_their_shape(tmp_path):
+    """A checkpoint trained with another input (mnist-small with --set image_size=32) runs on images of its own
+    shape; the preset's own init row runs on the preset's (1x28x28)."""
+    from lmdeq.app.train.checkpoint import BEST, save_checkpoint
+    from lmdeq.app.train.config import TrainConfig
+    from lmdeq.app.train.export import model_checkpoint
+
+    tiny = dict(channels=[8, 8], head_channels=[4, 8], final_channels=16, num_groups=4)
+    model = mdeq("mnist-small", image_size=32, **tiny)
+    save_checkpoint(tmp_path / "w.pt", model_checkpoint(model, TrainConfig(preset="mnist-small"), 1, 1,
+                                                        [str(i) for i in range(10)]), BEST)
+    result = speedup.run(preset="mnist-small", batch=2, steps=1, warmup=0, methods=("lmdeq",),
+                         weights=[str(tmp_path / "w.pt")], out_dir=None, log=lambda m: None)
+    assert [r["weights"] for r in result["rows"]] == ["init", "trained"]

@@ -276,27 +276,31 @@ def _ratios(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
     return out
 
 
+def _random_batch(batch: int, shape, num_classes: int, seed: int, device):
+    """N(0, 1) images of ``shape`` (C, H, W) and uniform labels, from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=g)
+    return x.to(device), torch.randint(0, num_classes, (batch,), generator=g).to(device)
+
+
 def _batch(preset_batch: int, device, data: Optional[str], seed: int, preset: str = "cifar10-small"):
     """One batch of images and labels: real images from ``data`` if given (normalised with the preset's
     statistics), else N(0, 1) images of the preset's input shape."""
     from ...models.presets import PRESET_DATA, PRESETS
 
-    g = torch.Generator().manual_seed(seed)
     spec, stats = PRESETS[preset], PRESET_DATA[preset]
-    if data:
-        from ..data.augment import normalize
-        from ..data.batches import eval_batches
-        from ..data.sources import load_source
-        from ..data.split import stratified_subset
+    if not data:
+        return _random_batch(preset_batch, (spec["in_channels"], spec["image_size"], spec["image_size"]),
+                             spec["num_classes"], seed, device)
+    from ..data.augment import normalize
+    from ..data.batches import eval_batches
+    from ..data.sources import load_source
+    from ..data.split import stratified_subset
 
-        images = load_source(data).train
-        picked = images.subset(stratified_subset(images.labels, len(images.classes), preset_batch, seed, "bench"))
-        images, y = next(iter(eval_batches(picked, preset_batch)))
-        x = normalize(images, stats["mean"], stats["std"])
-    else:
-        x = torch.randn(preset_batch, spec["in_channels"], spec["image_size"], spec["image_size"], generator=g)
-        y = torch.randint(0, spec["num_classes"], (preset_batch,), generator=g)
-    return x.to(device), y.to(device)
+    images = load_source(data).train
+    picked = images.subset(stratified_subset(images.labels, len(images.classes), preset_batch, seed, "bench"))
+    images, y = next(iter(eval_batches(picked, preset_batch)))
+    return normalize(images, stats["mean"], stats["std"]).to(device), y.to(device)
 
 
 def weights_used(rows: List[Dict], weights: Optional[List[str]]) -> str:
@@ -358,12 +362,18 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
                         continue
                     sources[method] = loaded
                 model = model.to(device)
-                xm = x
+                xm, ym = x, y
+                if tuple(x.shape[1:]) != tuple(model.input_shape):
+                    if data:   # real images of another shape than the checkpoint's model: say so, do not resize
+                        raise ConfigError(f"--weights {sources[method]}: its model takes {tuple(model.input_shape)} "
+                                          f"images, --data {data} gives {tuple(x.shape[1:])}")
+                    # a checkpoint trained with another --set image_size / in_channels: random images of its shape
+                    xm, ym = _random_batch(batch, model.input_shape, model.config["num_classes"], seed, device)
                 fast = method == "lmdeq"
                 if fast and channels_last:
                     model = model.to(memory_format=torch.channels_last)
-                    xm = x.contiguous(memory_format=torch.channels_last)
-                entries[method] = Method(model, xm, y, autocast_dtype=torch.bfloat16 if (fast and bf16) else None)
+                    xm = xm.contiguous(memory_format=torch.channels_last)
+                entries[method] = Method(model, xm, ym, autocast_dtype=torch.bfloat16 if (fast and bf16) else None)
             if not entries:
                 continue
             log(f"[{wset}] {', '.join(LABELS[m] for m in entries)}: {warmup} warm-up and {steps} timed rounds of "

@@ -12,7 +12,8 @@ stderr captured; a kill at a fault point stays in the child) and is classified a
   uninterrupted result: every tensor and number of last.pt and best.pt, and metrics.jsonl);
 * ``traceback``: a Python traceback reached the user;
 * ``silent``: exit 0 where an error or warning was due (a substitution, a misbehaviour without a word);
-* ``other``: an unclear message, a leftover file, a wrong exit status, a timeout;
+* ``other``: an unclear message, a leftover file, a wrong exit status;
+* ``hang``: the case did not finish within its timeout (killed);
 * ``data lost``: a run's files damaged, rewound, or not recovered exactly after a kill;
 * ``security``: a hostile input had an effect (a file written outside the cache, a pickle payload that ran).
 
@@ -35,9 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_cases import Case, build, cases  # noqa: E402
 
-OUTCOMES = ("clear", "handled", "traceback", "silent", "other", "data lost", "security")
+OUTCOMES = ("clear", "handled", "traceback", "silent", "other", "data lost", "security", "hang")
 HEADERS = ("category", "tried", "clear errors", "handled", "tracebacks", "silent", "other", "data lost",
-           "security failures")
+           "security failures", "hangs")
 
 
 def run_child(fn, env: dict, timeout: float = 600.0) -> tuple[int, str, str]:
@@ -117,7 +118,7 @@ def _error_line(err: str) -> str:
 def classify(case: Case, rc, err: str, problem) -> tuple[str, str]:
     """(outcome, detail) of one finished case."""
     if rc is None:
-        return "other", "timed out"
+        return "hang", "timed out (killed)"
     if "Traceback (most recent call last)" in err:
         return "traceback", _error_line(err)
     if problem is not None:

@@ -43,7 +43,7 @@ def test_the_classification_catches_failures(table):
     assert table.classify(error, 0, "", None)[0] == "silent"
     assert table.classify(error, 2, "lmdeq train: error: something else\n", None)[0] == "other"
     assert table.classify(error, 2, "usage: ...\nlmdeq train: error: argument --epochs: bad\n", None)[0] == "clear"
-    assert table.classify(error, None, "", None)[0] == "other"
+    assert table.classify(error, None, "", None) == ("hang", "timed out (killed)")   # killed at its timeout
     assert table.classify(error, 2, "lmdeq: error: --epochs", ("security", "payload ran"))[0] == "security"
     warn = fault_cases.Case("y", "c", [], expect="warn", needle="skipped")
     assert table.classify(warn, 0, "lmdeq train: warning: data: skipped 1 of 2\n", None)[0] == "clear"

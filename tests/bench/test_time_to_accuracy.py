@@ -157,6 +157,18 @@ def test_lmdeq_bench_tta_subcommand(tiny_folder, tmp_path, monkeypatch, capsys):
     assert rc == 0 and "| (c) lmdeq fast path |" in capsys.readouterr().out
 
 
+def test_data_of_another_shape_than_the_preset_is_named(tiny_folder, tmp_path, monkeypatch, capsys):
+    from lmdeq.app.cli import main
+
+    monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "tta", "--data", str(tiny_folder), "--device", "cpu", "--epochs", "1", "--batch", "8",
+              "--full-split", "--methods", "lmdeq", "--variants", "", "--preset", "mnist-small",
+              "--out", str(tmp_path / "out"), "--no-progress", *TINY_ARGS])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "its images are (3, 32, 32) (C, H, W); preset mnist-small takes (1, 28, 28)" in err
+
+
 @pytest.mark.parametrize("argv,match", [(["--methods", "fastest"], "--methods must be"),
                                         (["--variants", "lmdeq_uncapped"], "--methods must be"),
                                         (["--epochs", "0"], "argument --epochs: expected a positive integer"),

@@ -57,3 +57,24 @@ def test_a_one_channel_preset_trains_on_rgb_data_through_the_cli(tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["train_config"]["channels"] == 1 and ckpt["train_config"]["image_size"] == 28
     assert ckpt["model_config"]["in_channels"] == 1
+
+
+def test_a_folder_of_mixed_sizes_decodes_at_the_image_size(tmp_path):
+    """ImageNet-style folders hold images of many sizes: refused without --image-size (naming the file and the
+    flag), decoded at that size with it (each image resized as fit_images would; cached per size)."""
+    from lmdeq.app.data.fit import resize_images
+    from lmdeq.app.data.folder import load_image_folder
+    from lmdeq.errors import DataError
+
+    rng = np.random.default_rng(0)
+    for name, (w, h) in (("a/0.png", (40, 30)), ("a/1.png", (32, 32)), ("b/0.png", (50, 64))):
+        (tmp_path / "d" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "d" / name)
+    with pytest.raises(DataError, match="is 32x32, expected 40x30.*--image-size"):
+        load_image_folder(tmp_path / "d", tmp_path / "cache")
+    data = load_image_folder(tmp_path / "d", tmp_path / "cache", resize=24)
+    assert data.images.shape == (3, 3, 24, 24) and data.labels.tolist() == [0, 0, 1]
+    first = torch.from_numpy(np.asarray(Image.open(tmp_path / "d" / "a/0.png").convert("RGB")).copy()).permute(2, 0, 1)
+    assert torch.equal(data.images[0], resize_images(first[None], 24)[0])
+    assert load_image_folder(tmp_path / "d", tmp_path / "cache", resize=16).images.shape[-1] == 16   # own cache entry
+    assert torch.equal(load_image_folder(tmp_path / "d", tmp_path / "cache", resize=24).images, data.images)

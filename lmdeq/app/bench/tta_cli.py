@@ -244,6 +244,7 @@ def _load_state(path: str, runs, settings: Dict) -> List[Dict]:
 
 def run(args) -> int:
     """Run the benchmark from parsed arguments; returns the exit code."""
+    from ...models import PRESETS
     from ..train.config import TrainConfig
     from ..data.run_data import prepare_splits
     from ..data.sources import DataUnavailableError
@@ -266,6 +267,12 @@ def run(args) -> int:
         splits = prepare_splits(cfg, workers=args.workers, progress=not args.no_progress)
         if splits.val is None:
             raise ValueError("--val-fraction 0 and no test split: the benchmark needs validation images")
+        spec = {**PRESETS[s["preset"]], **dict(args.model_set)}
+        shape = (spec["in_channels"], spec["image_size"], spec["image_size"])
+        if tuple(splits.train.images.shape[1:]) != shape:
+            raise ValueError(f"--data {args.data}: its images are {tuple(splits.train.images.shape[1:])} (C, H, W); "
+                             f"preset {s['preset']} takes {shape} (choose the preset for this data, or pass "
+                             "--model-set in_channels=... --model-set image_size=...)")
         steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
         specs = _specs(args, s, cfg.epochs * steps_per_epoch, device)
     except (ValueError, TypeError, FileNotFoundError, DataUnavailableError) as err:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ...errors import ConfigError
 from .images import LabelledImages
 
-__all__ = ["fit_images"]
+__all__ = ["fit_images", "resize_images"]
 
 _LUMA = (0.299, 0.587, 0.114)
 _CHUNK = 2048
@@ -35,7 +35,8 @@ def _channels(x: torch.Tensor, channels: int, source: str) -> torch.Tensor:
                       "1 -> 3 (repeated) only")
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) resized to (N, C, size, size) (see the module docstring)."""
     if tuple(x.shape[2:]) == (size, size):
         return x
     out = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -53,7 +54,7 @@ def fit_images(data: LabelledImages, channels: Optional[int] = None, size: Optio
         if channels is not None:
             x = _channels(x, channels, source)
         if size is not None:
-            x = _resize(x, size)
+            x = resize_images(x, size)
         parts.append(x.contiguous())
     images = torch.cat(parts) if parts else data.images.new_zeros(
         (0, channels or data.images.shape[1], size or data.images.shape[2], size or data.images.shape[3]))

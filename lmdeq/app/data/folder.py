@@ -26,6 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..atomic import atomic_write_bytes, remove_stale_temporaries
 from ...errors import DataError, DataNotFoundError
 from ..torch_files import load_failure_reason, torch_save_bytes
+from .fit import resize_images
 from .images import LabelledImages
 from .scan import scan_image_folder
 
@@ -59,22 +60,25 @@ def find_split_dirs(root: str | os.PathLike) -> tuple[Path, Path | None]:
         return d, None
 
 
-def _read_image(path: str, size: tuple[int, int] | None):
+def _read_image(path: str, size: tuple[int, int] | None, resize: int | None = None):
     """(3, H, W) uint8 tensor; or the reason (str) it cannot be decoded; or a DataError (returned, not raised,
-    so that it crosses a loader worker intact) for a readable image of another size than ``size``."""
+    so that it crosses a loader worker intact) for a readable image of another size than ``size``. With
+    ``resize`` every image is resized to resize x resize instead (any sizes may then be mixed)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if size is not None and im.size != size:
+                if resize is None and size is not None and im.size != size:
                     return DataError(f"data: {path} is {im.size[0]}x{im.size[1]}, expected {size[0]}x{size[1]} like "
-                                     "the first image (every image of a data set must have one size)")
+                                     "the first image (every image of a data set must have one size; --image-size "
+                                     "resizes images of mixed sizes while decoding)")
                 arr = _rgb8(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return f"{type(err).__name__}: {err}"
     if isinstance(arr, str):
         return arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    image = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return image if resize is None else resize_images(image[None], resize)[0]
 
 
 def _rgb8(im: Image.Image):
@@ -95,19 +99,21 @@ def _rgb8(im: Image.Image):
 class _DecodeDataset(torch.utils.data.Dataset):
     """Item i: image file i decoded to a (3, H, W) uint8 tensor, or why it cannot be."""
 
-    def __init__(self, paths: list[str], size: tuple[int, int]):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[str], size: tuple[int, int], resize: int | None = None):
+        self.paths, self.size, self.resize = paths, size, resize
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return _read_image(self.paths[i], self.size)
+        return _read_image(self.paths[i], self.size, self.resize)
 
 
-def _cache_key(root: Path, samples: list[tuple[str, int]], classes: list[str]) -> str:
+def _cache_key(root: Path, samples: list[tuple[str, int]], classes: list[str], resize: int | None = None) -> str:
     digest = hashlib.sha256(str(root.resolve()).encode())
     digest.update("\0".join(classes).encode())
+    if resize is not None:
+        digest.update(f"\0resize={resize}".encode())
     for path, label in samples:
         st = os.stat(path)
         # ctime and mode too: a chmod that makes an unreadable file readable changes neither size nor mtime
@@ -129,13 +135,13 @@ def _unreadable(path: str, reason: str) -> DataError:
                      "unreadable images")
 
 
-def _decode(root: Path, samples, workers: int, progress: bool, strict: bool):
-    """(images, labels, skipped [(path, reason)]) of ``samples``."""
+def _decode(root: Path, samples, workers: int, progress: bool, strict: bool, resize: int | None = None):
+    """(images, labels, skipped [(path, reason)]) of ``samples`` (resized to resize x resize when given)."""
     paths = [p for p, _ in samples]
     size = _first_size(paths)
     if size is None:
         raise DataError(f"data: none of the {len(paths)} image files under {root} can be decoded")
-    loader = torch.utils.data.DataLoader(_DecodeDataset(paths, size), batch_size=512, num_workers=workers,
+    loader = torch.utils.data.DataLoader(_DecodeDataset(paths, size, resize), batch_size=512, num_workers=workers,
                                          collate_fn=list, generator=torch.Generator())
     if progress:
         from tqdm.auto import tqdm
@@ -183,9 +189,11 @@ def _load_cache(cache_file: Path):
 
 
 def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike, workers: int = 0,
-                      progress: bool = False, strict: bool = False) -> LabelledImages:
+                      progress: bool = False, strict: bool = False, resize: int | None = None) -> LabelledImages:
     """All images under ``root`` (one subdirectory per class, sorted names = label order), decoded;
-    unreadable files skipped and reported (``strict``: a DataError instead)."""
+    unreadable files skipped and reported (``strict``: a DataError instead). ``resize``: every image resized to
+    resize x resize while decoding (:func:`lmdeq.app.data.fit.resize_images`), so mixed sizes are fine (an
+    ImageNet folder); the decoded cache is kept per size."""
     root = Path(root)
     try:
         classes, samples = scan_image_folder(root)
@@ -194,7 +202,7 @@ def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike, wor
             f"data: {root} is not an ImageFolder directory (<root>/<class>/<image>, one subdirectory per class "
             f"holding {', '.join(IMG_EXTENSIONS[:3])}... files): {err}") from err
     decoded = Path(cache_dir).expanduser() / "decoded"
-    cache_file = decoded / f"{_cache_key(root, samples, classes)}.pt"
+    cache_file = decoded / f"{_cache_key(root, samples, classes, resize)}.pt"
     cached = _load_cache(cache_file)
     if cached is not None:
         data, skipped = cached
@@ -202,7 +210,7 @@ def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike, wor
             raise _unreadable(str(root / skipped[0][0]), skipped[0][1])
         _report_skipped(root, skipped, len(samples))
         return data
-    images, labels, skipped = _decode(root, samples, workers, progress, strict)
+    images, labels, skipped = _decode(root, samples, workers, progress, strict, resize)
     try:
         decoded.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(decoded)

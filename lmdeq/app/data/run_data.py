@@ -57,14 +57,14 @@ def prepare_splits(cfg: DataSpec, cache_dir: str | os.PathLike | None = None, wo
     if cfg.data is None:
         raise ConfigError("data: no training data given (an ImageFolder directory, a .tar.gz of one, "
                          "'cifar10' or 'torchvision:<root>')")
-    source = load_source(cfg.data, cache_dir, workers, progress, strict)
+    source = load_source(cfg.data, cache_dir, workers, progress, strict, cfg.image_size)
     train, val, val_name = source.train, None, None
     if len(train.classes) < min_classes:
         raise DataError(f"data: {cfg.data} has {len(train.classes)} class ({', '.join(map(repr, train.classes))}); a "
                         f"classifier needs an ImageFolder with one subdirectory per class, at least {min_classes} "
                         "(e.g. train/<class>/*.png for CIFAR-10's 10 classes)")
     if cfg.val_data is not None:
-        other = load_source(cfg.val_data, cache_dir, workers, progress, strict)
+        other = load_source(cfg.val_data, cache_dir, workers, progress, strict, cfg.image_size)
         val, val_name = (other.test if other.test is not None else other.train), "val-data"
     elif source.test is not None:
         val, val_name = source.test, "test"

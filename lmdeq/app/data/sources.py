@@ -101,19 +101,21 @@ def _named_source(spec: str) -> DataSource | None:
     return DataSource(spec, _named_split(key, path, True), _named_split(key, path, False))
 
 
-def _folder_source(spec: str, root: Path, cache: Path, workers: int, progress: bool, strict: bool) -> DataSource:
+def _folder_source(spec: str, root: Path, cache: Path, workers: int, progress: bool, strict: bool,
+                   resize: int | None = None) -> DataSource:
     train_dir, test_dir = find_split_dirs(root)
-    train = load_image_folder(train_dir, cache, workers, progress, strict)
-    test = load_image_folder(test_dir, cache, workers, progress, strict) if test_dir is not None else None
+    train = load_image_folder(train_dir, cache, workers, progress, strict, resize)
+    test = load_image_folder(test_dir, cache, workers, progress, strict, resize) if test_dir is not None else None
     if test is not None and test.classes != train.classes:
         raise DataError(f"data: {test_dir} has classes {test.classes}, but {train_dir} has {train.classes}")
     return DataSource(spec, train, test)
 
 
 def load_source(spec: str, cache_dir: str | os.PathLike | None = None, workers: int = 0,
-                progress: bool = False, strict: bool = False) -> DataSource:
+                progress: bool = False, strict: bool = False, resize: int | None = None) -> DataSource:
     """Decode the data named by ``spec`` (see the module docstring); ``strict``: an undecodable image file
-    is an error instead of being skipped and reported."""
+    is an error instead of being skipped and reported; ``resize``: image folders are decoded at resize x resize
+    (mixed sizes allowed; other sources keep their size, see :mod:`lmdeq.app.data.fit`)."""
     if not isinstance(spec, str) or not spec:
         raise TypeError("data must be a non-empty string")
     cache = prepare_cache_dir(cache_dir)
@@ -135,5 +137,5 @@ def load_source(spec: str, cache_dir: str | os.PathLike | None = None, workers: 
     if path.is_file():
         if not is_archive(path):
             raise DataError(f"data: {spec} is a file but not a .tar.gz, .tgz or .tar archive")
-        return _folder_source(spec, extract_archive(path, cache), cache, workers, progress, strict)
-    return _folder_source(spec, path, cache, workers, progress, strict)
+        return _folder_source(spec, extract_archive(path, cache), cache, workers, progress, strict, resize)
+    return _folder_source(spec, path, cache, workers, progress, strict, resize)

@@ -248,8 +248,8 @@ def eval_images(cfg: TrainConfig, split: str, limit: int | None, cache_dir=None,
     if cfg.data is None:
         raise ConfigError("data: the checkpoint names no training data; pass --data")
     if split == "all":
-        name, images = "all", fit_images(load_source(cfg.data, cache_dir, workers, progress, strict).train,
-                                         cfg.channels, cfg.image_size, cfg.data)
+        name, images = "all", fit_images(load_source(cfg.data, cache_dir, workers, progress, strict,
+                                                     cfg.image_size).train, cfg.channels, cfg.image_size, cfg.data)
     else:
         splits: Splits = prepare_splits(cfg, cache_dir, workers, progress, strict)
         if split == "val":

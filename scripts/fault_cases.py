@@ -456,10 +456,12 @@ def cases() -> list[Case]:
                                ("images without class folders", "{w}/files-only", "not an ImageFolder"),
                                ("a one-class ImageFolder", "{w}/one-class", "has 1 class"),
                                ("a one-class train/", "{w}/one-class-train", "has 1 class"),
-                               ("4 classes for a 10-way head", "{w}/four-class", "--set num_classes=4"),
                                ("an image of another size", "{w}/mixed-size", "odd.png is 30x32"),
                                ("only unreadable images", "{w}/unreadable", "none of the")]:
         train(f"train --data {name}", "data", data=data, needle=needle, needs=("layouts", "bad-images"))
+    # the classes come from the data unless num_classes is set: a set one that does not fit is an error
+    train("train --data 4 classes for a 10-way head set explicitly", "data", "--set", "num_classes=10",
+          data="{w}/four-class", needle="--set num_classes=4", needs=("layouts", "bad-images"))
     train("train --data with unreadable images", "data", data="{w}/bad-images", expect="warn",
           needle="skipped 4 of 24 image files", needs=("bad-images",))
     train("train --data with unreadable images --strict", "data", "--strict", data="{w}/bad-images",

@@ -125,9 +125,17 @@ def test_an_unexpected_exception_keeps_its_traceback(tmp_path, monkeypatch):
 
 
 def test_a_head_of_another_width_than_the_classes(tmp_path, capsys):
+    """The classes come from the data (the preset's num_classes is a default); a num_classes set explicitly that
+    does not match is a one-line error."""
     write_image_folder(tmp_path / "d" / "train", per_class=2)  # 4 classes
+    assert main(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "auto"), "--cache-dir",
+                 str(tmp_path / "c"), "--no-progress", "--epochs", "1", *TINY]) == 0
+    assert "num_classes 4 from the data (preset cifar10-small has 10)" in capsys.readouterr().out
+    from lmdeq.app.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "auto" / "last.pt")["model_config"]["num_classes"] == 4
     assert main(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--cache-dir",
-                 str(tmp_path / "c"), "--no-progress", *TINY]) == 2
+                 str(tmp_path / "c"), "--no-progress", "--set", "num_classes=10", *TINY]) == 2
     _one_line_error(capsys, "has 4 classes but the model has num_classes=10", "--set num_classes=4")
     write_image_folder(tmp_path / "one", per_class=2, classes=("airplane",))
     assert main(["train", "--data", str(tmp_path / "one"), "--out", str(tmp_path / "r"), "--cache-dir",

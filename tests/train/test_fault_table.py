@@ -6,7 +6,7 @@ from tests.bench.scripts import load_script
 
 SUBSET = [
     "train --epochs 0", "train --lr nan", "train --device tpu", "train --set s=5 fails before any data is read",
-    "train --set dropuot=0.1", "train --data a one-class ImageFolder", "train --data 4 classes for a 10-way head",
+    "train --set dropuot=0.1", "train --data a one-class ImageFolder", "train --data 4 classes for a 10-way head set explicitly",
     "train --data with unreadable images --strict", "train --data only unreadable images", "train --cache-dir a file",
     "train --data truncated.tar.gz", "train --data bomb.tar.gz (member over the cap)", "train --data traversal.tar.gz",
     "train --data absolute.tar.gz", "train --data symlink.tar.gz", "train --resume a pickle payload",

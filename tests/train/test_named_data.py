@@ -102,3 +102,32 @@ def test_data_of_another_shape_than_the_preset_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="1-channel 28x28 images but the model takes 3-channel 32x32"):
         run_training(cfg, device="cpu", out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
                      print_fn=lambda s: None)
+
+
+def test_eval_export_bench_and_tta_work_with_another_preset(tmp_path, monkeypatch, capsys):
+    """The whole CLI on a 1-channel 28x28 preset and its data: train, eval (re-deriving the images from the
+    checkpoint), export, bench --weights, and the time-to-accuracy harness."""
+    from lmdeq.app.cli import main
+    from lmdeq.app.train.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("LMDEQ_CACHE", str(tmp_path / "cache"))
+    write_mnist(tmp_path / "data", n_train=40, n_test=20)
+    data = f"MNIST:{tmp_path / 'data'}"
+    tiny = ["--set", "channels=[8,8]", "--set", "head_channels=[4,8]", "--set", "final_channels=16",
+            "--set", "num_groups=4"]
+    assert main(["train", "--preset", "mnist-small", "--data", data, "--epochs", "1", "--batch-size", "10",
+                 "--out", str(tmp_path / "run"), "--no-progress", *tiny]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt")]) == 0
+    assert "acc" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data",
+                 str(tmp_path / "nothing")]) == 2   # a clear error, not a traceback
+    from lmdeq.app.train.export import export_weights
+
+    info = export_weights(tmp_path / "run" / "best.pt", tmp_path / "w.pt")
+    assert load_checkpoint(info["path"])["model_config"]["in_channels"] == 1
+    assert main(["bench", "--quick", "--preset", "mnist-small", "--steps", "1", "--warmup", "0", "--methods", "lmdeq",
+                 "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "bench")]) == 0
+    sets = [a.replace("--set", "--model-set") for a in tiny]
+    assert main(["bench", "tta", "--data", data, "--preset", "mnist-small", "--device", "cpu", "--epochs", "1",
+                 "--batch", "10", "--evals-per-epoch", "1", "--methods", "lmdeq", "--variants", "",
+                 "--out", str(tmp_path / "tta"), "--no-progress", *sets]) == 0

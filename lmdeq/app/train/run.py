@@ -221,6 +221,16 @@ def _train(cfg: TrainConfig, dist: Dist, dev: torch.device, *, workers, out_dir,
         check_same_data(splits, dist)
         print_fn(f"data: {splits.describe()}" + (f"; {dist.world} processes ({dist.backend}), global batch "
                                                  f"{cfg.batch_size}" if dist.enabled else ""))
+        n_classes, head = len(splits.train.classes), (model_config(model) or {}).get("num_classes")
+        if ckpt is None and model_factory is build_model and "num_classes" not in cfg.model_overrides \
+                and head is not None and head != n_classes:
+            # The classes come from the data: the preset's head width is only its default.
+            print_fn(f"model: num_classes {n_classes} from the data (preset {cfg.preset} has {head})")
+            cfg = cfg.replace(model_overrides={**cfg.model_overrides, "num_classes": n_classes})
+            seed_everything(cfg.seed)
+            model = build_model(cfg).to(dev)
+            if sync_bn:
+                model = sync_batchnorm(model, dist, dev)
         check_classes(splits.train, cfg.data, model)
         trainer = Trainer(model, cfg, splits.train, splits.val, dev, workers=workers, out_dir=out_dir,
                           progress=progress, bound_every=bound_every, on_epoch_end=on_epoch_end, print_fn=print_fn,

@@ -49,3 +49,37 @@ def test_lmdeq_eval_runs_on_the_published_weights_from_another_directory(tmp_pat
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["n"] == 20 and 0.0 <= result["acc"] <= 1.0 and result["certified"], result
+
+
+def test_pretrained_is_the_published_model_in_one_line(tmp_path, monkeypatch):
+    """lmdeq.models.pretrained: the same model as the file built by hand, in eval mode; its registry entry agrees
+    with the checkpoint; a damaged file, an unknown name and a missing file are clear errors."""
+    import pytest
+
+    from lmdeq.errors import CheckpointError, ConfigError
+    from lmdeq.models import PUBLISHED, pretrained
+    from lmdeq.models.presets import PRESET_DATA
+
+    entry = PUBLISHED["cifar10-small-lipschitz"]
+    assert entry["sha256"] == file_sha256(WEIGHTS)
+    ckpt = load_checkpoint(WEIGHTS)
+    assert entry["preset"] == ckpt["model_config"]["preset"] and entry["val_acc"] == round(ckpt["best_val_acc"], 4)
+    assert tuple(entry["mean"]) == PRESET_DATA[entry["preset"]]["mean"]
+    model = pretrained("cifar10-small-lipschitz")
+    assert not model.training
+    by_hand = mdeq(**ckpt["model_config"]).eval()
+    by_hand.load_state_dict(ckpt["model_state"])
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), by_hand(x))
+    damaged = tmp_path / "w.pt"
+    damaged.write_bytes(WEIGHTS.read_bytes()[:-1] + b"x")
+    with pytest.raises(CheckpointError, match="sha256 .* the file is damaged"):
+        pretrained(path=damaged)
+    with pytest.raises(ConfigError, match="unknown weights 'resnet'"):
+        pretrained("resnet")
+    monkeypatch.setattr("lmdeq.models.published._REPO_WEIGHTS", tmp_path / "none")
+    with pytest.raises(CheckpointError, match="is not at .*pass path= or set LMDEQ_WEIGHTS"):
+        pretrained()
+    monkeypatch.setenv("LMDEQ_WEIGHTS", str(WEIGHTS.parent))
+    assert pretrained().lipschitz_bound() < 1

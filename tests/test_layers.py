@@ -24,7 +24,7 @@ APP_PACKAGE = "lmdeq.app"
 # the application package. Only the order within a wing is a layering; the wings are side by side, the
 # application importing from the library and never the other way.
 LAYERS = [
-    (LIBRARY, "shared facts", ["lmdeq.errors", "lmdeq.checks", "lmdeq.numerics"]),
+    (LIBRARY, "shared facts", ["lmdeq.errors", "lmdeq.checks", "lmdeq.numerics", "lmdeq.files"]),
     (LIBRARY, "kernels", ["lmdeq.kernels", "lmdeq._C"]),
     (LIBRARY, "CUDA-graph capture", ["lmdeq.cuda_graphs"]),
     (LIBRARY, "ops", ["lmdeq.ops"]),

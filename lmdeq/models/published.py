@@ -9,7 +9,6 @@ directory; ``path=`` or the ``LMDEQ_WEIGHTS`` directory point elsewhere (an inst
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -17,6 +16,7 @@ from typing import Optional
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..files import file_sha256
 
 __all__ = ["PUBLISHED", "pretrained", "weights_path"]
 
@@ -50,14 +50,6 @@ def weights_path(name: str, path: Optional[str | os.PathLike] = None) -> Path:
                           "lmdeq repository's weights/ directory: pass path= or set LMDEQ_WEIGHTS to its directory")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pretrained(name: str = "cifar10-small-lipschitz", path: Optional[str | os.PathLike] = None,
                device: str | torch.device = "cpu") -> torch.nn.Module:
     """The published model ``name`` (:data:`PUBLISHED`) in eval mode on ``device``; its inputs are images
@@ -66,7 +58,7 @@ def pretrained(name: str = "cifar10-small-lipschitz", path: Optional[str | os.Pa
 
     file = weights_path(name, path)
     want = PUBLISHED[name]["sha256"]
-    got = _sha256(file)
+    got = file_sha256(file)
     if got != want:
         raise CheckpointError(f"pretrained: {file} has sha256 {got[:12]}..., the published {name} has {want[:12]}...: "
                               "the file is damaged or another one")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lmdeq.app.data.archive import file_sha256
+from lmdeq.files import file_sha256
 from lmdeq.models import mdeq
 from lmdeq.app.train.checkpoint import load_checkpoint
 

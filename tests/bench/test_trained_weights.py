@@ -15,7 +15,7 @@ from lmdeq.errors import CheckpointError
 from lmdeq.models import mdeq
 from lmdeq.app.train.checkpoint import load_checkpoint
 from lmdeq.app.train.config import TrainConfig
-from lmdeq.app.data.archive import file_sha256
+from lmdeq.files import file_sha256
 from lmdeq.app.train.export import export_weights, main as export_main
 from lmdeq.app.train.run import run_training
 

@@ -14,7 +14,6 @@ itself stops at the cap whatever the headers claim. A refused or failed extracti
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import lzma
 import os
@@ -26,6 +25,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..atomic import pid_alive
+from ...files import file_sha256
 from ...errors import ConfigError, DataError, DataNotFoundError
 from ..faults import fault_point
 
@@ -87,14 +87,6 @@ def archive_stem(path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     raise DataError(f"data: {path} is not a .tar.gz, .tgz or .tar archive")
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _safe_relative(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:

@@ -24,7 +24,7 @@ import torch
 
 from ..argtypes import output_file, path
 from ...errors import CheckpointError
-from ..data.archive import file_sha256
+from ...files import file_sha256
 from .checkpoint import BEST, RUN, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hooks import certified_bound, model_config

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Tuple
 
-from ..deq import JFB, Implicit, Phantom
+from .. import checks
+from ..deq import BACKWARD_MODES, Implicit, backward_from_config, backward_to_config
 from ..errors import ConfigError, ConfigTypeError
 from ..models import resolve_config
 from ..solvers import SOLVERS, Apriori, Solver, solver_from_config
@@ -29,8 +30,7 @@ __all__ = ["FLAT_KEYS", "split_flat", "apply_flat", "model_arguments"]
 _FIELDS = ("max_iter", "tol", "stop_mode", "exact")
 FLAT_KEYS = tuple(f"{side}_{name}" for side in "fb" for name in ("solver", *_FIELDS, "solver_kwargs")) + (
     "backward", "b_x0", "solve_mode")
-_BACKWARDS = {"implicit": Implicit, "jfb": JFB, "phantom": Phantom, "none": None}
-_SHARED = ("max_iter", "tol", "stop_mode", "exact", "check_every", "raise_on_failure")
+_SHARED = tuple(f.name for f in dataclasses.fields(Solver))   # the fields every solver has
 
 
 def split_flat(overrides: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -72,24 +72,15 @@ def _edit(solver: Solver, side: str, flat: Dict[str, Any]) -> Solver:
 def apply_flat(forward, backward, flat: Dict[str, Any]):
     """(forward, backward) objects after the flat edits ``flat`` (module docstring), from the sections or objects
     ``forward`` and ``backward``."""
-    from ..deq import backward_from_config
-
     forward, backward = solver_from_config(forward), backward_from_config(backward)
     mode = flat.get("solve_mode")
     if mode is not None and mode not in ("apriori", "checked"):
         raise ConfigError(f"solve_mode must be 'apriori' or 'checked', got {mode!r}")
     forward = _edit(forward, "f", flat)
-    if "backward" in flat:
-        method = flat["backward"]
-        if method not in _BACKWARDS:
-            raise ConfigError(f"backward must be one of {sorted(_BACKWARDS)}, got {method!r}")
-        cls = _BACKWARDS[method]
-        if cls is None:
-            backward = None
-        elif not isinstance(backward, cls):
-            backward = Implicit(solver=backward.solver if isinstance(backward, Implicit) else
-                                solver_from_config({"name": "fixed_point", "max_iter": 40, "tol": 1e-6})) \
-                if cls is Implicit else cls()
+    if "backward" in flat:   # another method: its defaults; the same method: kept as it is
+        method = checks.choice("backward", flat["backward"], BACKWARD_MODES)
+        if backward_to_config(backward)["method"] != method:
+            backward = backward_from_config({"method": method})
     b_keys = [k for k in flat if k.startswith("b_")]
     if b_keys and not isinstance(backward, Implicit):
         raise ConfigError(f"{sorted(b_keys)} set the implicit backward's adjoint solve, but the backward method is "

@@ -15,6 +15,7 @@ closes over its inputs (the injection) and parameters.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from typing import Callable, Optional
@@ -26,7 +27,7 @@ from torch.profiler import record_function
 
 from .. import checks
 from ..errors import ConfigTypeError, UnsupportedError
-from ..solvers import Anderson, Solver, SolverInfo, StateLayout
+from ..solvers import SOLVERS, Anderson, Solver, SolverInfo, StateLayout
 from .adjoint import implicit_gradient
 from .backward import JFB, Implicit, Phantom, as_backward
 from .graphed import GraphedProblem
@@ -40,8 +41,10 @@ FUNC_TRANSFORMS = ("deq_solve: torch.func transforms (grad, vjp, jvp, jacrev, ja
                    "torch.func.functional_call for other parameters: that works), and a batch dimension or a loop "
                    "instead of vmap.")
 DEFAULT_SOLVER = Anderson(max_iter=40, tol=1e-3)
-_SOLVER_SETTINGS = {"max_iter", "tol", "stop_mode", "exact", "iterations", "check_every", "raise_on_failure", "m",
-                    "lam", "tau", "memory", "solver_kwargs", "b_solver", "b_max_iter", "b_tol"}
+# Keywords that belong to a solver object: every field of a registered solver, and the spellings deq_solve took
+# before the solver objects.
+_SOLVER_SETTINGS = {f.name for cls in SOLVERS.values() for f in dataclasses.fields(cls)} | {
+    "iterations", "solver_kwargs", "b_solver", "b_max_iter", "b_tol"}
 _SOLVER_HINT = ("solver must be a Solver object, e.g. solver=lmdeq.solvers.Anderson(max_iter=30, tol=1e-3) "
                 "(FixedPoint, Anderson, Broyden, AuthorsAnderson carry their own settings)")
 

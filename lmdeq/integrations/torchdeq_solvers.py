@@ -150,10 +150,7 @@ class TorchDEQTracker(Tracker):
 
     def finish(self, f_evals, raise_on_failure=False, solver="solver"):
         extras = self.outcome(f_evals, raise_on_failure, solver)
-        dev = self.lowest_step.device
-        info = SolverInfo(abs_lowest=self.lowest["abs"], rel_lowest=self.lowest["rel"],
-                          abs_trace=self._trace("abs"), rel_trace=self._trace("rel"), nstep=self.lowest_step,
-                          sradius=torch.full((1,), -1.0, dtype=torch.float32, device=dev))
+        info = self.six_keys()
         info.extras = extras
         if self.trace_width == 1:  # TorchDEQ records no step then: its values keep its float32 start
             info.update({k: info[k].float() for k in ("abs_lowest", "rel_lowest", "abs_trace", "rel_trace")})

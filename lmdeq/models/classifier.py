@@ -44,7 +44,7 @@ from .constraints import CachedBound, ConstraintUpkeep
 from .mdeq_cell import MDEQCell
 from .outer import (ClassificationHead, check_images, init_outer_weights, make_injection, make_stem,
                     state_resolution)
-from .presets import resolve_config
+from .presets import input_shape, resolve_config
 from .problem import fixed_point_problem, graphed_problem, unrolled
 from .solves import ResolvedSolves, SolveStats
 
@@ -67,7 +67,7 @@ class MDEQClassifier(nn.Module):
         cfg = self.config
         self.lipschitz = cfg["lipschitz"]
         channels = cfg["channels"]
-        self.input_shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+        self.input_shape = input_shape(cfg)
         resolution = state_resolution(cfg["image_size"], cfg["downsample"], len(channels))
         self.stem = make_stem(cfg["in_channels"], channels[0], cfg["downsample"])
         self.injection = make_injection(channels[0], len(channels))

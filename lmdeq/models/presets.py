@@ -47,7 +47,7 @@ from ..solvers import Apriori, AuthorsAnderson, Broyden, FixedPoint
 from .outer import state_resolution
 from .solves import check_solves, solve_sections
 
-__all__ = ["PRESETS", "PRESET_DATA", "describe_presets", "AUTHORS_SOLVER", "APRIORI_SOLVES", "CONSTRAINTS", "RELEASED_JR", "JR_KEYS", "ARCH_KEYS",
+__all__ = ["PRESETS", "PRESET_DATA", "describe_presets", "input_shape", "AUTHORS_SOLVER", "APRIORI_SOLVES", "CONSTRAINTS", "RELEASED_JR", "JR_KEYS", "ARCH_KEYS",
            "resolve_config", "original_warmup_steps", "jacobian_regularised"]
 
 # The two CIFAR-10 architectures of the original MDEQ (locuslab/deq experiments/cifar: LARGE, and TINY = MDEQ-small)
@@ -167,6 +167,11 @@ def _defaults(preset: str, lipschitz: bool) -> dict:
         cfg.update(solve_sections(Broyden(max_iter=f_iter, tol=1e-3, stop_mode="rel"),
                                   Implicit(solver=Broyden(max_iter=b_iter, tol=1e-3, stop_mode="rel"), x0="zeros")))
     return cfg
+
+
+def input_shape(cfg: dict) -> tuple:
+    """(C, H, W) of the images a config (or a preset's entry of :data:`PRESETS`) takes."""
+    return (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
 
 
 def describe_presets() -> list:

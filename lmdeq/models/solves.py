@@ -18,7 +18,7 @@ with hysteresis (:class:`lmdeq.solvers.SettledCounts`) for exact counts, which k
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -41,15 +41,19 @@ def solves_of(cfg: dict) -> Tuple[Solver, Backward]:
     return solver_from_config(cfg["forward"]), backward_from_config(cfg["backward"])
 
 
-def _adjoint(backward: Backward) -> Optional[Solver]:
-    return backward.solver if isinstance(backward, Implicit) else None
+def _solvers(forward: Solver, backward: Backward) -> List[Tuple[str, Solver]]:
+    """(name, solver) of the forward solve and, for the implicit backward, of its adjoint solve."""
+    return [("forward", forward)] + ([("backward solver", backward.solver)] if isinstance(backward, Implicit) else [])
+
+
+def _counted(forward: Solver, backward: Backward) -> List[Tuple[str, Solver]]:
+    """The solves among :func:`_solvers` whose max_iter is an Apriori count to resolve against the bound."""
+    return [(name, s) for name, s in _solvers(forward, backward) if s.needs_bound]
 
 
 def needs_bound(cfg: dict) -> bool:
     """Whether the config's solves take an iteration count from the certified bound (an Apriori max_iter)."""
-    forward, backward = solves_of(cfg)
-    adjoint = _adjoint(backward)
-    return forward.needs_bound or (adjoint is not None and adjoint.needs_bound)
+    return bool(_counted(*solves_of(cfg)))
 
 
 def check_solves(cfg: dict) -> None:
@@ -57,13 +61,11 @@ def check_solves(cfg: dict) -> None:
     constraint='certified'); they are derived for stop_mode='rel' from the zero initial state and, for the adjoint,
     from the start x0='v'; an exact count (no checks) counts Picard steps, so it needs a FixedPoint solver."""
     forward, backward = solves_of(cfg)
-    adjoint = _adjoint(backward)
-    for name, solver in (("forward", forward), ("backward solver", adjoint)):
-        if solver is not None and not solver.needs_bound and solver.max_iter < 1:
+    for name, solver in _solvers(forward, backward):
+        if not solver.needs_bound and solver.max_iter < 1:
             raise ConfigError(f"the {name}'s max_iter must be >= 1 (a model's state starts at 0: it needs at least "
                               f"one step), got {solver.max_iter}")
-    counted = [(name, s) for name, s in (("forward", forward), ("backward solver", adjoint))
-               if s is not None and s.needs_bound]
+    counted = _counted(forward, backward)
     if not counted:
         return
     if not cfg["lipschitz"] or cfg.get("constraint") != "certified":
@@ -77,7 +79,7 @@ def check_solves(cfg: dict) -> None:
         if solver.exact and not isinstance(solver, FixedPoint):
             raise ConfigError(f"an exact a-priori count counts Picard steps: the {name} must be a FixedPoint solver "
                               f"(got {type(solver).__name__}), or exact=False")
-    if adjoint is not None and adjoint.needs_bound and backward.x0 != "v":
+    if any(name == "backward solver" for name, _ in counted) and backward.x0 != "v":
         raise ConfigError("the a-priori adjoint count is derived for the adjoint started at v: set the backward's "
                           "x0='v'")
 
@@ -100,13 +102,12 @@ class ResolvedSolves:
                 raise ConfigError("MDEQClassifier: max_iter applies to checked solves with a set count; this model's "
                                   "forward solve runs an a-priori count")
             forward = forward.replace(max_iter=max_iter)
-        adjoint = _adjoint(backward)
-        if not (forward.needs_bound or (adjoint is not None and adjoint.needs_bound)):
+        if not _counted(forward, backward):
             return forward, backward, None
         L = bound()
         forward = self._settle(forward, L, "forward", adjoint=False)
-        if adjoint is not None and adjoint.needs_bound:
-            backward = Implicit(solver=self._settle(adjoint, L, "adjoint", adjoint=True), x0=backward.x0)
+        if isinstance(backward, Implicit) and backward.solver.needs_bound:
+            backward = Implicit(solver=self._settle(backward.solver, L, "adjoint", adjoint=True), x0=backward.x0)
         return forward, backward, L
 
     def _settle(self, solver: Solver, L: float, name: str, adjoint: bool) -> Solver:

@@ -78,9 +78,6 @@ class AuthorsAnderson(Solver):
 
 
 def _released_anderson(func, x0, steps, exact, tol, stop_mode, m, lam, tau, indexing, raise_on_failure):
-    if steps < 3:
-        raise ConfigError(f"max_iter must be >= 3 for authors_anderson (two unchecked f-evaluations, then the "
-                          f"first checked one), got {steps}")
     layout = StateLayout(x0)
     f = layout.checked_func(func)
     B, dtype, dev = layout.batch, layout.dtype, layout.device

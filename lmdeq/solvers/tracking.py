@@ -175,11 +175,15 @@ class Tracker:
     def finish(self, f_evals: int, raise_on_failure: bool = False, solver: str = "solver"):
         """``(z_star, snapshots, info)``; nothing is read back unless ``raise_on_failure``."""
         extras = self.outcome(f_evals, raise_on_failure, solver)
-        dev = self.lowest_step.device
-        info = SolverInfo(abs_lowest=self.lowest["abs"], rel_lowest=self.lowest["rel"],
-                          abs_trace=self._trace("abs"), rel_trace=self._trace("rel"), nstep=self.lowest_step,
-                          sradius=torch.full((1,), -1.0, dtype=torch.float32, device=dev), **extras)
+        info = self.six_keys()
+        info.update(extras)
         return self.layout.external(self.best), self.finish_snapshots(), info
+
+    def six_keys(self) -> SolverInfo:
+        """The info items TorchDEQ names (lowest residuals, traces in this tracker's layout, nstep, sradius)."""
+        return SolverInfo(abs_lowest=self.lowest["abs"], rel_lowest=self.lowest["rel"],
+                          abs_trace=self._trace("abs"), rel_trace=self._trace("rel"), nstep=self.lowest_step,
+                          sradius=torch.full((1,), -1.0, dtype=torch.float32, device=self.lowest_step.device))
 
     def finish_snapshots(self) -> List:
         """The snapshots, the final best estimate standing for the steps the solve never reached."""

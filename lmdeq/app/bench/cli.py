@@ -80,10 +80,10 @@ def check_data(spec: str, preset: str) -> None:
     """``--data`` must load (decoded once into the cache, which the benchmark then reuses) as images of the
     preset's input size."""
     from ...models import PRESETS
+    from ...models.presets import input_shape
     from ..data.sources import load_source
 
-    spec_ = PRESETS[preset]
-    shape = (spec_["in_channels"], spec_["image_size"], spec_["image_size"])
+    shape = input_shape(PRESETS[preset])
     images = load_source(spec).train.images
     if tuple(images.shape[1:]) != shape:
         raise ConfigError(f"--data {spec}: its images are {tuple(images.shape[1:])} (C, H, W); preset {preset} "

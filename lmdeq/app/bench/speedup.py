@@ -286,12 +286,11 @@ def _random_batch(batch: int, shape, num_classes: int, seed: int, device):
 def _batch(preset_batch: int, device, data: Optional[str], seed: int, preset: str = "cifar10-small"):
     """One batch of images and labels: real images from ``data`` if given (normalised with the preset's
     statistics), else N(0, 1) images of the preset's input shape."""
-    from ...models.presets import PRESET_DATA, PRESETS
+    from ...models.presets import PRESET_DATA, PRESETS, input_shape
 
     spec, stats = PRESETS[preset], PRESET_DATA[preset]
     if not data:
-        return _random_batch(preset_batch, (spec["in_channels"], spec["image_size"], spec["image_size"]),
-                             spec["num_classes"], seed, device)
+        return _random_batch(preset_batch, input_shape(spec), spec["num_classes"], seed, device)
     from ..data.augment import normalize
     from ..data.batches import eval_batches
     from ..data.sources import load_source

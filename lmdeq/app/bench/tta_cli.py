@@ -245,6 +245,7 @@ def _load_state(path: str, runs, settings: Dict) -> List[Dict]:
 def run(args) -> int:
     """Run the benchmark from parsed arguments; returns the exit code."""
     from ...models import PRESETS
+    from ...models.presets import input_shape
     from ..train.config import TrainConfig
     from ..data.run_data import prepare_splits
     from ..data.sources import DataUnavailableError
@@ -267,8 +268,7 @@ def run(args) -> int:
         splits = prepare_splits(cfg, workers=args.workers, progress=not args.no_progress)
         if splits.val is None:
             raise ValueError("--val-fraction 0 and no test split: the benchmark needs validation images")
-        spec = {**PRESETS[s["preset"]], **dict(args.model_set)}
-        shape = (spec["in_channels"], spec["image_size"], spec["image_size"])
+        shape = input_shape({**PRESETS[s["preset"]], **dict(args.model_set)})
         if tuple(splits.train.images.shape[1:]) != shape:
             raise ValueError(f"--data {args.data}: its images are {tuple(splits.train.images.shape[1:])} (C, H, W); "
                              f"preset {s['preset']} takes {shape} (choose the preset for this data, or pass "

@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: test test-cpu-paths bench install venv clean
+.PHONY: test test-cpu-paths bench install venv clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test-cpu-paths: $(INSTALL_STAMP)
 
 bench: $(INSTALL_STAMP)
 	$(PY) -m lmdeq.app.cli bench $(BENCH_ARGS)
+
+# The documentation site into site/ (mkdocs build --strict; needs no lmdeq build: griffe reads the source).
+docs: | $(PY)
+	VENV=$(VENV) bash scripts/build_docs.sh site
 
 clean:
 	rm -rf build *.egg-info lmdeq/_C*.so lmdeq/_build_info.json $(INSTALL_STAMP)

@@ -4,7 +4,7 @@ History buffers X_i, F_i = f(X_i) (i < m, a ring) and residuals G_i = F_i - X_i.
 
     min_alpha ||sum_i alpha_i G_i||^2  s.t.  sum_i alpha_i = 1
 
-through the bordered system [[0, 1^T], [1, G G^T + reg I]] [nu; alpha] = [1; 0] and mixes
+through the bordered system ``[[0, 1^T], [1, G G^T + reg I]] [nu; alpha] = [1; 0]`` and mixes
 
     x_next = sum_i alpha_i ((1 - tau) X_i + tau F_i).
 

@@ -8,7 +8,7 @@ kept apart from :func:`lmdeq.solvers.anderson` because it differs from it on pur
   x_1 = f(x_0), both unchecked, so the first convergence check is at the 3rd f-evaluation;
 * step k >= 2 uses the n = min(k, m) newest pairs (ring slots), G_i = f(x_i) - x_i, and solves per sample
 
-      [[0, 1^T], [1, G G^T + lam I]] [nu; alpha] = [1; 0]
+      ``[[0, 1^T], [1, G G^T + lam I]] [nu; alpha] = [1; 0]``
 
   with an ABSOLUTE ridge ``lam`` (1e-4), in the state's dtype, then mixes
   x_k = tau sum_i alpha_i f(x_i) + (1 - tau) sum_i alpha_i x_i (ring slot k mod m);

@@ -86,3 +86,15 @@ def test_bad_values_are_refused_naming_the_argument(monkeypatch):
     monkeypatch.setenv(allocator.ENV_VAR, "yes")
     with pytest.raises(ValueError, match=allocator.ENV_VAR):
         allocator.configure_process()
+
+
+@pytest.mark.parametrize("value", ["garbage", "-1", "1e6", " ", str(2 ** 64)])
+def test_glibc_thresholds_that_are_no_byte_count_are_refused_by_name(value, monkeypatch):
+    """glibc ignores such a value; lmdeq must neither report it as a setting nor read it with a traceback."""
+    from lmdeq.errors import ConfigError
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", value)
+    with pytest.raises(ConfigError, match="MALLOC_TRIM_THRESHOLD_"):
+        allocator.allocator_state()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4096")
+    assert allocator.allocator_state()["malloc_trim_threshold"] == 4096

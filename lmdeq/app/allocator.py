@@ -86,17 +86,32 @@ def configure_process() -> dict:
     if not checks.env_flag(ENV_VAR, True):
         _state.update(tuned=False, source="off", reason=f"{ENV_VAR}=0")
         return allocator_state()
-    if any(os.environ.get(v) for v in _GLIBC_ENV):
+    if _glibc_env():
         return allocator_state()
     return tune_cpu_allocator()
+
+
+def _glibc_env() -> dict:
+    """glibc's threshold variables that are set, as byte counts; a value glibc would not read as a byte count
+    (not a non-negative integer) is a ConfigError naming the variable, never reported as a setting."""
+    out = {}
+    for name in _GLIBC_ENV:
+        text = os.environ.get(name)
+        if not text:
+            continue
+        if not text.strip().isdigit() or int(text) >= 2 ** 63:
+            raise ConfigError(f"{name}={text!r} is not a byte count (a non-negative integer below 2**63); "
+                              f"unset it or give the threshold in bytes")
+        out[name] = int(text)
+    return out
 
 
 def allocator_state() -> dict:
     """How this process's CPU allocator is set: ``tuned`` (bool), ``source`` ('mallopt', 'environment',
     'off', 'unsupported' or 'default'), the thresholds in bytes where known, and ``reason``."""
-    env = {v: os.environ[v] for v in _GLIBC_ENV if os.environ.get(v)}
+    env = _glibc_env()
     if env and not _state.get("tuned"):
-        return {"tuned": True, "source": "environment", **{k.lower().strip("_"): int(v) for k, v in env.items()},
+        return {"tuned": True, "source": "environment", **{k.lower().strip("_"): v for k, v in env.items()},
                 "reason": None}
     if _state:
         return dict(_state)

@@ -12,6 +12,7 @@ from typing import Callable, List, Sequence
 
 import torch
 
+from ..errors import UnsupportedError
 from ..numerics import acc_dtype
 
 __all__ = ["StateLayout"]
@@ -47,7 +48,7 @@ class StateLayout:
         self.dtype = parts[0].dtype
         self.device = parts[0].device
         if self.device.type == "meta":
-            raise ValueError(f"{arg} is on the meta device: a solve needs values (its stopping rule reads the residuals); "
+            raise UnsupportedError(f"{arg} is on the meta device: a solve needs values (its stopping rule reads the residuals); "
                              "move the state to a real device (to_empty() / load weights first)")
         for i, p in enumerate(parts):
             if p.dtype != self.dtype:

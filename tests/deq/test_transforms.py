@@ -1,11 +1,14 @@
 """Which autograd transforms work through deq_solve, and that the others are refused, never silently wrong.
 
 Supported: first-order gradients (.backward, torch.autograd.grad) with every backward method; higher-order
-gradients through JFB and Phantom (plain autograd: the derivative of their approximation, checked against
-autograd of the same unrolled steps); torch.func.functional_call. Refused with an error that names the
-limitation: a graph through the implicit backward (create_graph=True: gradient penalties, double backward),
-and torch.func transforms (grad, vjp, jvp, jacrev, vmap).
+gradients and forward-mode tangents through JFB and Phantom (plain autograd: the derivative of their
+approximation, checked against autograd of the same unrolled steps); torch.func.functional_call. Refused with an
+error that names the limitation: a graph through the implicit backward (create_graph=True: gradient penalties,
+double backward), a batched backward pass through it (vectorize=True), forward-mode dual tensors through it or
+through a solve under no_grad (their tangent would be dropped), and torch.func transforms (grad, vjp, jvp,
+jacrev, vmap, linearize). The fault table (scripts/fault_fuzz.py) runs every transform with every backward.
 """
+import torch.autograd.forward_ad as fwAD
 import pytest
 import torch
 
@@ -110,5 +113,75 @@ def test_nothing_requires_grad_so_neither_does_the_result():
 
 
 def test_a_meta_device_state_is_refused_by_name():
-    with pytest.raises(ValueError, match="z0 is on the meta device"):
+    from lmdeq.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="z0 is on the meta device"):
         deq_solve(lambda z: 0.5 * z, torch.zeros(2, 4, device="meta"), solver=FixedPoint())
+
+
+def _tangent(backward, no_grad=False):
+    """The forward-mode tangent of z*(W) in the direction V, through deq_solve with ``backward``."""
+    W, x, z0 = _problem()
+    V = torch.randn(W.shape, dtype=W.dtype, generator=torch.Generator().manual_seed(3))
+    with fwAD.dual_level():
+        f = _f(fwAD.make_dual(W.detach(), V), x)
+        if no_grad:
+            with torch.no_grad():
+                z, _ = deq_solve(f, z0, solver=FixedPoint(max_iter=200, tol=1e-13), backward=backward)
+        else:
+            z, _ = deq_solve(f, z0, solver=FixedPoint(max_iter=200, tol=1e-13), backward=backward)
+        return fwAD.unpack_dual(z).tangent, W, x, V
+
+
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_forward_mode_through_the_implicit_gradient_is_refused(no_grad):
+    """The solution would carry no tangent at all (before: a silent None)."""
+    with pytest.raises(NotImplementedError, match="forward-mode AD .* would be silently dropped"):
+        _tangent(Implicit(solver=FixedPoint(max_iter=200, tol=1e-13)), no_grad)
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        _tangent(JFB(), no_grad=True)   # no_grad: z* comes back detached, whatever the backward
+
+
+def test_forward_mode_through_jfb_is_the_tangent_of_its_approximation():
+    tangent, W, x, V = _tangent(JFB())
+    star = torch.zeros_like(x)
+    for _ in range(200):
+        star = _f(W, x)(star)
+    _, want = torch.func.jvp(lambda w: _f(w, x)(star), (W.detach(),), (V,))   # f at the fixed point, z* held
+    assert float((tangent - want).detach().norm() / want.norm()) < 1e-10
+    assert _tangent(None)[0] is None   # backward=None: no derivative at all, as documented
+
+
+def test_a_batched_backward_through_the_implicit_gradient_is_refused():
+    W, x, z0 = _problem()
+
+    def solve(w, backward):
+        return deq_solve(_f(w, x), z0, solver=FixedPoint(max_iter=200, tol=1e-13), backward=backward)[0]
+
+    exact = Implicit(solver=FixedPoint(max_iter=200, tol=1e-13))
+    with pytest.raises(NotImplementedError, match="a batched backward pass"):
+        torch.autograd.functional.jacobian(lambda w: solve(w, exact), W.detach(), vectorize=True)
+    rows = torch.autograd.functional.jacobian(lambda w: solve(w, exact), W.detach())   # one pass per row: works
+    unrolled = torch.autograd.functional.jacobian(lambda w: _unrolled(w, x, z0), W.detach())
+    assert float((rows - unrolled).norm() / unrolled.norm()) < 1e-10
+
+
+def _unrolled(W, x, z0, steps=200):
+    z = z0
+    for _ in range(steps):
+        z = _f(W, x)(z)
+    return z
+
+
+def test_linearize_and_make_fx_are_refused_by_name():
+    W, x, z0 = _problem()
+
+    def solve(w):
+        return deq_solve(_f(w, x), z0, solver=FixedPoint(max_iter=50, tol=1e-8))[0]
+
+    with pytest.raises(NotImplementedError, match="make_fx tracing are not supported"):
+        torch.func.linearize(solve, W.detach())
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with pytest.raises(NotImplementedError, match="make_fx tracing are not supported"):
+        make_fx(solve)(W.detach())

@@ -64,7 +64,7 @@ def prepare_splits(cfg: DataSpec, cache_dir: str | os.PathLike | None = None, wo
                         f"classifier needs an ImageFolder with one subdirectory per class, at least {min_classes} "
                         "(e.g. train/<class>/*.png for CIFAR-10's 10 classes)")
     if cfg.val_data is not None:
-        other = load_source(cfg.val_data, cache_dir, workers, progress, strict, cfg.image_size)
+        other = load_source(cfg.val_data, cache_dir, workers, progress, strict, cfg.image_size, what="val-data")
         val, val_name = (other.test if other.test is not None else other.train), "val-data"
     elif source.test is not None:
         val, val_name = source.test, "test"

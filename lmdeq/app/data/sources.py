@@ -38,14 +38,14 @@ class DataSource:
     test: LabelledImages | None
 
 
-def _torchvision_cifar10(root: Path, train: bool) -> LabelledImages:
+def _torchvision_cifar10(root: Path, train: bool, what: str = "data") -> LabelledImages:
     from torchvision.datasets import CIFAR10
 
     try:
         ds = CIFAR10(str(root), train=train, download=True)
     except Exception as err:  # URLError, socket errors, corrupt files: all mean "no usable copy"
         raise DataUnavailableError(
-            f"data: could not load or download torchvision CIFAR-10 into {root} ({type(err).__name__}: {err}). "
+            f"{what}: could not load or download torchvision CIFAR-10 into {root} ({type(err).__name__}: {err}). "
             "Without network access pass --data <ImageFolder directory or .tar.gz of one>.") from err
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return LabelledImages(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes))
@@ -62,7 +62,7 @@ TORCHVISION_SETS = {
 }
 
 
-def _named_split(key: str, root: Path, train: bool) -> LabelledImages:
+def _named_split(key: str, root: Path, train: bool, what: str = "data") -> LabelledImages:
     """One split of the torchvision data set ``key`` (:data:`TORCHVISION_SETS`) under ``root``, never downloaded."""
     import numpy as np
     import torchvision.datasets as tvd
@@ -74,14 +74,14 @@ def _named_split(key: str, root: Path, train: bool) -> LabelledImages:
         ds = cls(str(root), download=False, **split)
     except Exception as err:   # torchvision: "Dataset not found or corrupted", missing files, bad archives
         raise DataUnavailableError(
-            f"data: torchvision {name} was not found (or is damaged) under {root} ({type(err).__name__}: {err}); "
+            f"{what}: torchvision {name} was not found (or is damaged) under {root} ({type(err).__name__}: {err}); "
             f"lmdeq never downloads it: get it once where there is network with python -c \"import torchvision; "
             + (f"[torchvision.datasets.{name}('{root}', split=s, download=True) for s in ('train', 'test')]"
                if how == "split" else f"torchvision.datasets.{name}('{root}', download=True)")
-            + f"\" and pass --data {name}:{root}") from err
+            + f"\" and pass --{what} {name}:{root}") from err
     images = torch.as_tensor(np.asarray(getattr(ds, data_attr)))
     if images.dtype != torch.uint8:
-        raise DataError(f"data: torchvision {name} under {root} holds {images.dtype} images, expected uint8")
+        raise DataError(f"{what}: torchvision {name} under {root} holds {images.dtype} images, expected uint8")
     images = {"NHWC": lambda t: t.permute(0, 3, 1, 2), "NCHW": lambda t: t,
               "NHW": lambda t: t.unsqueeze(1)}[layout](images).contiguous()
     labels = torch.as_tensor(np.asarray(getattr(ds, label_attr)), dtype=torch.int64)
@@ -89,53 +89,55 @@ def _named_split(key: str, root: Path, train: bool) -> LabelledImages:
     return LabelledImages(images, labels, classes)
 
 
-def _named_source(spec: str) -> DataSource | None:
+def _named_source(spec: str, what: str = "data") -> DataSource | None:
     """The torchvision data set ``<Name>:<root>`` names, or None when ``spec`` is no such name."""
     name, sep, root = spec.partition(":")
     key = name.lower().replace("-", "").replace("_", "")
     if not sep or key not in TORCHVISION_SETS:
         return None
     if not root:
-        raise DataError(f"data: {spec} names no root directory; pass --data {name}:<root>")
+        raise DataError(f"{what}: {spec} names no root directory; pass --{what} {name}:<root>")
     path = Path(root).expanduser()
-    return DataSource(spec, _named_split(key, path, True), _named_split(key, path, False))
+    return DataSource(spec, _named_split(key, path, True, what), _named_split(key, path, False, what))
 
 
 def _folder_source(spec: str, root: Path, cache: Path, workers: int, progress: bool, strict: bool,
-                   resize: int | None = None) -> DataSource:
+                   resize: int | None = None, what: str = "data") -> DataSource:
     train_dir, test_dir = find_split_dirs(root)
     train = load_image_folder(train_dir, cache, workers, progress, strict, resize)
     test = load_image_folder(test_dir, cache, workers, progress, strict, resize) if test_dir is not None else None
     if test is not None and test.classes != train.classes:
-        raise DataError(f"data: {test_dir} has classes {test.classes}, but {train_dir} has {train.classes}")
+        raise DataError(f"{what}: {test_dir} has classes {test.classes}, but {train_dir} has {train.classes}")
     return DataSource(spec, train, test)
 
 
 def load_source(spec: str, cache_dir: str | os.PathLike | None = None, workers: int = 0,
-                progress: bool = False, strict: bool = False, resize: int | None = None) -> DataSource:
+                progress: bool = False, strict: bool = False, resize: int | None = None,
+                what: str = "data") -> DataSource:
     """Decode the data named by ``spec`` (see the module docstring); ``strict``: an undecodable image file
     is an error instead of being skipped and reported; ``resize``: image folders are decoded at resize x resize
-    (mixed sizes allowed; other sources keep their size, see :mod:`lmdeq.app.data.fit`)."""
+    (mixed sizes allowed; other sources keep their size, see :mod:`lmdeq.app.data.fit`); ``what``: the flag the
+    specification came from (``data`` or ``val-data``), which every error names."""
     if not isinstance(spec, str) or not spec:
-        raise TypeError("data must be a non-empty string")
+        raise TypeError(f"{what} must be a non-empty string")
     cache = prepare_cache_dir(cache_dir)
     if spec == DOWNLOAD_NAME or spec.startswith(TORCHVISION_PREFIX):
         if spec == DOWNLOAD_NAME:
             root = cache / "cifar10-torchvision"
         else:
             root = Path(spec[len(TORCHVISION_PREFIX):]).expanduser()
-        return DataSource(spec, _torchvision_cifar10(root, True), _torchvision_cifar10(root, False))
-    named = _named_source(spec)
+        return DataSource(spec, _torchvision_cifar10(root, True, what), _torchvision_cifar10(root, False, what))
+    named = _named_source(spec, what)
     if named is not None:
         return named
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataNotFoundError(
-            f"data: {spec} does not exist (expected an ImageFolder directory, a .tar.gz of one, "
+            f"{what}: {spec} does not exist (expected an ImageFolder directory, a .tar.gz of one, "
             f"'{DOWNLOAD_NAME}', '{TORCHVISION_PREFIX}<root>' or <Name>:<root> of a torchvision data set: "
             f"{', '.join(v[0] for v in TORCHVISION_SETS.values())})")
     if path.is_file():
         if not is_archive(path):
-            raise DataError(f"data: {spec} is a file but not a .tar.gz, .tgz or .tar archive")
-        return _folder_source(spec, extract_archive(path, cache), cache, workers, progress, strict, resize)
-    return _folder_source(spec, path, cache, workers, progress, strict, resize)
+            raise DataError(f"{what}: {spec} is a file but not a .tar.gz, .tgz or .tar archive")
+        return _folder_source(spec, extract_archive(path, cache), cache, workers, progress, strict, resize, what)
+    return _folder_source(spec, path, cache, workers, progress, strict, resize, what)

@@ -7,7 +7,8 @@ error containing ``needle``), ``'warn'`` (exit 0 and a warning containing ``need
 ``fault`` kills the command at that named instant (LMDEQ_FAULT_AT) and then resumes the run, which must end
 exactly like an uninterrupted one. ``check(w)`` looks for damage beyond the exit status: files written outside
 the cache, a pickle payload that ran, leftovers, a rewound run (it returns (outcome, problem), or None).
-``needs`` names the fixtures the case uses.
+``needs`` names the fixtures the case uses. The generated cases (scripts/fault_fuzz.py) judge their own outcome
+(``judge(w, rc, stdout, stderr)``) and may run under a shorter ``timeout``.
 """
 from __future__ import annotations
 
@@ -39,7 +40,15 @@ class Case:
     fault: str | None = None
     check: object = None  # callable(w: Path) -> str | None
     env: dict = field(default_factory=dict)
-    call: object = None  # instead of argv: a library call, callable(w: Path)
+    call: object = None  # instead of argv: a library call, callable(w: Path) (returning None or an exit status)
+    judge: object = None  # callable(w, rc, stdout, stderr) -> (outcome, detail), instead of expect / needle
+    timeout: float = 600.0  # seconds before the case counts as a hang
+
+
+def error_line(err: str) -> str:
+    """The last non-empty line of a command's stderr (where its one-line error is)."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 def tiny_except(args) -> list:

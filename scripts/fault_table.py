@@ -1,5 +1,6 @@
-"""The fault table: try every bad input and fault of scripts/fault_cases.py against ``lmdeq train``,
-``lmdeq eval`` and ``lmdeq bench``, and count what a user sees.
+"""The fault table: try every bad input and fault of scripts/fault_cases.py (written by hand) and
+scripts/fault_fuzz.py (generated: every input channel fuzzed) against ``lmdeq train``, ``lmdeq eval``,
+``lmdeq bench``, the benchmark scripts and the library, and count what a user sees.
 
     python scripts/fault_table.py [--only SUBSTRING] [--workdir DIR] [--json PATH] [-v]
 
@@ -17,8 +18,10 @@ stderr captured; a kill at a fault point stays in the child) and is classified a
 * ``data lost``: a run's files damaged, rewound, or not recovered exactly after a kill;
 * ``security``: a hostile input had an effect (a file written outside the cache, a pickle payload that ran).
 
-Prints one row per category and the totals; ``--json`` writes every case's outcome. Runs in about a minute
-on 2 CPU cores (tiny models and data; the kill cases train a tiny MDEQ for 3 epochs, twice each).
+A generated case judges its own outcome with the same words (scripts/fault_fuzz.py says how for each category).
+Prints one row per category and the totals; ``--json`` writes every case's outcome. The hand-written cases take
+about a minute on 2 CPU cores (tiny models and data; the kill cases train a tiny MDEQ for 3 epochs, twice each),
+the generated ones a few minutes more.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_cases import Case, build, cases  # noqa: E402
+import fault_fuzz  # noqa: E402
+from fault_cases import Case, build, cases, error_line  # noqa: E402
 
 OUTCOMES = ("clear", "handled", "traceback", "silent", "other", "data lost", "security", "hang")
 HEADERS = ("category", "tried", "clear errors", "handled", "tracebacks", "silent", "other", "data lost",
@@ -96,34 +100,32 @@ def run_cli(argv: list, env: dict, timeout: float = 600.0) -> tuple[int, str, st
     return run_child(cli, env, timeout)
 
 
-def run_call(call, w: Path, env: dict) -> tuple[int, str, str]:
-    """:func:`run_child` of a library call ``call(w)``: a documented error is printed as the CLI does (status 2)."""
+def run_call(call, w: Path, env: dict, timeout: float = 600.0) -> tuple[int, str, str]:
+    """:func:`run_child` of a library call ``call(w)`` (its exit status: what it returns, else 0): a documented
+    error is printed as the CLI does (status 2)."""
     def library():
         from lmdeq.errors import LmdeqError
 
         try:
-            call(w)
+            rc = call(w)
         except LmdeqError as err:
             print(f"lmdeq: error: {err}", file=sys.stderr)
             return 2
-        return 0
-    return run_child(library, env)
+        return rc if isinstance(rc, int) else 0
+    return run_child(library, env, timeout)
 
 
-def _error_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def classify(case: Case, rc, err: str, problem) -> tuple[str, str]:
-    """(outcome, detail) of one finished case."""
+def classify(case: Case, rc, err: str, problem, out: str = "", w: Path | None = None) -> tuple[str, str]:
+    """(outcome, detail) of one finished case (``out``: its stdout; ``w``: the work directory, for a judge)."""
     if rc is None:
         return "hang", "timed out (killed)"
     if "Traceback (most recent call last)" in err:
-        return "traceback", _error_line(err)
+        return "traceback", error_line(err)
     if problem is not None:
         return problem
-    last = _error_line(err)
+    if case.judge is not None:
+        return case.judge(w, rc, out, err)
+    last = error_line(err)
     if case.expect == "error":
         if rc == 0:
             return "silent", "exit 0"
@@ -150,7 +152,7 @@ def run_kill_case(case: Case, w: Path, reference: Path) -> tuple[str, str]:
     argv = _format(case.argv, w) + ["--out", str(out)]
     rc, _, err = run_cli(argv, {**case.env, "LMDEQ_FAULT_AT": case.fault})
     if rc != -signal.SIGKILL:
-        return "other", f"the fault point was not reached (exit {rc}): {_error_line(err)}"
+        return "other", f"the fault point was not reached (exit {rc}): {error_line(err)}"
     resume = ["--resume"] if (out / "last.pt").exists() else []
     rc, _, err = run_cli(argv + resume, {k: v for k, v in case.env.items() if k != "LMDEQ_FAULT_AT"})
     if rc != 0:
@@ -161,26 +163,47 @@ def run_kill_case(case: Case, w: Path, reference: Path) -> tuple[str, str]:
 
 def _preload() -> None:
     """Import what the commands use once, here: every forked child then starts with it loaded."""
+    import lmdeq.app.bench.kernels  # noqa: F401
     import lmdeq.app.bench.solvers  # noqa: F401
     import lmdeq.app.bench.speedup  # noqa: F401
+    import lmdeq.app.bench.tta_cli  # noqa: F401
+    import lmdeq.app.bench.tta_run  # noqa: F401
     import lmdeq.app.train.run  # noqa: F401
     from lmdeq.app.cli import build_parser
 
     build_parser()
 
 
-def run_cases(selected: list[Case], w: Path, log=print) -> list[dict]:
-    """Run ``selected`` in the work directory ``w`` (fixtures built as needed); one result dict per case."""
+def fixtures(w: Path):
+    """``ensure(need)``: build the fixture ``need`` in the work directory ``w`` unless it was built already (by
+    scripts/fault_fuzz.py for its own fixtures, else scripts/fault_cases.py)."""
+    built: set = set()
+
+    def ensure(need: str) -> None:
+        if need not in built:
+            if not fault_fuzz.build(w, need, lambda argv: run_cli(argv, {}), ensure):
+                build(w, need, lambda argv: run_cli(argv, {})[::2])
+            built.add(need)
+    return ensure
+
+
+def all_cases(w: Path, ensure) -> list[Case]:
+    """The hand-written cases and the generated ones (whose checkpoint fields come from a tiny run built in ``w``)."""
+    _preload()
+    return cases() + fault_fuzz.cases(w, ensure)
+
+
+def run_cases(selected: list[Case], w: Path, log=print, ensure=None) -> list[dict]:
+    """Run ``selected`` in the work directory ``w`` (fixtures built as needed by ``ensure``, default
+    :func:`fixtures`); one result dict per case."""
     os.environ.pop("LMDEQ_FAULT_AT", None)
     _preload()
-    built: set = set()
+    ensure = ensure or fixtures(w)
     reference = None
     results = []
     for case in selected:
         for need in case.needs:
-            if need not in built:
-                build(w, need, lambda argv: run_cli(argv, {})[::2])
-                built.add(need)
+            ensure(need)
         start = time.perf_counter()
         if case.fault is not None:
             if reference is None:
@@ -191,9 +214,10 @@ def run_cases(selected: list[Case], w: Path, log=print) -> list[dict]:
             outcome, detail = run_kill_case(case, w, reference)
         else:
             env = {k: v.replace("{w}", str(w)) for k, v in case.env.items()}
-            rc, _, err = (run_call(case.call, w, env) if case.call is not None else run_cli(_format(case.argv, w), env))
+            rc, out, err = (run_call(case.call, w, env, case.timeout) if case.call is not None
+                            else run_cli(_format(case.argv, w), env, case.timeout))
             problem = case.check(w) if case.check is not None else None
-            outcome, detail = classify(case, rc, err, problem)
+            outcome, detail = classify(case, rc, err, problem, out, w)
         results.append({"name": case.name, "category": case.category, "outcome": outcome, "detail": detail,
                         "seconds": round(time.perf_counter() - start, 2)})
         log(f"  {outcome:9s} {case.name}: {detail}")
@@ -226,12 +250,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write every case's outcome to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="print each case as it finishes")
     args = p.parse_args(argv)
-    selected = [c for c in cases() if not args.only or any(s in c.name for s in args.only)]
     w = Path(args.workdir or tempfile.mkdtemp(prefix="lmdeq-faults-"))
     w.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        results = run_cases(selected, w, log=print if args.verbose else (lambda s: None))
+        ensure = fixtures(w)
+        selected = [c for c in all_cases(w, ensure) if not args.only or any(s in c.name for s in args.only)]
+        results = run_cases(selected, w, log=print if args.verbose else (lambda s: None), ensure=ensure)
     finally:
         if not args.workdir:
             shutil.rmtree(w, ignore_errors=True)

@@ -6,7 +6,7 @@ parser with empty, huge, negative, non-finite, unicode and wrong-type values):
 
 * integers: :func:`int_in` (a range; ``positive_int`` and ``non_negative_int`` counts up to 2**31 - 1,
   ``seed`` up to 2**63 - 1, what torch's generators take);
-* floats: :func:`float_in` (finite, a range, open or closed ends);
+* floats: :func:`float_in` (finite and below 2**63 in magnitude, a range, open or closed ends);
 * text: :func:`text` (a path, a name: not empty, no NUL); :func:`output_file` / :func:`output_dir` (where
   results go: a writable directory, checked before any work); :func:`file_tag` (a file-name suffix);
   :func:`name_list` (comma-separated names, possibly none).
@@ -20,6 +20,7 @@ from typing import Optional
 
 SEED_MAX = 2 ** 63 - 1    # what torch's generators take
 COUNT_MAX = 2 ** 31 - 1   # any count (epochs, a batch size, workers, steps) beyond this is a typo
+FLOAT_MAX = 2.0 ** 63     # any rate, decay, norm or budget this large is a typo
 
 
 def int_in(lowest: int, highest: Optional[int] = None, kind: str = "an"):
@@ -43,19 +44,20 @@ seed = int_in(0, SEED_MAX, "a seed: a non-negative")
 
 def float_in(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
              high_open: bool = False, kind: str = "a"):
-    """An argparse type: a finite float within the bounds given (open or closed)."""
+    """An argparse type: a finite float within the bounds given (open or closed), and below :data:`FLOAT_MAX` in
+    magnitude where no bound is given."""
     def parse(text: str) -> float:
         try:
             v = float(text.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind} number, got {text!r}") from None
-        bad = not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)) or \
+        bad = not math.isfinite(v) or abs(v) >= FLOAT_MAX or \
+            (low is not None and (v <= low if low_open else v < low)) or \
             (high is not None and (v >= high if high_open else v > high))
         if bad:
-            lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
-            hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
-            span = f"in {lo or '(-inf'}, {hi or 'inf)'}" if (lo or hi) else "finite"
-            raise argparse.ArgumentTypeError(f"expected {kind} number {span}, got {text!r}")
+            lo = "(-2**63" if low is None else f"{'(' if low_open else '['}{low:g}"
+            hi = "2**63)" if high is None else f"{high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"expected {kind} number in {lo}, {hi}, got {text!r}")
         return v
     return parse
 

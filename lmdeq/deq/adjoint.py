@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import is_legacy_batchedtensor, maybe_current_level
 from torch.profiler import record_function
 
 from ..errors import UnsupportedError
@@ -27,7 +29,8 @@ from .backward import Implicit
 from .graphed import GraphedProblem
 from .jacobian import JacobianPair
 
-__all__ = ["implicit_gradient", "is_solved_state", "adjoint_done", "HIGHER_ORDER"]
+__all__ = ["implicit_gradient", "is_solved_state", "adjoint_done", "HIGHER_ORDER", "BATCHED_BACKWARD", "FORWARD_AD",
+           "forward_mode_active", "refuse_tangents"]
 
 _DONE = "_lmdeq_adjoint_done"
 
@@ -80,6 +83,7 @@ def implicit_gradient(f: Callable, layout: StateLayout, star: List[torch.Tensor]
     with record_function("lmdeq::tracked_f"):
         fz = f(state)
         tracked = layout.check_output(fz)
+    refuse_tangents(tracked)
     if graph is None:
         adjoint.linearisation = (star, tracked)
         if not _reaches_another_leaf(tracked, star):
@@ -172,9 +176,33 @@ HIGHER_ORDER = ("deq_solve: a gradient of the implicit gradient (create_graph=Tr
                 "(deq_solve(..., jacobian_pair=True)) and lmdeq.jac_reg, which differentiate f at z*, not the solve.")
 
 
+BATCHED_BACKWARD = ("deq_solve: a batched backward pass through the implicit gradient (torch.autograd.grad(..., "
+                    "is_grads_batched=True), torch.autograd.functional.jacobian / hessian with vectorize=True, a vmap "
+                    "over a gradient) is not supported: the adjoint solve runs data-dependent loops that vmap cannot "
+                    "batch. Use vectorize=False (one backward pass per row), or backward=JFB() / Phantom(...) (plain "
+                    "autograd through f at z*).")
+FORWARD_AD = ("deq_solve: forward-mode AD (torch.autograd.forward_ad dual tensors) through the implicit gradient, or "
+              "through a solve under torch.no_grad(), is not supported: the solution's tangent would be silently "
+              "dropped. Use backward=JFB() or Phantom(...) with grad enabled (the tangent of their approximation), or "
+              "reverse mode (torch.autograd.grad / .backward()).")
+
+
+def forward_mode_active() -> bool:
+    """Whether a forward-mode AD level (``torch.autograd.forward_ad.dual_level()``) is open."""
+    return fwAD._current_level >= 0
+
+
+def refuse_tangents(parts) -> None:
+    """UnsupportedError (:data:`FORWARD_AD`) when a forward-mode AD level is open and one of ``parts`` (an evaluation of
+    f) carries a tangent, which the solution could not pass on."""
+    if forward_mode_active() and any(fwAD.unpack_dual(p).tangent is not None for p in parts):
+        raise UnsupportedError(FORWARD_AD)
+
+
 class ImplicitGrad(torch.autograd.Function):
     """Identity forward; backward replaces the upstream gradient v by the adjoint solution g. Differentiable
-    once: a backward pass that builds a graph (create_graph=True) is refused (:data:`HIGHER_ORDER`)."""
+    once: a backward pass that builds a graph (create_graph=True) is refused (:data:`HIGHER_ORDER`), and so is a
+    batched one (:data:`BATCHED_BACKWARD`)."""
 
     @staticmethod
     def forward(ctx, adjoint, *parts):
@@ -185,5 +213,8 @@ class ImplicitGrad(torch.autograd.Function):
     def backward(ctx, *grads):
         if torch.is_grad_enabled():   # the engine runs backward functions in grad mode iff create_graph=True
             raise UnsupportedError(HIGHER_ORDER)
+        # a vmap over the backward pass: is_grads_batched / vectorize=True batch the gradients (legacy batching)
+        if maybe_current_level() is not None or any(g is not None and is_legacy_batchedtensor(g) for g in grads):
+            raise UnsupportedError(BATCHED_BACKWARD)
         v = [g if g is not None else torch.zeros_like(s) for g, s in zip(grads, ctx.adjoint.star)]
         return (None, *ctx.adjoint(v))

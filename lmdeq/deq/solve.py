@@ -23,19 +23,21 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 from torch._C._functorch import maybe_current_level
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 from torch.profiler import record_function
 
 from .. import checks
 from ..errors import ConfigTypeError, UnsupportedError
 from ..solvers import SOLVERS, Anderson, Solver, SolverInfo, StateLayout
-from .adjoint import implicit_gradient
+from .adjoint import forward_mode_active, implicit_gradient, refuse_tangents
 from .backward import JFB, Implicit, Phantom, as_backward
 from .graphed import GraphedProblem
 from .jacobian import jacobian_pair as evaluation_pair
 
 __all__ = ["deq_solve", "DEQ", "FUNC_TRANSFORMS", "DEFAULT_SOLVER"]
 
-FUNC_TRANSFORMS = ("deq_solve: torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) are not supported: "
+FUNC_TRANSFORMS = ("deq_solve: torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap, linearize) and "
+                   "make_fx tracing are not supported: "
                    "the solve runs data-dependent loops outside autograd and its implicit gradient is an autograd "
                    "Function without functorch rules. Use torch.autograd.grad / .backward() for gradients (with "
                    "torch.func.functional_call for other parameters: that works), and a batch dimension or a loop "
@@ -88,11 +90,19 @@ def deq_solve(f: Callable, z0, *, solver: Solver = DEFAULT_SOLVER, backward=Impl
     extra f-evaluation; z0 is then the state f received, views of the leaves); with ``JFB``, ``Phantom``, no
     backward (``None``, or grad disabled) or a graphed adjoint it costs one more f-evaluation at z* (under
     ``torch.enable_grad()``). Nothing else changes: z, its gradients and info's items are the same.
+
+    Autograd transforms: first-order reverse mode works with every backward (.backward(), torch.autograd.grad,
+    torch.func.functional_call, torch.utils.checkpoint); higher orders and forward mode through ``JFB`` and
+    ``Phantom`` are those of their approximation. Refused with an :class:`~lmdeq.errors.UnsupportedError` naming
+    the limitation, never answered wrongly: torch.func transforms and make_fx tracing (:data:`FUNC_TRANSFORMS`), a
+    graph through the implicit backward (create_graph=True), a batched backward pass through it (vectorize=True),
+    and forward-mode dual tensors through it or through a solve under torch.no_grad()
+    (:mod:`lmdeq.deq.adjoint`).
     """
     if unknown:
         raise ConfigTypeError(f"deq_solve got unexpected keyword argument(s) {sorted(unknown)}{_hint(unknown)}")
     checks.boolean("jacobian_pair", jacobian_pair, where="deq_solve: ")
-    if maybe_current_level() is not None:
+    if maybe_current_level() is not None or get_proxy_mode() is not None:   # a torch.func transform, make_fx
         raise UnsupportedError(FUNC_TRANSFORMS)
     check_solver(solver)
     backward = as_backward(backward)
@@ -111,6 +121,8 @@ def deq_solve(f: Callable, z0, *, solver: Solver = DEFAULT_SOLVER, backward=Impl
         info = sol.stats
         star = [p.detach() for p in layout.parts(sol.value)]
     if backward is None or not torch.is_grad_enabled():
+        if backward is not None and forward_mode_active():   # dual inputs would lose their tangent here
+            refuse_tangents(layout.check_output(f(layout.external(star))))
         out = layout.external(star)
     elif isinstance(backward, JFB):
         out = f(layout.external(star))

@@ -15,8 +15,10 @@ barriers; rank 0 reports. The configurations alternate round by round (ABAB..., 
 other round, so that load drift does not favour one); the summary is the median and range of steps/s
 over the rounds, the median of the per-round ratios (each round's configurations ran back to back), the
 solver iterations per step (each rank's solve stops when its shard has converged, so the work per step
-can differ) and the 1-minute load average before every run. Results: a Markdown table on stdout and
-``benchmarks/results/ddp-scaling-<device>.json``. With ``--device cuda`` every rank trains on its own GPU
+can differ) and the 1-minute load average before every run. Results: a Markdown table on stdout and the JSON
+``--out FILE``, by default ``ddp-scaling-<device>.json`` in a new run folder outside the checkout
+(lmdeq/app/bench/outputs.py; ``--quick``: no JSON unless ``--out``); an existing file is refused before any
+work unless ``--force``. With ``--device cuda`` every rank trains on its own GPU
 (nccl) and the clocks are read after synchronising the GPU.
 """
 from __future__ import annotations
@@ -59,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", type=parse_configs, default=parse_configs("1x1,2x1"),
                    help="processes x threads per process, comma-separated (default: 1x1,2x1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="result JSON (default: benchmarks/results/ddp-scaling-<device>.json; --quick: none)")
+    from lmdeq.app.argtypes import output_file
+    from lmdeq.app.bench.outputs import add_out_arguments
+
+    add_out_arguments(p, "ddp-scaling", out_type=output_file, what="the result JSON (--quick: none unless given)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: tiny model, batch 8, 1 warm-up and 2 timed steps, 1 round")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one measurement, write its JSON here
@@ -178,12 +183,26 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
     if args.quick:
         args.batch_size, args.steps, args.warmup, args.rounds = 8, 2, 1, 1
+    out = None
+    if args.out is not None or not args.quick:   # where the JSON goes, before any work
+        import torch
+
+        from lmdeq.app.bench.device import device_slug
+        from lmdeq.app.bench.outputs import result_file
+        from lmdeq.errors import ConfigError
+
+        try:
+            out = result_file(args.out, "ddp-scaling", f"ddp-scaling-{device_slug(torch.device(args.device))}.json",
+                              args.force)
+        except ConfigError as err:
+            parser.error(str(err))
     configs = args.configs
     runs: dict[str, list[dict]] = {f"{p}x{t}": [] for p, t in configs}
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,16 +228,12 @@ def main(argv=None) -> int:
         print(f"| {name} | {s['steps_per_s_median']:.3f} ({s['steps_per_s_min']:.3f}-{s['steps_per_s_max']:.3f}) | "
               f"{s['step_ms_median']:.0f} | {s['ratio_median']:.2f}x ({s['ratio_min']:.2f}-{s['ratio_max']:.2f}) | "
               f"{s['f_nstep_mean']:.1f} | {s['b_nstep_mean']:.1f} |")
-    out = args.out
-    if out is None and not args.quick:
-        out = ROOT / "benchmarks" / "results" / f"ddp-scaling-{runs[base][0]['slug']}.json"
     if out is not None:
         payload = {"benchmark": "ddp_scaling", "argv": sys.argv[1:], "device": args.device, "preset": args.preset,
                    "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
                    "data": args.data, "cpu_count": os.cpu_count(), "load_avg_end": os.getloadavg(),
                    "summary": summary, "runs": runs}
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(payload, indent=1))
+        out.write_text(json.dumps(payload, indent=1))
         print(f"\nwrote {out}")
     return 0
 

@@ -9,12 +9,14 @@ L / (1 - L), and the training-step time of both, interleaved round by round.
 
     python benchmarks/jfb_lever.py --weights weights/cifar10-small-lipschitz.pt \\
         --data ../shared/data/cifar10-train-jpeg.tar.gz --batches 4 --rounds 7 --out benchmarks/results/jfb-lever.json
+
+The result JSON goes to --out, or to jfb-lever.json in a new run folder outside the checkout
+(lmdeq/app/bench/outputs.py); an existing file is refused before any work unless --force.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -22,10 +24,12 @@ import torch.nn.functional as F
 
 from lmdeq.app.argtypes import output_file, path, positive_int
 from lmdeq.app.bench.device import environment, load_average
+from lmdeq.app.bench.outputs import add_out_arguments, result_file
 from lmdeq.app.bench.interleave import interleaved_rounds, ratio_spread, spread
 from lmdeq.app.bench.speedup import _batch
 from lmdeq.models import mdeq
 from lmdeq.app.train.checkpoint import load_checkpoint
+from lmdeq.errors import ConfigError
 
 
 def _model(ckpt: dict, backward: str) -> torch.nn.Module:
@@ -48,8 +52,12 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=positive_int, default=4, help="batches for the gradient comparison")
     p.add_argument("--rounds", type=positive_int, default=7)
     p.add_argument("--warmup", type=positive_int, default=2)
-    p.add_argument("--out", type=output_file, default=None)
+    add_out_arguments(p, "jfb-lever", out_type=output_file, what="the result JSON")
     args = p.parse_args(argv)
+    try:   # where the JSON goes, before any work
+        out = result_file(args.out, "jfb-lever", "jfb-lever.json", args.force)
+    except ConfigError as err:
+        p.error(str(err))
     ckpt = load_checkpoint(args.weights)
     implicit, jfb = _model(ckpt, "implicit"), _model(ckpt, "jfb")
     bound = float(implicit.lipschitz_bound())
@@ -83,10 +91,9 @@ def main(argv=None) -> int:
               "ratio_implicit_over_jfb": ratio_spread(ms["implicit"], ms["jfb"]), "env": environment("cpu"),
               "load_average": [load_start, load_average()], "batch": args.batch, "data": args.data}
     print(json.dumps({k: v for k, v in result.items() if k != "env"}, indent=1))
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+    with open(out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -36,7 +36,9 @@
 #
 # Output: everything goes to one work folder (WORK_DIR, default /tmp/lmdeq-gpu-check: logs/, results/), packed
 # after every step into $OUT/gpu-check.tar.gz, with $OUT/summary.txt (per-step status and the key results,
-# also printed last): two files, within the device tool's 8. Without $OUT: benchmarks/results/gpu-check/.
+# also printed last): two files, within the device tool's 8. Without $OUT: a new run folder outside the checkout,
+# ${LMDEQ_RUNS:-~/.cache/lmdeq/bench}/gpu-check-<timestamp>/, as every benchmark's default (lmdeq/app/bench/outputs.py).
+# Every benchmark step passes --out "$RESULTS" (the work folder, emptied first), so nothing lands in the checkout.
 # Checkpoints and the dataset cache stay outside (RUNS_DIR, LMDEQ_CACHE): they would not fit. Results are written
 # as they come (the kernel benchmark after every case, the training after every round), so a step stopped at its
 # cap still leaves what it measured.
@@ -167,7 +169,7 @@ START=$(date +%s)
 DEADLINE=$((START + TOTAL_S - PACK_S))
 PY=${PYTHON:-python3}
 WORK=${WORK_DIR:-/tmp/lmdeq-gpu-check}
-FINAL=${OUT:-$ROOT/benchmarks/results/gpu-check}
+FINAL=${OUT:-${LMDEQ_RUNS:-${HOME:-/tmp}/.cache/lmdeq/bench}/gpu-check-$(date +%Y%m%d-%H%M%S)}
 RUNS=${RUNS_DIR:-/tmp/lmdeq-runs}
 DATA=${DATA:-gpu_carry/cifar10-subset.tar.gz}
 LOGS=$WORK/logs RESULTS=$WORK/results QUEUE=$WORK/logs/argcheck.queue

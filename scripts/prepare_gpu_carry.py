@@ -19,6 +19,8 @@ import tarfile
 from collections import defaultdict
 from pathlib import Path
 
+from lmdeq.app.argtypes import output_file
+
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "gpu_carry" / "cifar10-subset.tar.gz"
 
@@ -59,7 +61,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="CIFAR-10 JPEG archive (default: %(default)s)")
     p.add_argument("--per-class", type=int, default=1200, help="images per class (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output archive (default: %(default)s)")
+    p.add_argument("--out", type=lambda v: Path(output_file(v)), default=DEFAULT_OUT,
+                   help="output archive, in an existing writable directory (default: %(default)s, git-ignored, its "
+                        "folder made if missing); replaced if it exists (the same images every time)")
     args = p.parse_args(argv)
     if args.per_class < 1:
         p.error(f"--per-class must be >= 1, got {args.per_class}")

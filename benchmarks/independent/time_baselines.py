@@ -4,7 +4,10 @@ baseline slower than it needs to be inflates every ratio).
 
     python benchmarks/independent/time_baselines.py --device cuda --batch 32 --rounds 30 --warmup 3 \\
         [--data ../shared/data/cifar10-train-jpeg.tar.gz] [--threads N] [--jr-every-step] \\
-        [--out benchmarks/results/independent-baselines.json] [--profile]
+        [--out FILE.json [--force]] [--profile]
+
+The result JSON goes to --out, or to independent-baselines-<device>.json in a new run folder outside the checkout
+(lmdeq/app/bench/outputs.py); an existing file is refused before any work unless --force.
 
 Methods (both sides built on the same batch, with the same weights: lmdeq's model is built with seed ``--seed``
 and its parameters and buffers are copied into the independent model):
@@ -48,11 +51,14 @@ if HERE not in sys.path:
 import mdeq_small as indep  # noqa: E402
 
 from lmdeq.app.bench import speedup  # noqa: E402
-from lmdeq.app.bench.device import environment, load_average, load_record, sync  # noqa: E402
+from lmdeq.app.argtypes import output_file  # noqa: E402
+from lmdeq.app.bench.device import device_slug, environment, load_average, load_record, sync  # noqa: E402
+from lmdeq.app.bench.outputs import add_out_arguments, result_file  # noqa: E402
 from lmdeq.app.bench.interleave import interleaved, ratio_spread, spread  # noqa: E402
 from lmdeq.app.bench.report import fmt_spread, markdown_table  # noqa: E402
 from lmdeq.models import mdeq  # noqa: E402
 from lmdeq.app.train.jacobian import JacobianSchedule  # noqa: E402
+from lmdeq.errors import ConfigError  # noqa: E402
 
 PRESET = "cifar10-small"
 
@@ -329,7 +335,7 @@ def main(argv=None) -> Dict:
     p.add_argument("--pairs", default=None, help="comma-separated: a, a-JR (default: both where lmdeq has (a-JR))")
     p.add_argument("--jr-every-step", action="store_true", help="every (a-JR) step is a JR step, on both sides")
     p.add_argument("--no-cudnn-benchmark", action="store_true")
-    p.add_argument("--out", default=None, help="write the result as JSON here")
+    add_out_arguments(p, "independent-baselines", out_type=output_file, what="the result JSON")
     p.add_argument("--profile", action="store_true", help="one training step per method under torch.profiler")
     args = p.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -337,6 +343,11 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    try:   # where the JSON goes, before any work: an existing file is refused unless --force
+        args.out = result_file(args.out, "independent-baselines", f"independent-baselines-{device_slug(device)}.json",
+                               args.force)
+    except ConfigError as err:
+        p.error(str(err))
     saved_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     try:
@@ -381,11 +392,9 @@ def _run(args, device, log) -> Dict:
         print(result["table"])
     for name, text in result.get("profile", {}).items():
         print(f"\n## torch.profiler, one training step: {name}\n\n{text}")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1, default=str)
-        log(f"wrote {args.out}")
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+    log(f"wrote {args.out}")
     return result
 
 

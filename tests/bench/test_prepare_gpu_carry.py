@@ -39,6 +39,9 @@ def archive(tmp_path):
 def test_subset_takes_the_first_images_of_each_class(archive, tmp_path):
     script = load_script(SCRIPT)
     out = tmp_path / "carry" / "subset.tar.gz"
+    with pytest.raises(SystemExit):   # --out in a missing folder: an argparse error before any work
+        script.main(["--source", str(archive), "--per-class", "2", "--out", str(out)])
+    out.parent.mkdir()
     assert script.main(["--source", str(archive), "--per-class", "2", "--out", str(out)]) == 0
     with tarfile.open(out) as tar:
         names = tar.getnames()

@@ -5,19 +5,24 @@ or with ``--quick``, the CPU configuration: cifar10-small, batch 32, 3 timed ste
 ``lmdeq bench solvers`` times lmdeq's solvers against TorchDEQ's. ``lmdeq bench tta`` is the
 time-to-accuracy benchmark (lmdeq/app/bench/tta_cli.py).
 
+Results go to a new run folder outside the checkout, ``$LMDEQ_RUNS/<suite>-<timestamp>/`` (LMDEQ_RUNS unset:
+``~/.cache/lmdeq/bench``), unless ``--out DIR`` names another directory; a result file that exists there already
+is refused unless ``--force`` (:mod:`lmdeq.app.bench.outputs`). The command prints where it writes.
+
 Every argument is checked before a benchmark starts: counts must be positive (``--warmup``
 non-negative), the device must exist, the preset and methods must be known, ``--weights`` must be
 readable checkpoints whose weights are finite and fit the model their ``model_config`` builds, and
-``--out`` must be a directory; a bad one is a one-line error naming it (exit status 2).
+``--out`` must be a writable directory (or one to make, in an existing parent) without the run's result files;
+a bad one is a one-line error naming it (exit status 2).
 """
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from ..argtypes import file_tag, non_negative_int, output_dir, path, positive_int, text
+from ..argtypes import file_tag, non_negative_int, path, positive_int, text
 from ...errors import ConfigError
+from .outputs import add_out_arguments, result_dir
 
 SUITES = ("speedup", "solvers", "tta")
 
@@ -30,7 +35,7 @@ def add_arguments(parser):
                         help="batch size (default: 128 on GPU, 32 on CPU / --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="the CPU configuration (speedup: cifar10-small, batch 32, 3 steps)")
-    parser.add_argument("--out", type=output_dir, default="benchmarks/results", help="directory for result files")
+    add_out_arguments(parser, "<suite>")
     sp = parser.add_argument_group("speedup")
     sp.add_argument("--preset", type=text("a preset name"), default=None, help="model preset (default: cifar10-large on GPU, cifar10-small on CPU)")
     sp.add_argument("--steps", type=positive_int, default=None, help="timed steps per method (default: 10 GPU, 3 CPU)")
@@ -90,12 +95,6 @@ def check_data(spec: str, preset: str) -> None:
                           f"takes {shape}")
 
 
-def check_out_dir(out: str) -> None:
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a directory for the result files")
-
-
 def run(args) -> int:
     if args.suite == "tta":
         from .tta_cli import run as run_tta
@@ -106,17 +105,19 @@ def run(args) -> int:
     device = resolve_device(args.device or "auto")
     gpu = device.type == "cuda" and not args.quick
     batch = args.batch or (128 if gpu else 32)
-    check_out_dir(args.out)
     if args.suite == "solvers":
-        from .solvers import run as run_solvers
+        from .solvers import result_name, run as run_solvers
 
-        kw = dict(device=device, batch=batch, max_iter=args.max_iter, repeats=args.repeats, out_dir=args.out)
+        out = result_dir(args.out, "solvers", [result_name(device)], args.force)
+        kw = dict(device=device, batch=batch, max_iter=args.max_iter, repeats=args.repeats, out_dir=str(out))
         if args.quick:
             kw.update(batch=min(batch, 2), max_iter=min(args.max_iter, 4), repeats=1, problems=["mdeq-small"])
-        print(json.dumps(run_solvers(**kw), indent=1))
+        result = run_solvers(**kw)
+        print(json.dumps(result, indent=1))
+        print(f"\nwrote {result['path']}")
         return 0
     from ...models import PRESETS
-    from .speedup import METHODS, run as run_speedup
+    from .speedup import METHODS, result_stem, run as run_speedup
 
     preset = args.preset or ("cifar10-large" if gpu else "cifar10-small")
     if preset not in PRESETS:
@@ -128,13 +129,15 @@ def run(args) -> int:
     check_weights(args.weights)
     if args.data:
         check_data(args.data, preset)
+    stem = result_stem(device, args.tag)
+    out = result_dir(args.out, "speedup", [stem + ".json", stem + ".png"], args.force)
     result = run_speedup(preset=preset, batch=batch,
                          device=device, steps=args.steps or (10 if gpu else 3),
                          warmup=args.warmup if args.warmup is not None else (3 if gpu else 2),
                          weights=args.weights, methods=methods, data=args.data,
                          channels_last=args.channels_last, bf16=args.bf16, check_every=args.check_every,
                          solve_mode=args.solve_mode, cuda_graphs=args.cuda_graphs,
-                         cudnn_benchmark=args.cudnn_benchmark, profile=args.profile, out_dir=args.out, tag=args.tag)
+                         cudnn_benchmark=args.cudnn_benchmark, profile=args.profile, out_dir=str(out), tag=args.tag)
     print(result["table"])
     if result.get("files"):
         print("\nwrote " + ", ".join(result["files"]))

@@ -20,9 +20,11 @@ ratios, GB/s of the minimum traffic
 (each input read once, each output written once), on GPU the fraction of the device's copy bandwidth
 measured in the same run and the kernel-launch API calls and kernels per call (torch.profiler); the
 JSON records the allocator, threads and the machine's load at start and end (a warning when it was
-above the thread count). Writes <out>/kernels-<device>.json (after every case) and .png (at the end; ``--out``,
-default benchmarks/results/). ``--skip-backends`` leaves fused backends out (scripts/gpu_check.sh: those whose
-GPU tests failed, whose wrong results or crashes would spoil the run). Entry point: benchmarks/kernels.py:
+above the thread count). Writes <out>/kernels-<device>.json (after every case), .png and .md (the table of
+eager, torch.compile and fused, :func:`markdown`) at the end, into ``--out`` (default: a new run folder outside
+the checkout, :mod:`lmdeq.app.bench.outputs`; existing result files are refused unless ``--force``).
+``--skip-backends`` leaves fused backends out (scripts/gpu_check.sh: those whose GPU tests failed, whose wrong
+results or crashes would spoil the run). Entry point: benchmarks/kernels.py:
     python benchmarks/kernels.py [--device cpu|cuda] [--quick] [--rounds N] [--compile-for all|none|large:128,...]
                                  [--cases all|large:128,large:1,...] [--skip-backends cuda,triton]
 """
@@ -39,15 +41,16 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ... import ops
-from ..argtypes import output_dir, positive_int, text
-from ..command import configure_or_exit
+from ..argtypes import positive_int, text
+from ..command import configure_or_exit, run_command
 from ..faults import fault_point
 from ...models import mdeq
 from ...ops import backends, reference
 from .device import device_slug, environment, fmt_loads, load_average, load_record
 from .interleave import interleaved, ratio_spread, spread
+from .outputs import add_out_arguments, result_dir
+from .report import fmt_value, load_note, markdown_table
 
-RESULTS = Path("benchmarks/results")
 PRESETS = {"small": "cifar10-small", "large": "cifar10-large"}
 # The cases in the order they run, the headline first: ops 1 and 2 at (size, batch), op 3 (which has no batch)
 # as (size, 1). A run cut short (a GPU window's time cap) keeps every case measured before it, so the issue's
@@ -179,7 +182,7 @@ def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: L
     copy_bw = copy_bandwidth_gbps(device, quick)
     rows: List[dict] = []
     fused = fused_backends(device, skip_backends)
-    result = {"environment": environment(device), "copy_bandwidth_GBps": copy_bw, "threads": torch.get_num_threads(),
+    result = {"benchmark": "kernels", "environment": environment(device), "copy_bandwidth_GBps": copy_bw, "threads": torch.get_num_threads(),
               "rounds": rounds, "timing": "interleaved rounds", "build": backends.build_info(),
               "cases": [f"{size}:{batch}" for size, batch in cases], "skipped_backends": sorted(skip_backends),
               "rows": rows}
@@ -264,36 +267,151 @@ def run(device: torch.device, quick: bool, compile_for: Optional[set], dtypes: L
 
 # ---- report -----------------------------------------------------------------------------------------
 
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
+OP_NAMES = {"fixed_point_update_multi": "op 1: fixed-point update", "anderson_gram_row": "op 2: Anderson Gram row",
+            "anderson_mix": "op 2: Anderson mix", "power_iteration_matrices": "op 3a: matrix power iteration",
+            "conv_power_iteration": "op 3b: conv power iteration"}
+SIZE_NAMES = {"small": "MDEQ-small", "large": "MDEQ-large"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = [r for r in result["rows"] if r["variant"] != "eager"]
-    groups = sorted({(r["op"], r["size"], r["batch"], r["dtype"]) for r in rows}, key=str)
-    variants = sorted({r["variant"] for r in rows})
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups)), 5))
-    width = 0.8 / len(variants)
+def _cases(result: dict) -> List[tuple]:
+    """The (op, size, batch, dtype) cases of a result in the figure's and table's order: op, then size, batch."""
+    ops, sizes = list(OP_NAMES), list(PRESETS)
+    keys = {(r["op"], r["size"], r["batch"], r["dtype"]) for r in result["rows"]}
+    return sorted(keys, key=lambda k: (ops.index(k[0]) if k[0] in ops else len(ops), k[0],
+                                       sizes.index(k[1]) if k[1] in sizes else len(sizes), k[2], k[3]))
+
+
+def _variants(result: dict) -> List[str]:
+    """The variants of a result other than eager, torch.compile first, then the fused backends as measured."""
+    seen = list(dict.fromkeys(r["variant"] for r in result["rows"] if r["variant"] != "eager"))
+    return sorted(seen, key=lambda v: v != "compile")
+
+
+def _row(result: dict, case: tuple, variant: str) -> Optional[dict]:
+    return next((r for r in result["rows"] if (r["op"], r["size"], r["batch"], r["dtype"]) == case
+                 and r["variant"] == variant), None)
+
+
+def compile_comparison(result: dict) -> List[dict]:
+    """Per case with a torch.compile baseline: the fused backend fastest against eager, both speed-ups over
+    eager, and compile ms / fused ms per round (the median and spread of the ratio; > 1: the fused kernel is
+    faster)."""
+    out = []
+    for case in _cases(result):
+        comp = _row(result, case, "compile")
+        fused = [r for r in (_row(result, case, v) for v in _variants(result) if v != "compile") if r]
+        if comp is None or not fused:
+            continue
+        best = max(fused, key=lambda r: r["speedup_vs_eager"])
+        out.append({"case": case, "fused": best["variant"], "fused_x": best["speedup_vs_eager"],
+                    "compile_x": comp["speedup_vs_eager"], "ratio": ratio_spread(comp["ms_all"], best["ms_all"])})
+    return out
+
+
+def _case_name(case: tuple, dtype: bool = True) -> str:
+    """'op 2: Anderson mix, MDEQ-large B=128[, float32]' (op 3 has no batch)."""
+    op, size, batch, dt = case
+    return (f"{OP_NAMES.get(op, op)}, {SIZE_NAMES.get(size, size)}" + (f" B={batch}" if batch > 1 else "")
+            + (f", {dt}" if dtype else ""))
+
+
+def plot_notes(result: dict) -> List[str]:
+    """The lines under the kernel figure: what the bars and whiskers are, how torch.compile compares with the
+    fused kernels (from :func:`compile_comparison`), and the load warning."""
+    lines = [f"bars: median over {result['rounds']} interleaved rounds of the per-round ratio eager ms / variant ms "
+             "(> 1: faster than the eager composite); whiskers: min-max of those ratios; log scale"]
+    cmp = compile_comparison(result)
+    if cmp:
+        wins = [c for c in cmp if c["ratio"]["median"] < 1]
+        one_dtype = len({c["case"][3] for c in cmp}) == 1
+        lines.append(f"torch.compile is faster than the fastest fused backend (median of the per-round ratios) in "
+                     f"{len(wins)} of the {len(cmp)} cases with a compile baseline" + (": " if wins else "") +
+                     "; ".join(f"{_case_name(c['case'], not one_dtype)} (compile {c['compile_x']:.1f}x eager, "
+                               f"{c['fused']} {c['fused_x']:.1f}x)" for c in wins))
+    return lines + load_note(result.get("load"))
+
+
+def plot(result: dict, path) -> str:
+    """The kernel figure (PNG): per case, each variant's speed-up over the eager composite (median of the per-round
+    ratios, min-max whiskers, the value written on the bar), on a log axis, the cases grouped by op; with
+    :func:`plot_notes` under it. Returns ``path``."""
+    import matplotlib.ticker
+
+    from .report import figure, save_figure
+
+    cases, variants = _cases(result), _variants(result)
+    dtypes = sorted({c[3] for c in cases})
+    fig, (ax,) = figure(f"lmdeq's fused kernels against the eager PyTorch composite: {result['environment']['device']}"
+                        f", {', '.join(dtypes)}", (max(8.0, 0.75 * len(cases) + 1.5), 4.6), plot_notes(result))
+    width = 0.8 / max(1, len(variants))
     for i, v in enumerate(variants):
-        xs, ys = [], []
-        for g, key in enumerate(groups):
-            hit = [r for r in rows if (r["op"], r["size"], r["batch"], r["dtype"]) == key and r["variant"] == v]
-            if hit:
-                xs.append(g + i * width)
-                ys.append(hit[0]["speedup_vs_eager"])
-        ax.bar(xs, ys, width, label=v)
+        xs, ys, lo, hi = [], [], [], []
+        for g, case in enumerate(cases):
+            r = _row(result, case, v)
+            if r is not None:
+                spread_ = r.get("speedup_spread") or {"min": r["speedup_vs_eager"], "max": r["speedup_vs_eager"]}
+                xs.append(g + (i - (len(variants) - 1) / 2) * width)
+                ys.append(r["speedup_vs_eager"])
+                lo.append(r["speedup_vs_eager"] - spread_["min"])
+                hi.append(spread_["max"] - r["speedup_vs_eager"])
+        label = "torch.compile of the composite" if v == "compile" else f"lmdeq fused, {v} backend"
+        bars = ax.bar(xs, ys, width, label=label, yerr=[lo, hi], capsize=2, error_kw={"elinewidth": 0.8})
+        ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=6, padding=1)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_yscale("log")
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{o.replace('_', ' ')}\n{s} B={b} {d}" for o, s, b, d in groups], fontsize=7, rotation=60,
-                       ha="right")
-    ax.set_ylabel("speedup over eager composite")
-    ax.set_title(f"lmdeq kernels on {result['environment']['device']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.5)
+    ax.set_xticks(range(len(cases)), [f"{SIZE_NAMES.get(s, s)}" + (f"\nB={b}" if b > 1 else "") for _, s, b, _ in cases],
+                  fontsize=7)
+    ops = list(dict.fromkeys(c[0] for c in cases))
+    for op in ops:
+        at = [g for g, c in enumerate(cases) if c[0] == op]
+        ax.annotate(OP_NAMES.get(op, op).replace(": ", ":\n", 1), ((at[0] + at[-1]) / 2, 0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(0, -30), textcoords="offset points", ha="center", va="top", fontsize=8)
+        if at[0] > 0:
+            ax.axvline(at[0] - 0.5, color="0.75", lw=0.8)
+    ax.set_xlim(-0.6, len(cases) - 0.4)
+    ax.set_ylabel("speed-up over the eager composite")
+    ax.legend(fontsize=8, loc="upper left")
+    return save_figure(fig, path)
+
+
+def markdown(result: dict) -> str:
+    """The kernel result as a Markdown table (README / docs): per case, eager ms (min-max), then every variant's ms
+    and speed-up over eager, and, where torch.compile ran, compile ms / fused ms of the fastest fused backend per
+    round (> 1: the fused kernel is faster); with the run's device, rounds and load, and the cases where
+    torch.compile wins. Every number comes from ``result``."""
+    variants = _variants(result)
+    cmp = {c["case"]: c for c in compile_comparison(result)}
+    columns = ["case", "eager"] + variants + (["vs"] if cmp else [])
+    heads = (["case", "eager ms (min-max)"]
+             + [("torch.compile" if v == "compile" else f"fused {v}") + " ms (x eager)" for v in variants]
+             + (["torch.compile ms / fused ms (min-max)"] if cmp else []))
+    rows = []
+    for case in _cases(result):
+        eager = _row(result, case, "eager")
+        row = {"case": _case_name(case), "eager": "-" if eager is None else
+               f"{fmt_value(eager['median_ms'])} ({fmt_value(eager['ms_spread']['min'])}-"
+               f"{fmt_value(eager['ms_spread']['max'])})"}
+        for v in variants:
+            r = _row(result, case, v)
+            row[v] = "-" if r is None else f"{fmt_value(r['median_ms'])} ({r['speedup_vs_eager']:.2f}x)"
+        c = cmp.get(case)
+        row["vs"] = "-" if c is None else \
+            f"{c['fused']}: {c['ratio']['median']:.2f} ({c['ratio']['min']:.2f}-{c['ratio']['max']:.2f})"
+        rows.append(row)
+    load = result.get("load") or {}
+    header = (f"Kernel benchmark on {result['environment']['device']}, torch {result['environment']['torch']}: "
+              f"medians of {result['rounds']} interleaved rounds; x eager is the median of the per-round ratios "
+              "(a noisy eager time, see its min-max, makes it noisy too)"
+              + ("; the last column, per-round ratios of the fastest fused backend and torch.compile timed side by "
+                 "side, is above 1 where the fused kernel is faster" if cmp else "")
+              + f". Load average (1/5/15 min) at start {fmt_loads(load.get('loadavg_start'))}, at end "
+              f"{fmt_loads(load.get('loadavg_end'))}; {result['threads']} threads.")
+    notes = plot_notes(result)[1:]
+    return "\n\n".join([header, markdown_table(rows, columns, heads)] + (["\n".join(notes)] if notes else [])) + "\n"
 
 
 def summary(result: dict, device: torch.device) -> List[str]:
@@ -349,8 +467,8 @@ def targets(result: dict, device: torch.device) -> List[str]:
     return lines
 
 
-def build_parser(results: Path = RESULTS) -> argparse.ArgumentParser:
-    """The command line of benchmarks/kernels.py; ``results``: the default of ``--out``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of benchmarks/kernels.py."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", type=text("a device"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -364,7 +482,7 @@ def build_parser(results: Path = RESULTS) -> argparse.ArgumentParser:
     parser.add_argument("--skip-backends", type=parse_backends, action="append", default=[],
                         help="fused backends to leave out, comma-separated (repeatable), e.g. cuda")
     parser.add_argument("--dtypes", type=text("dtypes"), default="float32", help="comma-separated, e.g. float32,bfloat16")
-    parser.add_argument("--out", type=lambda v: Path(output_dir(v)), default=Path(results))
+    add_out_arguments(parser, "kernels")
     return parser
 
 
@@ -399,10 +517,21 @@ def write_json(path: Path, result: dict) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None, results: Path = RESULTS) -> int:
+def result_names(device: torch.device) -> List[str]:
+    """The files a run writes: kernels-<device slug>.json, .png and .md."""
+    return [f"kernels-{device_slug(device)}{ext}" for ext in (".json", ".png", ".md")]
+
+
+def main(argv=None) -> int:
     configure_or_exit("kernels")   # lmdeq's own process: pinned allocator unless LMDEQ_TUNE_ALLOCATOR=0
-    parser = build_parser(results)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    args.handler = measure_and_write
+    return run_command(args, "kernels")
+
+
+def measure_and_write(args) -> int:
+    """The benchmark of parsed arguments: result files checked (:func:`lmdeq.app.bench.outputs.result_dir`), every
+    case measured, JSON after each, then the PNG and the Markdown table."""
     load_start = load_average()
     device = torch.device(args.device)
     rounds = args.rounds or (1 if device.type == "cuda" else 3)
@@ -412,15 +541,15 @@ def main(argv=None, results: Path = RESULTS) -> int:
     skip = sorted({b for names in args.skip_backends for b in names})
     if skip:
         print(f"leaving out the fused backends {', '.join(skip)} (--skip-backends)", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"kernels-{device_slug(device)}"
+    json_name, png_name, md_name = result_names(device)
+    out = result_dir(args.out, "kernels", [json_name, png_name, md_name], args.force)
 
     def finish(result: dict, complete: bool) -> None:
         """The load record and the targets of the rows so far, written to the JSON."""
         result["load"] = load_record(load_start, load_average(), result["threads"])
         result["targets"] = targets(result, device)
         result["complete"] = complete
-        write_json(stem.with_suffix(".json"), result)
+        write_json(out / json_name, result)
 
     def after_case(result: dict) -> None:
         finish(result, complete=False)   # a run cut short (a time cap) keeps every case so far
@@ -430,11 +559,12 @@ def main(argv=None, results: Path = RESULTS) -> int:
     with torch.no_grad():
         result = run(device, args.quick, compile_for, dtypes, rounds, args.cases, skip, on_case=after_case)
     finish(result, complete=True)
-    plot(result, stem.with_suffix(".png"))
+    plot(result, out / png_name)
+    (out / md_name).write_text(markdown(result))
     print("\n".join(summary(result, device) + ["", "targets:"] + result["targets"]))
     if result["load"]["warning"]:
         print("WARNING: " + result["load"]["warning"])
-    print(f"wrote {stem}.json and {stem}.png")
+    print(f"wrote {out / json_name}, {out / png_name} and {out / md_name}")
     return 0
 
 

@@ -31,7 +31,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from ... import checks
 from .device import sync
 
-__all__ = ["PHASES", "OP_CLASSES", "PHASE_ORDER", "profile_step", "op_class", "marked_modules"]
+__all__ = ["PHASES", "OP_CLASSES", "PHASE_ORDER", "SEGMENTS", "profile_step", "op_class", "marked_modules",
+           "segments", "phase_chart"]
 
 # record_function names -> report names, in the order of a training step.
 PHASES = {
@@ -46,6 +47,13 @@ PHASES = {
 }
 # Report order: each phase followed by its backward pass, then what no phase covers.
 PHASE_ORDER = tuple(p for label in PHASES.values() for p in (label, label + " backward")) + ("rest",)
+# The phase breakdown's figure: each segment and the phases it sums; every phase not named goes to the last one.
+SEGMENTS = (("forward solve", ("forward solve", "forward solve backward")),
+            ("backward (adjoint) solve", ("adjoint solve", "adjoint solve backward")),
+            ("f(z*) for the gradient, forward + backward", ("tracked f(z*)", "tracked f(z*) backward")),
+            ("stem, head and loss, forward + backward", ("stem", "stem backward", "head", "head backward", "loss",
+                                                         "loss backward")),
+            ("optimiser step, constraint upkeep, unattributed", ()))
 OP_CLASSES = ("convolution", "batch norm", "matrix product", "copy", "other operators", "framework")
 _BACKWARD_NODE = "autograd::engine::evaluate_function: "
 _OP_PREFIXES = ("aten::", "lmdeq_C::", "lmdeq::", "prims::", "mkldnn::", "triton", "cuda", "void ")
@@ -158,3 +166,49 @@ def profile_step(step: Callable[[], object], device: torch.device, top: int = 8)
         "op_classes_ms": classes,
         "top_ops": [{"name": e.key, "self_ms": self_ms(e), "calls": e.count} for e in ops[:top]],
     }
+
+
+def segments(phases_ms: Dict[str, float]) -> Dict[str, float]:
+    """A profile's ``phases_ms`` summed into the :data:`SEGMENTS` (they still sum to busy_ms)."""
+    out = {name: 0.0 for name, _ in SEGMENTS}
+    named = {phase: name for name, phases in SEGMENTS for phase in phases}
+    for phase, ms in phases_ms.items():
+        out[named.get(phase, SEGMENTS[-1][0])] += ms
+    return out
+
+
+def phase_chart(path: str, title: str, profiles: Sequence[Tuple[str, Dict]], notes: Sequence[str] = ()) -> str:
+    """The phase breakdown of profiled training steps as a PNG: per (name, :func:`profile_step` result) of
+    ``profiles``, one stacked bar of its :func:`segments`, in milliseconds (left; the bar's total, the busy time,
+    and the wall time written above it) and as shares of the busy time (right; shares of 4% and more written
+    in). ``notes``: lines under the plots. Returns ``path``."""
+    from .report import figure, save_figure
+
+    names = [n for n, _ in profiles]
+    parts = [segments(p["phases_ms"]) for _, p in profiles]
+    fig, (ax_ms, ax_share) = figure(title, (max(9.0, 2.2 * len(names) + 4.0), 4.2), notes, ncols=2)
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c8c8c"]
+    xs = range(len(names))
+    bottom_ms, bottom_share = [0.0] * len(names), [0.0] * len(names)
+    for (segment, _), colour in zip(SEGMENTS, colours):
+        ms = [p[segment] for p in parts]
+        share = [100 * p[segment] / sum(p.values()) for p in parts]
+        ax_ms.bar(xs, ms, 0.6, bottom=bottom_ms, color=colour, label=segment)
+        bars = ax_share.bar(xs, share, 0.6, bottom=bottom_share, color=colour, label=segment)
+        ax_share.bar_label(bars, labels=[f"{v:.0f}%" if v >= 4 else "" for v in share], label_type="center",
+                           fontsize=7, color="white")
+        bottom_ms = [b + v for b, v in zip(bottom_ms, ms)]
+        bottom_share = [b + v for b, v in zip(bottom_share, share)]
+    for x, (_, p) in zip(xs, profiles):
+        ax_ms.annotate(f"{p['busy_ms']:.0f} ms\n(wall {p['wall_ms']:.0f})", (x, p["busy_ms"]), ha="center",
+                       va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax_ms.set_ylim(0, max(bottom_ms) * 1.18)
+    ax_ms.set_ylabel("milliseconds of the profiled step")
+    ax_share.set_ylim(0, 100)
+    ax_share.set_ylabel("share of the busy time (%)")
+    for ax in (ax_ms, ax_share):
+        ax.set_xticks(list(xs), names, fontsize=8)
+    handles, labels = ax_share.get_legend_handles_labels()
+    ax_share.legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                    frameon=False)
+    return save_figure(fig, path)

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +74,15 @@ def _residual(f_flat, z):
     return float((f_flat(z) - z).flatten(1).norm(dim=1).max())
 
 
+def result_name(device) -> str:
+    """The result file's name on ``device``: solvers-<device slug>.json."""
+    return f"solvers-{device_slug(torch.device(device))}.json"
+
+
 def run(device="cpu", batch: int = 32, max_iter: int = 18, repeats: int = 3, problems=None,
-        out_dir: str = "benchmarks/results", log=None) -> Dict:
-    """Time every (lmdeq, TorchDEQ) solver pair on every problem, ``repeats`` interleaved rounds each;
-    write JSON; return the result dict."""
+        out_dir: Optional[str] = None, log=None) -> Dict:
+    """Time every (lmdeq, TorchDEQ) solver pair on every problem, ``repeats`` interleaved rounds each; write
+    the JSON into ``out_dir`` (if given; its path as ``result["path"]``); return the result dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     load_start = load_average()
     try:
@@ -128,7 +133,7 @@ def run(device="cpu", batch: int = 32, max_iter: int = 18, repeats: int = 3, pro
               "timing": "interleaved rounds", "rows": rows}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f"solvers-{device_slug(device)}.json")
+        path = os.path.join(out_dir, result_name(device))
         with open(path, "w") as fh:
             json.dump(result, fh, indent=1)
         result["path"] = path

@@ -48,8 +48,8 @@ from ..flat_solves import model_arguments
 from .device import device_slug, environment, fmt_loads, load_average, load_record, sync
 from .interleave import interleaved_rounds, ratio_spread, spread
 from .jacobian_steps import JR_SUFFIX, JacobianSteps, combine_rounds, jacobian_table
-from .profile import OP_CLASSES, PHASE_ORDER, marked_modules, profile_step
-from .report import bar_chart, fmt_spread, markdown_table
+from .profile import OP_CLASSES, PHASE_ORDER, marked_modules, phase_chart, profile_step
+from .report import bar_chart, fmt_spread, load_note, markdown_table
 
 __all__ = ["METHODS", "method_config", "measure", "run"]
 
@@ -322,8 +322,9 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
         weights: Optional[List[str]] = None, methods=METHODS, data: Optional[str] = None, seed: int = 0,
         channels_last: bool = True, bf16: bool = False, check_every: Optional[int] = None,
         solve_mode: Optional[str] = None, cuda_graphs: bool = True, cudnn_benchmark: bool = True,
-        profile: bool = False, out_dir: Optional[str] = "benchmarks/results", tag: str = "", log=None) -> Dict:
-    """Run the benchmark; write JSON + PNG under ``out_dir``; return the result dict. ``steps``: timed
+        profile: bool = False, out_dir: Optional[str] = None, tag: str = "", log=None) -> Dict:
+    """Run the benchmark; write JSON + PNG under ``out_dir`` (if given: :func:`result_stem` .json and .png, listed
+    in ``result["files"]``); return the result dict. ``steps``: timed
     rounds (each method once per round), after ``warmup`` untimed rounds. ``solve_mode`` of the fast
     path defaults to 'apriori' on CUDA and 'checked' elsewhere. ``cudnn_benchmark`` (cuDNN's
     convolution autotuner, on in the original MDEQ's configs) applies to every method alike and is
@@ -403,36 +404,68 @@ def run(preset: str = "cifar10-small", batch: int = 32, device="cpu", steps: int
     result["table"] = table(result)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.join(out_dir, f"speedup-{device_slug(device)}{tag}")
+        stem = os.path.join(out_dir, result_stem(device, tag))
         with open(stem + ".json", "w") as fh:
             json.dump(result, fh, indent=1)
-        groups = [f"{r['weights']}\n{SHORT.get(r['method'], r['method'])}" for r in rows]
-        bar_chart(stem + ".png", f"lmdeq speed-up, {preset}, batch {batch}, {result['env']['device']}",
-                  groups, {"train ms/step": [r["train_ms"] for r in rows],
-                           "inference ms/batch": [r["infer_ms"] for r in rows]}, "milliseconds",
-                  errors={"train ms/step": [r["train_spread"] for r in rows],
-                          "inference ms/batch": [r["infer_spread"] for r in rows]},
-                  log_y=True, notes=chart_notes(result))
-        result["files"] = [stem + ".json", stem + ".png"]
+        result["files"] = [stem + ".json", figure(result, stem + ".png")]
     return result
 
 
 SHORT = {"original": "(a) MDEQ", "original_jr": "(a-JR) MDEQ+JR", "authors": "(b) authors'", "lmdeq": "(c) lmdeq"}
+HEADLINE = ("a/c", "aJR/c", "b/c", "aJR/b")   # the ratios written on the figure
+
+
+def result_stem(device, tag: str = "") -> str:
+    """The result files' name without extension: speedup-<device slug><tag>."""
+    return f"speedup-{device_slug(torch.device(device))}{tag}"
+
+
+def ratio_notes(result: Dict) -> List[str]:
+    """The headline ratios of a result, one line per weight set: the median of the per-round training-step
+    ratios with their min-max (:data:`HEADLINE`, those present)."""
+    lines = []
+    for weights, ratios in result["ratios"].items():
+        shown = [f"{name} {ratios['train ' + name]['median']:.2f}x ({ratios['train ' + name]['min']:.2f}-"
+                 f"{ratios['train ' + name]['max']:.2f})" for name in HEADLINE if "train " + name in ratios]
+        if shown:
+            lines.append(f"training-step speed-up, {weights} weights: " + ", ".join(shown))
+    if lines:
+        lines.append("x/y: the time of x over the time of y in the same round (how many times faster y is), median "
+                     "over the rounds (min-max)")
+    return lines
 
 
 def chart_notes(result: Dict) -> List[str]:
-    """The lines written on the chart: the headline ratios (median of the per-round ratios, per weight set),
-    what the bars and whiskers are, and the load warning when the machine was busier than its threads."""
-    lines = []
-    for weights, ratios in result["ratios"].items():
-        shown = [f"{name.split(' ', 1)[1]} {r['median']:.2f}x" for name, r in ratios.items()
-                 if name.startswith("train ") and name.split(" ", 1)[1] in ("aJR/c", "a/c", "b/c", "aJR/b")]
-        if shown:
-            lines.append(f"train, {weights}: " + ", ".join(shown))
-    lines.append(f"bars: median of {result['steps']} interleaved rounds; whiskers: min-max")
-    if result["load"].get("warning"):
-        lines.append("WARNING: " + result["load"]["warning"])
-    return lines
+    """The lines written under the timing chart: the headline ratios, what the bars and whiskers are, and the
+    load warning when the machine was busier than its threads."""
+    return (ratio_notes(result)
+            + [f"bars: median of {result['steps']} interleaved rounds (after {result['warmup']} warm-up rounds); "
+               "whiskers: min-max over the rounds; log scale; (a) original MDEQ, (a-JR) with Jacobian regularisation, "
+               "(b) the authors' Lipschitz MDEQ, (c) lmdeq"]
+            + load_note(result["load"]))
+
+
+def figure(result: Dict, path: str) -> str:
+    """The PNG of a speed-up result. Profiled rows (``--profile``): where one training step's time goes, per
+    method (:func:`lmdeq.app.bench.profile.phase_chart`); else the median ms per training step and per inference
+    batch of each method, with whiskers, on a log axis. Both with the headline ratios and the load warning, all
+    read from ``result`` (so that a committed JSON redraws its figure: lmdeq.app.bench.replot)."""
+    rows = result["rows"]
+    groups = [f"{r['weights']}\n{SHORT.get(r['method'], r['method'])}" for r in rows]
+    where = f"{result['preset']}, batch {result['batch']}, {result['env']['device']}"
+    profiled = [(g, r["profile"]) for g, r in zip(groups, rows) if r.get("profile")]
+    if profiled:
+        notes = ratio_notes(result) + [
+            f"one profiled training step per method ({profiled[0][1]['clock']} clock), after the "
+            f"{result['steps']} timed rounds; a bar is the busy time (the operators' self times), split by phase; "
+            "each phase includes its autograd backward"] + load_note(result["load"])
+        return phase_chart(path, f"Where a training step's time goes: {where}", profiled, notes)
+    return bar_chart(path, f"Speed-up benchmark: {where}", groups,
+                     {"train ms/step": [r["train_ms"] for r in rows],
+                      "inference ms/batch": [r["infer_ms"] for r in rows]}, "milliseconds",
+                     errors={"train ms/step": [r["train_spread"] for r in rows],
+                             "inference ms/batch": [r["infer_spread"] for r in rows]},
+                     log_y=True, notes=chart_notes(result))
 
 
 def profile_table(rows: List[Dict]) -> str:

@@ -20,8 +20,10 @@ Protocols (every flag overrides its protocol's value):
   30-epoch schedule with a 12-minute training budget per method.
 
 Writes ``<out>/time_to_accuracy-<device><tag>.json`` (settings, environment and load average at start and
-end, every point, the summary and the targets), ``.png`` (the curves) and ``.md`` (the README tables), and
-prints the tables. Progress: one line per evaluation point.
+end, every point, the summary and the targets), ``.png`` (the curves, with the load warning when the load average
+exceeded the thread count) and ``.md`` (the README tables), and prints the tables. ``--out`` defaults to a new run
+folder outside the checkout (:mod:`lmdeq.app.bench.outputs`); result files that exist there already are refused
+before any work unless ``--force`` (or ``--resume``, which continues them). Progress: one line per evaluation point.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import torch
 from ... import checks
 from ..argtypes import (file_tag, float_in, name_list, non_negative_int, output_dir, path, positive_float, positive_int,
                         seed, text)
+from .outputs import add_out_arguments, result_dir
 
 __all__ = ["PROTOCOLS", "add_arguments", "build_parser", "run", "main"]
 
@@ -68,7 +71,7 @@ def add_shared_arguments(p) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: the protocol's, 64 CPU / 128 GPU)")
     p.add_argument("--methods", type=text("comma-separated methods"), default=DEFAULT_METHODS,
                    help="comma-separated: original, authors, lmdeq, original_jr (MDEQ + Jacobian reg.)")
-    p.add_argument("--out", type=output_dir, default="benchmarks/results", help="directory for result files")
+    add_out_arguments(p, "tta")
     p.add_argument("--tag", type=file_tag, default="", help="suffix for result file names")
 
 
@@ -110,7 +113,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="tta: no progress bar while the data is decoded")
     p.add_argument("--resume", action="store_true",
                    help="tta: continue the run whose state <out>/time_to_accuracy-<device><tag>.state.pt holds (written "
-                        "after every round) with the same settings; the curves are the same as uninterrupted")
+                        "after every round; needs --out) with the same settings; the curves are the same as "
+                        "uninterrupted")
     p.add_argument("--save-runs", type=output_dir, default=None, metavar="DIR",
                    help="tta: write each method's final weights (DIR/<method>/last.pt, for lmdeq bench --weights "
                         "and lmdeq eval) and its curve (DIR/<method>/metrics.jsonl)")
@@ -250,7 +254,7 @@ def run(args) -> int:
     from ..data.run_data import prepare_splits
     from ..data.sources import DataUnavailableError
     from .device import device_slug, environment
-    from .tta_report import plot_curves, summarise, tables, targets
+    from .tta_report import figure, summarise, tables, targets
     from .tta_run import MethodRun, interval_bounds, run_interleaved, shared_init
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -262,6 +266,11 @@ def run(args) -> int:
             raise ValueError("--data is required (an ImageFolder directory, a .tar.gz of one, 'cifar10' or "
                              "'torchvision:<root>')")
         s = _settings(args, device)
+        if args.resume and args.out is None:
+            raise ValueError("--resume needs --out: the folder of the run to continue")
+        stem_name = f"time_to_accuracy-{device_slug(device)}{args.tag}"
+        out = result_dir(args.out, "tta", [stem_name + ext for ext in (".json", ".png", ".md", ".state.pt")],
+                         args.force or args.resume)
         cfg = TrainConfig(preset=s["preset"], data=args.data, val_fraction=s["val_fraction"],
                           limit_train=s["limit_train"], limit_val=s["limit_val"], epochs=s["epochs"],
                           batch_size=s["batch_size"], seed=s["seed"])
@@ -287,8 +296,7 @@ def run(args) -> int:
         warm = r.model.config.get("unrolled_warmup_steps", 0)
         log(f"  {r.spec.label}: {sum(p.numel() for p in r.model.parameters()):,} parameters"
             + (f", unrolled warm-up for the first {warm} steps ({r.model.config['unrolled_layers']} layers)" if warm else ""))
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"time_to_accuracy-{device_slug(device)}{args.tag}")
+    stem = str(out / stem_name)
     result = {"benchmark": "time_to_accuracy", "settings": {**s, "data": args.data, "steps_per_epoch": steps_per_epoch,
                                                             "train_images": len(splits.train),
                                                             "val_images": len(splits.val)},
@@ -344,7 +352,7 @@ def run(args) -> int:
     title = (f"time to accuracy, {s['preset']}, batch {cfg.batch_size}, {len(splits.train)} training images, "
              f"{result['env']['device']}")
     result["table"] = tables(summary, verdicts, s["targets"])
-    result["files"] = [stem + ".json", plot_curves(stem + ".png", result["methods"], s["targets"], title), stem + ".md"]
+    result["files"] = [stem + ".json", figure(result, stem + ".png"), stem + ".md"]
     with open(stem + ".md", "w") as fh:
         fh.write(f"{title}; load average {load_start[0]:.2f} at start, {result['load_average_end'][0]:.2f} at end\n\n"
                  + result["table"] + "\n")

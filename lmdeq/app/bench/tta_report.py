@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 from .report import markdown_table
 
 __all__ = ["time_to", "acc_at_time", "acc_at_epoch", "iteration_means", "summarise", "targets",
-           "tables", "plot_curves", "SPEEDUP_TARGET", "EPOCH_TOLERANCE"]
+           "tables", "plot_curves", "figure", "load_notes", "SPEEDUP_TARGET", "EPOCH_TOLERANCE"]
 
 SPEEDUP_TARGET = 8.0     # target 1: (c) needs <= 1/8 of (a)'s time
 EPOCH_TOLERANCE = 0.01   # targets 2 and 5: within 1 point
@@ -211,16 +211,47 @@ def tables(summary: Dict, verdicts: List[Dict], accuracies: Sequence[float],
     return text
 
 
-def plot_curves(path: str, methods: Sequence[Dict], accuracies: Sequence[float], title: str) -> str:
-    """Validation accuracy vs training seconds (log x) and vs epochs, one line per method, the target
-    accuracies as dashed lines. Returns ``path``."""
-    import matplotlib
+def load_notes(result: Dict) -> List[str]:
+    """The load warning of a time-to-accuracy result for its figure: the load records
+    (:func:`lmdeq.app.bench.device.load_record`) of its sittings (a run continued with --resume has several; else
+    the run's start and end), the worst one's warning when any 1-minute load average read was above the thread
+    count."""
+    from .device import load_record
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
+    sittings = result.get("sittings") or [{"load_average_start": result.get("load_average_start"),
+                                           "load_average_end": result.get("load_average_end")}]
+    records = [load_record(s.get("load_average_start"), s.get("load_average_end"), result["env"]["threads"])
+               for s in sittings]
+    warned = [(i, r) for i, r in enumerate(records) if r["warning"]]
+    if not warned:
+        return []
+    i, worst = max(warned, key=lambda ir: max(la[0] for la in (ir[1]["loadavg_start"], ir[1]["loadavg_end"]) if la))
+    where = f"{len(warned)} of {len(sittings)} sittings, the worst (sitting {i + 1}): " if len(sittings) > 1 else ""
+    return [f"WARNING: {where}{worst['warning']}"]
 
-    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+def figure(result: Dict, path: str) -> str:
+    """The curves of a time-to-accuracy result as a PNG (:func:`plot_curves`), its title, notes and load
+    warning (:func:`load_notes`) read from ``result``. Returns ``path``."""
+    s = result["settings"]
+    title = (f"Time to accuracy: {s['preset']}, batch {s['batch_size']}, {s['train_images']} training images, "
+             f"{result['env']['device']}")
+    notes = [f"validation accuracy on {s['val_images']} held-out images, {s['evals_per_epoch']} evaluations per "
+             "epoch; training clock without the evaluations; dashed lines: the target accuracies "
+             + ", ".join(f"{a:g}" for a in s["targets"])] + load_notes(result)
+    return plot_curves(path, result["methods"], s["targets"], title, notes)
+
+
+def plot_curves(path: str, methods: Sequence[Dict], accuracies: Sequence[float], title: str,
+                notes: Sequence[str] = ()) -> str:
+    """Validation accuracy vs training seconds (log x, plain-number ticks) and vs epochs (integer ticks), one
+    line per method (a legend when there are several), the target accuracies as dashed lines, ``notes`` under
+    the plots. Returns ``path``."""
+    import matplotlib.ticker
+
+    from .report import figure as new_figure, save_figure
+
+    fig, (ax_t, ax_e) = new_figure(title, (12.0, 4.5), notes, ncols=2)
     for m in methods:
         pts = [p for p in m["points"] if p["train_s"] > 0]
         if not pts:
@@ -233,12 +264,25 @@ def plot_curves(path: str, methods: Sequence[Dict], accuracies: Sequence[float],
         ax.set_ylabel("validation accuracy")
         ax.grid(True, alpha=0.3)
     ax_t.set_xscale("log")
+    ax_t.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax_t.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: _minor_label(ax_t, v)))
     ax_t.set_xlabel("training wall-clock (s, evaluation excluded; log scale)")
     ax_e.set_xlabel("epochs")
     ax_e.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax_t.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ax_e.set_xlim(left=0)
+    if sum(1 for m in methods if m["points"]) > 1:
+        ax_e.legend(fontsize=8, loc="lower right")   # (rising curves leave that corner of the epoch plot free)
+    return save_figure(fig, path)
+
+
+def _minor_label(ax, v: float) -> str:
+    """A log axis' minor tick label as a plain number: every minor tick within one decade (but the 9s, next to a
+    labelled power of ten), the 2s and 5s within two and a half, none beyond (so that labels never run into each
+    other)."""
+    import math
+
+    low, high = ax.get_xlim()
+    decades = math.log10(high / low) if low > 0 else float("inf")
+    lead = round(v / 10 ** math.floor(math.log10(v) + 1e-9))
+    shown = (decades <= 1 and lead != 9) or (decades <= 2.5 and lead in (2, 5))
+    return f"{v:g}" if shown else ""

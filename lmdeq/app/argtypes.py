@@ -81,6 +81,44 @@ def text(kind: str = "a value"):
 path = text("a path")
 
 
+def device(value: str) -> str:
+    """An argparse type: 'auto', 'cpu', 'cuda' or 'cuda:N' (whether that GPU exists is checked when it is used)."""
+    import torch
+
+    value = text("a device")(value)
+    if value == "auto":
+        return value
+    try:
+        parsed = torch.device(value)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def dtype_list(value: str) -> str:
+    """An argparse type: comma-separated floating torch dtypes by name (float32,bfloat16)."""
+    import torch
+
+    names = [n.strip() for n in text("dtypes")(value).split(",") if n.strip()]
+    bad = [n for n in names if not isinstance(getattr(torch, n, None), torch.dtype)
+           or not getattr(torch, n).is_floating_point]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated floating dtypes (float32, float16, bfloat16, "
+                                         f"float64), got {value!r}")
+    return ",".join(names)
+
+
+def preset(value: str) -> str:
+    """An argparse type: a model preset of :data:`lmdeq.models.PRESETS`."""
+    from ..models import PRESETS
+
+    if value not in PRESETS:
+        raise argparse.ArgumentTypeError(f"expected a preset ({', '.join(sorted(PRESETS))}), got {value!r}")
+    return value
+
+
 def _writable_dir(directory: str) -> bool:
     return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
 

@@ -41,7 +41,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ... import ops
-from ..argtypes import positive_int, text
+from .. import argtypes
+from ..argtypes import positive_int
 from ..command import configure_or_exit, run_command
 from ..faults import fault_point
 from ...models import mdeq
@@ -470,18 +471,18 @@ def targets(result: dict, device: torch.device) -> List[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of benchmarks/kernels.py."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", type=text("a device"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=argtypes.device, default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--rounds", type=positive_int, default=None,
                         help="interleaved rounds per case (default: 3 on CPU, 1 on GPU)")
-    parser.add_argument("--compile-for", type=text("SIZE:BATCH cases"), default="all",
+    parser.add_argument("--compile-for", type=parse_compile_for, default=None,
                         help="torch.compile baselines for these SIZE:BATCH cases, e.g. large:128 ('all', 'none')")
     parser.add_argument("--cases", type=parse_cases, default=CASES,
                         help="SIZE:BATCH cases in the order to run, op 3 as SIZE:1, e.g. large:128,large:1 "
                              "(default 'all': the headline first, " + ",".join(f"{s}:{b}" for s, b in CASES) + ")")
     parser.add_argument("--skip-backends", type=parse_backends, action="append", default=[],
                         help="fused backends to leave out, comma-separated (repeatable), e.g. cuda")
-    parser.add_argument("--dtypes", type=text("dtypes"), default="float32", help="comma-separated, e.g. float32,bfloat16")
+    parser.add_argument("--dtypes", type=argtypes.dtype_list, default="float32", help="comma-separated, e.g. float32,bfloat16")
     add_out_arguments(parser, "kernels")
     return parser
 
@@ -500,6 +501,13 @@ def parse_cases(text: str) -> tuple:
     if not cases:
         raise argparse.ArgumentTypeError(f"no case in {text!r}")
     return tuple(dict.fromkeys(cases))
+
+
+def parse_compile_for(text: str) -> Optional[set]:
+    """'all' -> None (every case), 'none' -> no case, 'SIZE:BATCH,...' -> that set (:func:`parse_cases`)."""
+    if text == "all":
+        return None
+    return set() if text == "none" else set(parse_cases(text))
 
 
 def parse_backends(text: str) -> List[str]:
@@ -533,11 +541,12 @@ def measure_and_write(args) -> int:
     """The benchmark of parsed arguments: result files checked (:func:`lmdeq.app.bench.outputs.result_dir`), every
     case measured, JSON after each, then the PNG and the Markdown table."""
     load_start = load_average()
-    device = torch.device(args.device)
+    from ..train.run import resolve_device
+
+    device = resolve_device(args.device)
     rounds = args.rounds or (1 if device.type == "cuda" else 3)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    compile_for = None if args.compile_for == "all" else {
-        (c.split(":")[0], int(c.split(":")[1])) for c in args.compile_for.split(",") if c and c != "none"}
+    compile_for = args.compile_for
     skip = sorted({b for names in args.skip_backends for b in names})
     if skip:
         print(f"leaving out the fused backends {', '.join(skip)} (--skip-backends)", flush=True)

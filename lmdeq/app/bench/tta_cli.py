@@ -38,6 +38,8 @@ from typing import Dict, List
 import torch
 
 from ... import checks
+from ...errors import ConfigError
+from .. import argtypes
 from ..argtypes import (file_tag, float_in, name_list, non_negative_int, output_dir, path, positive_float, positive_int,
                         seed, text)
 from .outputs import add_out_arguments, result_dir
@@ -66,8 +68,8 @@ def _accuracies(text: str) -> List[float]:
 def add_shared_arguments(p) -> None:
     """The flags ``lmdeq bench`` already defines (added here for the standalone script only)."""
     p.add_argument("--data", type=path, default=None, help="CIFAR-10 source, as for lmdeq train --data (required)")
-    p.add_argument("--preset", type=text("a preset name"), default=None, help="model preset (default: the protocol's)")
-    p.add_argument("--device", type=text("a device"), default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--preset", type=argtypes.preset, default=None, help="model preset (default: the protocol's)")
+    p.add_argument("--device", type=argtypes.device, default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
     p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: the protocol's, 64 CPU / 128 GPU)")
     p.add_argument("--methods", type=text("comma-separated methods"), default=DEFAULT_METHODS,
                    help="comma-separated: original, authors, lmdeq, original_jr (MDEQ + Jacobian reg.)")
@@ -258,9 +260,12 @@ def run(args) -> int:
     from .tta_run import MethodRun, interval_bounds, run_interleaved, shared_init
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda requested but no CUDA device is visible")
+    from ..train.run import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        _fail(f"--{err}")
     try:
         if not args.data:
             raise ValueError("--data is required (an ImageFolder directory, a .tar.gz of one, 'cifar10' or "

@@ -9,10 +9,12 @@ torchrun's ``TORCHELASTIC_RESTART_COUNT`` is k, so a worker group restarted by t
 something kills it: a step that runs past its time cap, for scripts/gpu_check.sh's smoke run. Unset (always,
 outside tests) each costs one environment lookup per point. The points:
 
-* ``step``: after an optimiser step (and its constraint upkeep);
-* ``epoch-end``: the epoch's record is computed, nothing of the epoch is written yet;
+* ``step``: after an optimiser step (and its constraint upkeep, and its row in the step logs);
+* ``step-checkpoint``: a step checkpoint (``lmdeq train --checkpoint-every``) is committed: the mid-epoch
+  ``last.pt`` is in place;
+* ``epoch-end``: the epoch's record is computed (and handed to the step logs), nothing of it committed yet;
 * ``<file>:partial``: half of the temporary file of ``<file>`` is written (``last.pt``, ``best.pt``,
-  ``metrics.jsonl``, ``decoded-cache``);
+  ``metrics.jsonl``, ``config.json``, ``decoded-cache``);
 * ``<file>:written``: the temporary file is complete and fsync'ed, not yet renamed over ``<file>``;
 * ``<file>:renamed``: ``<file>`` is in place (for ``last.pt``: the epoch is committed);
 * ``extract:member``: an archive extraction has written its first member;

@@ -28,6 +28,8 @@ PUBLISHED = {
         data="CIFAR-10 training split (50,000 images): 45,000 trained on, 5,000 held out by seed 0",
         mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
         val_acc=0.6302, epochs=5, lipschitz_bound_eval=0.237,
+        # digests of the images trained on and held out (what a checkpoint's data_digest records; eval compares)
+        data_digest={"train": "ea5e4f8695368ddf53035a8715ecedf3", "val": "df167893e2d72763ee5138f567370e9b"},
     ),
 }
 _REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"

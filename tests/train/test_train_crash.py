@@ -148,4 +148,4 @@ def test_the_issue_reproduction_through_the_command_line(tmp_path):
     assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     summary = load_checkpoint(tmp_path / "run" / "last.pt")
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == summary["best_epoch"]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]

@@ -4,11 +4,12 @@ The images and their batches come from :mod:`lmdeq.app.data`; files are replaced
 (crash-safe) and the crash tests' kill points are :mod:`lmdeq.app.faults`. Files here: ``config`` (the run's
 settings), ``optim`` (Adam + per-step cosine cycles), ``hooks`` (optional model hooks), ``model`` (build and check
 the model, load weights), ``step`` (one optimiser step), ``jacobian`` (the per-step decision of Jacobian-regularised
-training), ``evaluate``, ``metrics`` (JSONL), ``checkpoint`` (safe loads, RNG state), ``rundir`` (the run directory:
-lock, epoch-end commit, repair after a crash), ``trainer`` (the loop), ``run`` (entry points), ``export`` (a run's
-best weights as a small file), ``cli``; for data-parallel runs under torchrun, ``distributed`` (process group, rank
-devices, collectives that fail together) and ``replicas`` (DDP wrapping, SyncBatchNorm, identical model state on
-every rank). Images and data sources (``LabelledImages``, ``load_source``) are imported from :mod:`lmdeq.app.data`.
+training), ``evaluate``, ``metrics`` (JSONL), ``loggers`` (``--log`` csv / tensorboard / wandb), ``checkpoint`` (safe
+loads, RNG state), ``rundir`` (the run directory: lock, epoch-end and step commits, repair after a crash), ``trainer``
+(the loop), ``run`` (entry points), ``export`` (a run's best weights as a small file), ``arguments`` (the flags),
+``config_file`` (``--config`` files and the run's config.json), ``cli``; for data-parallel runs under torchrun,
+``distributed`` (process group, rank devices, collectives that fail together) and ``replicas`` (DDP wrapping,
+SyncBatchNorm, identical model state on every rank). Images and data sources (``LabelledImages``, ``load_source``) are imported from :mod:`lmdeq.app.data`.
 User-facing errors are the classes of :mod:`lmdeq.errors`.
 """
 from .config import TrainConfig

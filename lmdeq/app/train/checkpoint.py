@@ -8,9 +8,12 @@ runs), of one of two kinds:
   numpy / python RNG states (and those of the run's own generators, e.g. the Jacobian-regularisation
   decisions), the metrics record of every epoch so far (``history``) and the best epoch's bookkeeping and
   weights (``best``). It alone determines the run: ``metrics.jsonl`` and ``best.pt`` are
-  derived from it (:mod:`lmdeq.app.train.rundir`).
+  derived from it (:mod:`lmdeq.app.train.rundir`). Written within an epoch (a step checkpoint) it also holds
+  ``epoch_progress``, the progress of that epoch (:mod:`lmdeq.app.train.trainer`); absent or None: at an epoch
+  end (files written before step checkpoints existed have none).
 * ``best`` (``best.pt``): the best epoch's weights with its configs and record, for ``lmdeq eval`` and
-  ``lmdeq bench --weights``; not resumable.
+  ``lmdeq bench --weights``, and (files written since, optional) the digests of the images its run trained and
+  validated on (``data_digest``), which ``lmdeq eval`` checks; not resumable.
 
 The data order needs no saved generator: each epoch's batches come from a generator seeded by (seed,
 epoch). Files are replaced atomically (:mod:`lmdeq.app.atomic`). Format 3: the model config holds its solves
@@ -111,7 +114,8 @@ _FIELD_TYPES = {"train_config": dict, "model_config": (dict, type(None)), "epoch
                 "lipschitz_bound": (float, int, type(None)), "lipschitz_bound_eval": (float, int, type(None)),
                 "optimizer": dict, "scheduler": dict, "rng": dict, "data_digest": dict,
                 "best_model_state": (dict, type(None)), "record": (dict, type(None)), "world_size": int,
-                "forked_from": (str, type(None)), "elastic_run_id": (str, type(None))}
+                "forked_from": (str, type(None)), "elastic_run_id": (str, type(None)),
+                "epoch_progress": (dict, type(None))}
 
 
 def _bad_items(field: str, value) -> bool:
@@ -122,7 +126,19 @@ def _bad_items(field: str, value) -> bool:
         return not all(isinstance(r, dict) for r in value)
     if field in ("epoch", "step", "train_size", "world_size"):
         return isinstance(value, bool) or value < (1 if field == "world_size" else 0)
+    if field == "best_val_acc" and value is not None:
+        return isinstance(value, bool) or not 0.0 <= value <= 1.0
+    if field == "best_epoch" and value is not None:
+        return isinstance(value, bool) or value < 1
     return False
+
+
+def _inconsistent(ckpt: dict) -> str | None:
+    """What contradicts itself in a well-typed checkpoint's best-epoch bookkeeping, or None."""
+    best_epoch, best_acc = ckpt.get("best_epoch"), ckpt.get("best_val_acc")
+    if ("best_epoch" in ckpt or "best_val_acc" in ckpt) and (best_epoch is None) != (best_acc is None):
+        return f"best_epoch {best_epoch!r} and best_val_acc {best_acc!r} (both set or both None)"
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | None = None) -> dict:
@@ -139,16 +155,16 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
     except Exception as err:  # truncated zip, random bytes, a pickle that weights_only refuses: all unreadable
         raise CheckpointError(
             f"checkpoint: {path} is not a readable lmdeq checkpoint ({load_failure_reason(err)})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("format"), str) or ckpt["format"] != FORMAT:
         raise CheckpointError(f"checkpoint: {path} is not an lmdeq training checkpoint")
     version = ckpt.get("version")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         older = isinstance(version, int) and not isinstance(version, bool) and 1 <= version < VERSION
         raise CheckpointError(f"checkpoint: {path} has format version {version!r}, this lmdeq reads {VERSION}"
                               + (" (it was written by an older lmdeq, whose model configs spell the solves in flat "
                                  "f_/b_ keys; evaluate it with that version or retrain)" if older else ""))
     ckpt_kind = ckpt.get("kind")
-    required = _REQUIRED[ckpt_kind] if ckpt_kind in _REQUIRED else None
+    required = _REQUIRED.get(ckpt_kind) if isinstance(ckpt_kind, str) else None
     if required is None:
         raise CheckpointError(f"checkpoint: {path} has an unknown kind {ckpt_kind!r}")
     missing = [k for k in required if k not in ckpt]
@@ -160,6 +176,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
         if field in ckpt and not (isinstance(ckpt[field], types) and not _bad_items(field, ckpt[field])):
             got = type(ckpt[field]).__name__
             raise CheckpointError(f"checkpoint: {path} has a damaged {field} field (a {got}: {str(ckpt[field])[:40]!r})")
+    problem = _inconsistent(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint: {path} is damaged: {problem}")
     if kind == RUN:
         if ckpt_kind == BEST:
             raise CheckpointError(f"checkpoint: {path} holds the weights of the best epoch only (no optimiser state, "

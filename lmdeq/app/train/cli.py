@@ -1,9 +1,10 @@
 """``lmdeq train`` and ``lmdeq eval``. :func:`register` adds both subcommands to an argparse
 subparsers object; ``python -m lmdeq.app.train.cli train|eval ...`` runs them standalone.
 
-Training flags left out take the checkpoint's value when resuming and the defaults of
-:class:`~lmdeq.app.train.config.TrainConfig` otherwise (the authors' CIFAR-10 settings). Errors: see
-:mod:`lmdeq.app.cli` (one line for a documented error, exit status 2).
+The flags are those of :mod:`lmdeq.app.train.arguments`. A train flag given on the command line overrides the
+``--config`` file's (:mod:`lmdeq.app.train.config_file`); training flags set by neither take the checkpoint's value
+when resuming and the defaults of :class:`~lmdeq.app.train.config.TrainConfig` otherwise (the authors' CIFAR-10
+settings). Errors: see :mod:`lmdeq.app.cli` (one line for a documented error, exit status 2).
 """
 from __future__ import annotations
 
@@ -13,142 +14,52 @@ import sys
 from pathlib import Path
 
 from ..command import configure_or_exit, run_command
-from ..argtypes import float_in, non_negative_float, output_dir, path, positive_float, seed, text
-from ..argtypes import non_negative_int as _non_negative_int, positive_int as _positive_int
 from ...errors import ConfigError
+from .arguments import (CONFIG_FLAGS, TRAIN_DEFAULTS, add_eval_arguments, add_train_arguments, parse_override,
+                        parse_value, train_parser)
 from .config import TrainConfig
-from .distributed import BACKENDS
+from .config_file import file_arguments
 from .metrics import fmt_number, json_number
 
-# CLI destination -> TrainConfig field, for the flags that set the training config.
-CONFIG_FLAGS = ("preset", "lipschitz", "data", "val_data", "val_fraction", "limit_train", "limit_val", "channels",
-                "image_size", "epochs",
-                "batch_size", "eval_batch_size", "lr", "min_lr", "weight_decay", "grad_clip", "augment", "seed")
+__all__ = ["register", "main", "resolve_train_args", "config_from_args", "parse_value", "parse_override"]
 
 
-def parse_value(text: str):
-    """'true'/'false' -> bool, 'none' -> None, '[...]'/'{...}' -> JSON, then int, then float, else the string."""
-    low = text.lower()
-    if text.startswith(("[", "{")):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({err})") from None
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def _unique_overrides(pairs) -> None:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ConfigError(f"--set given more than once for {dup}")
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key.strip(), parse_value(value.strip())
-
-
-def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=text("a device"), default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--workers", type=_non_negative_int, default=0, help="data loader worker processes (default: 0)")
-    p.add_argument("--cache-dir", type=path, help="where archives are extracted and images decoded "
-                                       "(default: $LMDEQ_CACHE/datasets or ~/.cache/lmdeq/datasets)")
-    p.add_argument("--strict", action="store_true",
-                   help="fail on the first image file that cannot be decoded (default: skip such files and report "
-                        "how many, with the first few paths)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--dist-backend", choices=BACKENDS, default="auto",
-                   help="under torchrun: the torch.distributed backend (default: auto = nccl on CUDA, gloo on the CPU)")
-
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    m = p.add_argument_group("model")
-    m.add_argument("--preset", type=text("a preset name"), help="model preset of lmdeq.models.PRESETS (default: cifar10-small)")
-    variant = m.add_mutually_exclusive_group()
-    variant.add_argument("--lipschitz", dest="lipschitz", action="store_const", const=True,
-                         help="the Lipschitz MDEQ with a certified contraction bound (default)")
-    variant.add_argument("--original", dest="lipschitz", action="store_const", const=False,
-                         help="the original, unconstrained MDEQ")
-    m.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
-                   help="override a model setting (repeatable; values: true/false, none, int, float, "
-                        "JSON list/dict, else string), e.g. --set dropout=0.1 --set channels=[16,16]")
-    d = p.add_argument_group("data")
-    src = d.add_mutually_exclusive_group()
-    src.add_argument("--data", type=path, help="ImageFolder directory, .tar.gz of one, torchvision:<root> (CIFAR-10, "
-                     "downloaded when missing), or <Name>:<root> of a torchvision data set on disk (CIFAR10, CIFAR100, "
-                     "SVHN, MNIST, FashionMNIST, STL10)")
-    src.add_argument("--dataset", choices=["cifar10"],
-                     help="torchvision's CIFAR-10 in the cache directory, downloaded when missing")
-    d.add_argument("--val-data", type=path, help="validation images (default: the data's test split, else a hold-out)")
-    d.add_argument("--val-fraction", type=float_in(0.0, 1.0, high_open=True, kind="a fraction"), help="share of training images held out for validation "
-                                                      "when there is no test split (default: 0.1; 0: none)")
-    d.add_argument("--limit-train", type=_positive_int, help="train on a stratified subset of this many images")
-    d.add_argument("--limit-val", type=_positive_int, help="validate on a stratified subset of this many images")
-    d.add_argument("--channels", type=int, choices=(1, 3),
-                   help="convert the images to this many channels (3 -> 1: luma; 1 -> 3: repeated), e.g. 1 for a "
-                        "1-channel preset on RGB data")
-    d.add_argument("--image-size", type=_positive_int,
-                   help="resize the images to this square size once after decoding (bilinear, antialiased), e.g. "
-                        "64 for tiny-imagenet-small on 32x32 data")
-    d.add_argument("--no-augment", dest="augment", action="store_const", const=False,
-                   help="no random crop / flip")
-    o = p.add_argument_group("optimisation (defaults: the authors' CIFAR-10 settings)")
-    o.add_argument("--epochs", type=_positive_int,
-                   help="(default: 50; when resuming, more than the run planned extends it: the added epochs run "
-                        "a new cosine cycle from --lr to --min-lr)")
-    o.add_argument("--batch-size", type=_positive_int, help="(default: 128)")
-    o.add_argument("--eval-batch-size", type=_positive_int, help="(default: 256)")
-    o.add_argument("--lr", type=positive_float, help="Adam learning rate, start of the per-step cosine (default: 1e-3)")
-    o.add_argument("--min-lr", type=non_negative_float, help="learning rate at the end of the cosine (default: 1e-6)")
-    o.add_argument("--weight-decay", type=non_negative_float, help="(default: 0)")
-    o.add_argument("--grad-clip", type=non_negative_float, help="max global gradient norm, 0: off (default: 0)")
-    o.add_argument("--seed", type=seed, help="seeds init, data split and order (default: 0)")
-    r = p.add_argument_group("run")
-    r.add_argument("--out", type=output_dir, help="run directory for metrics.jsonl, last.pt, best.pt "
-                                 "(default: runs/<preset>-<variant>-seed<seed>, or the --resume file's directory)")
-    r.add_argument("--resume", nargs="?", const=True, type=path, metavar="CHECKPOINT",
-                   help="continue a run exactly: from CHECKPOINT (a last.pt, or a run directory), or from "
-                        "<out>/last.pt when no path is given. A checkpoint other than its directory's last.pt "
-                        "continues only into a new --out (a fork)")
-    r.add_argument("--bound-every", type=_positive_int, default=50,
-                   help="recompute the certified bound L every this many steps (default: 50)")
-    r.add_argument("--allow-data-change", action="store_true",
-                   help="--resume on other images than the run was trained on (last.pt records their digests; "
-                        "without this flag a resume on other data is an error naming what changed)")
-    r.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun: BatchNorm statistics over the whole global batch (torch's SyncBatchNorm, CUDA "
-                        "only; default: each process normalises with its shard's statistics)")
-    _add_runtime_arguments(p)
-
-
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=path, required=True, help="a last.pt / best.pt written by lmdeq train")
-    p.add_argument("--data", type=path, help="images to evaluate on (default: the checkpoint's training data)")
-    p.add_argument("--split", choices=["val", "train", "all"], default="val",
-                   help="val: the run's validation images (test split or its hold-out); train: its training "
-                        "images; all: every image of --data (default: val)")
-    p.add_argument("--limit", type=_positive_int, help="evaluate a stratified subset of this many images")
-    p.add_argument("--batch-size", type=_positive_int, help="(default: the checkpoint's eval batch size)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    _add_runtime_arguments(p)
+def resolve_train_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Every train flag's value: the flags given on the command line, over those of the ``--config`` file
+    (:mod:`lmdeq.app.train.config_file`), over :data:`~lmdeq.app.train.arguments.TRAIN_DEFAULTS`. A flag given
+    on the command line replaces the file's choice among the flags it excludes (--data the file's dataset, --original
+    its lipschitz); ``--set KEY=VALUE`` replaces the file's ``set`` value of KEY only."""
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS}
+    _unique_overrides(given.get("overrides", []))
+    from_file = {}
+    if given.get("config") is not None:
+        parser = train_parser()
+        from_file = file_arguments(given["config"], parser)
+        for group in parser._mutually_exclusive_groups:
+            dests = {a.dest for a in group._group_actions}
+            if dests & set(given):
+                from_file = {k: v for k, v in from_file.items() if k not in dests}
+    merged = {**TRAIN_DEFAULTS, **from_file, **given}
+    merged["overrides"] = list({**dict(from_file.get("overrides", [])), **dict(given.get("overrides", []))}.items())
+    return argparse.Namespace(**{**vars(args), **merged})
 
 
 def config_from_args(args: argparse.Namespace, saved: dict | None = None) -> TrainConfig:
     """TrainConfig from the flags given, on top of ``saved`` (a checkpoint's config) or the defaults."""
-    given = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
-    if args.dataset is not None:
+    given = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "dataset", None) is not None:
         given["data"] = args.dataset
-    if args.overrides:
-        keys = [k for k, _ in args.overrides]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        if dup:
-            raise ConfigError(f"--set given more than once for {dup}")
-        given["model_overrides"] = {**(saved or {}).get("model_overrides", {}), **dict(args.overrides)}
+    overrides = getattr(args, "overrides", None) or []
+    if overrides:
+        _unique_overrides(overrides)
+        given["model_overrides"] = {**(saved or {}).get("model_overrides", {}), **dict(overrides)}
     return TrainConfig.from_dict({**(saved or {}), **given})
 
 
@@ -175,6 +86,7 @@ def handle_train(args: argparse.Namespace) -> int:
     from .run import elastic_resume, load_run_checkpoint, resolve_device, resume_path, run_training
     from .trainer import LAST
 
+    args = resolve_train_args(args)
     with distributed(resolve_device(args.device), args.dist_backend) as (dist, _device):
         resume = None
         if args.resume is not None:
@@ -195,10 +107,12 @@ def handle_train(args: argparse.Namespace) -> int:
             summary = run_training(cfg, device=args.device, workers=args.workers, out_dir=out, resume=resume,
                                    cache_dir=args.cache_dir, progress=args.progress, bound_every=args.bound_every,
                                    strict=args.strict, dist_backend=args.dist_backend, sync_bn=args.sync_bn,
-                                   allow_data_change=args.allow_data_change)
+                                   allow_data_change=args.allow_data_change, log=args.log,
+                                   checkpoint_every=args.checkpoint_every, write_config=True)
         except KeyboardInterrupt:
             if dist.is_main:
-                kept = (f"{Path(out) / LAST} holds the last completed epoch; continue with: lmdeq train --resume "
+                state = "the last completed epoch" + (" or step checkpoint" if args.checkpoint_every else "")
+                kept = (f"{Path(out) / LAST} holds {state}; continue with: lmdeq train --resume "
                         f"--out {out}" if (Path(out) / LAST).exists() else "no epoch was completed")
                 print(f"lmdeq train: interrupted; {kept}", file=sys.stderr, flush=True)
             return 130
@@ -214,14 +128,15 @@ def handle_eval(args: argparse.Namespace) -> int:
     result = run_evaluation(args.checkpoint, data=args.data, split=args.split, limit=args.limit,
                             batch_size=args.batch_size, device=args.device, workers=args.workers,
                             cache_dir=args.cache_dir, progress=args.progress, strict=args.strict,
-                            dist_backend=args.dist_backend)
+                            dist_backend=args.dist_backend, allow_data_change=args.allow_data_change)
     if not is_main_process():
         return 0  # rank 0 prints the result, which every rank holds
     if args.json:
         print(json.dumps({k: json_number(v) if isinstance(v, float) else v for k, v in result.items()}))
         return 0
     bound = result["lipschitz_bound"]
-    print(f"eval: {result['checkpoint']} (epoch {result['epoch']}) on {result['split']}: {result['n']} images, "
+    print(f"eval: {result['checkpoint']} (epoch {result['epoch']}, step {result['step']}) on {result['split']}: "
+          f"{result['n']} images, "
           f"loss {result['loss']:.4f}, acc {result['acc']:.4f}, f_nstep {fmt_number(result.get('f_nstep'), '.3g')}, "
           f"f_residual {fmt_number(result.get('f_residual'), '.3g')}, certified L = {fmt_number(bound, '.4f')}"
           f"{' (contraction certified)' if result['certified'] else ''}, {result['time_s']:.1f}s")
@@ -232,7 +147,7 @@ def register(subparsers) -> None:
     """Add ``train`` and ``eval`` to ``subparsers``; each sets ``handler(args) -> exit code``."""
     from ...models.presets import describe_presets
 
-    p = subparsers.add_parser("train", help="train an MDEQ image classifier",
+    p = subparsers.add_parser("train", help="train an MDEQ image classifier", argument_default=argparse.SUPPRESS,
                               description="Train an MDEQ image classifier (a preset's architecture, input shape and "
                                           "class count; --set changes any of them).",
                               epilog="presets (--preset):\n" + "\n".join("  " + line for line in describe_presets()),

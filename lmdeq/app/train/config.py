@@ -5,8 +5,10 @@ cosine to 1e-6, batch 128, no weight decay, random crop (padding 4) + horizontal
 ``lr_restarts`` lists the epoch counts after which the cosine starts a new cycle: a run planned for E
 epochs and later extended to E' > E (``lmdeq train --resume ... --epochs E'``) gets ``lr_restarts = [E]``,
 so its first E epochs keep their schedule and the added ones run a fresh cosine from lr to min_lr.
+``amp``: 'off' (fp32 throughout) or 'bf16' (the training forward pass under bf16 autocast, see
+:mod:`lmdeq.app.train.step`); a checkpoint written before this setting existed has none and means 'off'.
 Runtime choices that do not change the numbers on a given device (device, workers, output
-directory, progress display) are not part of it.
+directory, progress display, loggers, checkpoint cadence) are not part of it.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ...errors import ConfigError, ConfigTypeError
 
 # Keys that may differ when a run is resumed: they do not change the training trajectory.
 RESUME_MAY_CHANGE = frozenset({"data", "val_data", "eval_batch_size"})
+AMP_MODES = ("off", "bf16")
 
 
 @dataclass
@@ -42,6 +45,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     lr_restarts: list = field(default_factory=list)  # epochs after which the cosine restarts (extended runs)
+    amp: str = "off"  # 'bf16': the training forward pass under bf16 autocast (AMP_MODES)
 
     def __post_init__(self):
         self.validate()
@@ -79,6 +83,7 @@ class TrainConfig:
         if any(not 0 < e < self.epochs for e in r) or r != sorted(set(r)):
             raise ConfigError(f"lr_restarts={r} must increase strictly and lie in [1, epochs={self.epochs})")
         self.lr_restarts = r
+        self.amp = checks.choice("amp", self.amp, AMP_MODES)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -32,6 +32,22 @@ class MeanMeter:
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / w for k, w in self.weights.items() if w}
 
+    def state_dict(self) -> dict:
+        """The sums and weights so far (exact floats), for :meth:`load_state_dict`."""
+        return {"sums": dict(self.sums), "weights": dict(self.weights)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s sums and weights (ValueError when they are not str -> float maps over
+        the same keys)."""
+        sums, weights = state["sums"], state["weights"]
+        for part in (sums, weights):
+            if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, float)
+                                                     for k, v in part.items()):
+                raise ValueError("a meter's sums and weights must map names to floats")
+        if sums.keys() != weights.keys():
+            raise ValueError(f"a meter's sums {sorted(sums)} and weights {sorted(weights)} name other keys")
+        self.sums, self.weights = dict(sums), dict(weights)
+
 
 def json_number(x):
     """x as a JSON-safe float: None for None, inf and nan."""

@@ -23,9 +23,12 @@ from typing import Callable
 
 import torch
 
-from ...errors import CheckpointError, ConfigError, DataError, LmdeqError
+from ...errors import (CheckpointError, ConfigError, DataError, DataNotFoundError, DataUnavailableError, LmdeqError,
+                       first_line)
+from .arguments import train_parser
 from .checkpoint import RUN, load_checkpoint, seed_everything
 from .config import RESUME_MAY_CHANGE, TrainConfig
+from .config_file import resolved_config
 from ..data.augment import preset_defaults
 from ..data.fit import fit_images
 from ..data.run_data import Splits, prepare_splits
@@ -38,7 +41,7 @@ from .replicas import sync_batchnorm
 from .rundir import check_run_dir, fork, locked
 from ..data.sources import load_source
 from ..data.split import stratified_subset
-from .trainer import LAST, Trainer
+from .trainer import LAST, Trainer, check_outputs
 
 EVAL_SPLITS = ("val", "train", "all")
 
@@ -88,6 +91,9 @@ def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
                           "schedule cannot be shortened (leave --epochs out to finish the run, or give more to "
                           "extend it)")
     restarts = old.lr_restarts + ([old.epochs] if cfg.epochs > old.epochs else [])
+    if cfg.lr_restarts not in (old.lr_restarts, restarts):
+        raise ConfigError(f"cannot resume with lr_restarts={cfg.lr_restarts} (checkpoint: {old.lr_restarts}); the "
+                          f"checkpoint's run continues with {restarts}")
     return cfg.replace(lr_restarts=restarts)
 
 
@@ -166,7 +172,8 @@ def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", worke
                  strict: bool = False, model_factory: Callable[[TrainConfig], torch.nn.Module] | None = None,
                  on_epoch_end: Callable[[dict], None] | None = None,
                  print_fn: Callable[[str], None] = print, dist_backend: str = "auto", sync_bn: bool = False,
-                 allow_data_change: bool = False) -> dict:
+                 allow_data_change: bool = False, log=(), checkpoint_every: int = 0,
+                 write_config: bool = False) -> dict:
     """Train per ``cfg`` (resuming from ``resume`` if given) and return the trainer's summary.
 
     ``model_factory(cfg)`` builds the model (default :func:`~lmdeq.app.train.model.build_model`, or the
@@ -176,20 +183,30 @@ def run_training(cfg: TrainConfig, *, device: str | torch.device = "auto", worke
     the module docstring): ``dist_backend`` 'auto' (nccl on CUDA, gloo on the CPU), 'gloo' or 'nccl';
     ``sync_bn``: BatchNorm statistics over the global batch (torch's SyncBatchNorm, CUDA only).
     A resumed run must see the images it was trained on (the digests last.pt records); ``allow_data_change``
-    continues on other images with a warning instead of a DataError.
+    continues on other images with a warning instead of a DataError. ``log``: loggers of
+    :mod:`lmdeq.app.train.loggers` beside metrics.jsonl; ``checkpoint_every``: also commit last.pt every this
+    many steps within an epoch (0: at epoch ends only); ``write_config``: write the resolved config (every train
+    flag's value, :mod:`lmdeq.app.train.config_file`) as ``<out_dir>/config.json`` after the first commit.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    check_outputs(out_dir, log, checkpoint_every)   # (a logger whose package is missing fails before any work)
+    runtime = dict(workers=workers, out=None if out_dir is None else str(out_dir),
+                   cache_dir=None if cache_dir is None else str(cache_dir),
+                   progress=progress, bound_every=bound_every, strict=strict, device=str(device),
+                   dist_backend=dist_backend, sync_bn=sync_bn, log=list(log), checkpoint_every=checkpoint_every)
     with distributed(resolve_device(device), dist_backend) as (dist, dev):
         return _train(cfg, dist, dev, workers=workers, out_dir=out_dir, resume=resume, cache_dir=cache_dir,
                       progress=progress and dist.is_main, bound_every=bound_every, strict=strict,
                       model_factory=model_factory, on_epoch_end=on_epoch_end,
                       print_fn=print_fn if dist.is_main else (lambda _line: None), sync_bn=sync_bn,
-                      allow_data_change=allow_data_change)
+                      allow_data_change=allow_data_change, log=log, checkpoint_every=checkpoint_every,
+                      runtime=runtime if write_config else None)
 
 
 def _train(cfg: TrainConfig, dist: Dist, dev: torch.device, *, workers, out_dir, resume, cache_dir, progress,
-           bound_every, strict, model_factory, on_epoch_end, print_fn, sync_bn, allow_data_change) -> dict:
+           bound_every, strict, model_factory, on_epoch_end, print_fn, sync_bn, allow_data_change, log,
+           checkpoint_every, runtime) -> dict:
     ckpt = None
     if resume is not None:
         resume = resume_path(resume)
@@ -232,9 +249,11 @@ def _train(cfg: TrainConfig, dist: Dist, dev: torch.device, *, workers, out_dir,
             if sync_bn:
                 model = sync_batchnorm(model, dist, dev)
         check_classes(splits.train, cfg.data, model)
+        run_config = None if runtime is None else resolved_config(cfg, runtime, train_parser())
         trainer = Trainer(model, cfg, splits.train, splits.val, dev, workers=workers, out_dir=out_dir,
                           progress=progress, bound_every=bound_every, on_epoch_end=on_epoch_end, print_fn=print_fn,
-                          dist=dist, allow_data_change=allow_data_change)
+                          dist=dist, allow_data_change=allow_data_change, checkpoint_every=checkpoint_every, log=log,
+                          run_config=run_config)
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
             if forking:
@@ -242,53 +261,106 @@ def _train(cfg: TrainConfig, dist: Dist, dev: torch.device, *, workers, out_dir,
                 dist.from_main(lambda: fork(out_dir, trainer.state_dict(), resume))
             extended = f", extended to {cfg.epochs} epochs" if cfg.lr_restarts != ckpt["train_config"].get(
                 "lr_restarts", []) else ""
-            print_fn(f"resumed from {resume} after epoch {trainer.epoch} (step {trainer.step}){extended}")
+            within = trainer.step - trainer.epoch * trainer.steps_per_epoch
+            after = f"epoch {trainer.epoch}" + (f" and {within} steps of epoch {trainer.epoch + 1}" if within else "")
+            print_fn(f"resumed from {resume} after {after} (step {trainer.step}){extended}")
         n_params = sum(p.numel() for p in model.parameters())
         print_fn(f"model: {label}{type(model).__name__}, {n_params:,} parameters, "
                  f"certified L = {trainer.bound if trainer.bound is not None else 'n/a'}; device {dev}")
         return trainer.fit()
 
 
-def eval_images(cfg: TrainConfig, split: str, limit: int | None, cache_dir=None, workers: int = 0,
-                progress: bool = False, strict: bool = False) -> tuple[str, LabelledImages]:
+def eval_images(cfg: TrainConfig, split: str, cache_dir=None, workers: int = 0, progress: bool = False,
+                strict: bool = False) -> tuple[str, LabelledImages]:
     """(name, LabelledImages) to evaluate: the run's validation images ('val'), its training images
-    ('train'), or every image of ``cfg.data`` ('all'); optionally a stratified subset of ``limit``."""
+    ('train'), or every image of ``cfg.data`` ('all')."""
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     if cfg.data is None:
         raise ConfigError("data: the checkpoint names no training data; pass --data")
     if split == "all":
-        name, images = "all", fit_images(load_source(cfg.data, cache_dir, workers, progress, strict,
-                                                     cfg.image_size).train, cfg.channels, cfg.image_size, cfg.data)
-    else:
-        splits: Splits = prepare_splits(cfg, cache_dir, workers, progress, strict)
-        if split == "val":
-            if splits.val is None:
-                raise ConfigError("split: this run has no validation images (val_fraction 0, no test split); "
-                                  "use --split all or --split train")
-            name, images = f"val ({splits.val_name})", splits.val
-        else:
-            name, images = "train", splits.train
-    if limit is not None and limit < len(images):
-        images = images.subset(stratified_subset(images.labels, len(images.classes), limit, cfg.seed, "eval"))
-    return name, images
+        return "all", fit_images(load_source(cfg.data, cache_dir, workers, progress, strict, cfg.image_size).train,
+                                 cfg.channels, cfg.image_size, cfg.data)
+    splits: Splits = prepare_splits(cfg, cache_dir, workers, progress, strict)
+    if split == "train":
+        return "train", splits.train
+    if splits.val is None:
+        raise ConfigError("split: this run has no validation images (val_fraction 0, no test split); "
+                          "use --split all or --split train")
+    return f"val ({splits.val_name})", splits.val
+
+
+def published_entry(checkpoint: str | os.PathLike) -> tuple[str, dict] | None:
+    """(name, entry) of :data:`lmdeq.models.PUBLISHED` whose file ``checkpoint`` is (same sha256), else None."""
+    from ...files import file_sha256
+    from ...models import PUBLISHED
+
+    digest = file_sha256(checkpoint)
+    return next(((name, entry) for name, entry in PUBLISHED.items() if entry["sha256"] == digest), None)
+
+
+def _recorded_data_error(checkpoint, cfg: TrainConfig, err: LmdeqError) -> str:
+    """The message for recorded training data (``cfg.data`` of the checkpoint, no --data given) that cannot be
+    read: where the path came from, what it is relative to, and the --data that would evaluate the same images."""
+    detail = first_line(err).removeprefix("data: ").split(" (", 1)[0]
+    local = isinstance(err, DataNotFoundError)   # (raised for a path on disk, not for a data set's name)
+    path = Path(cfg.data).expanduser()
+    where = f", relative to the current directory {Path.cwd()}" if local and not path.is_absolute() else ""
+    want = (f"PATH/TO/{path.name}, your copy of the very files" if local
+            else f"{cfg.data!r} where it can be read, or your copy of the very data set")
+    published = published_entry(checkpoint)
+    also = f" (the published {published[0]}: the {published[1]['data']})" if published else ""
+    return (f"data: --data not given, and the training data recorded in {checkpoint}'s train_config (data = "
+            f"{cfg.data!r}{where}) cannot be read: {detail}; pass --data {want} the run was trained on{also}: its "
+            f"validation images are drawn from that file list by seed {cfg.seed} (val_fraction {cfg.val_fraction}), "
+            "so other files, another copy of the data set included, would evaluate on other images")
+
+
+def _check_recorded_digest(checkpoint, ckpt: dict, split: str, images: LabelledImages, data: str,
+                           allow_data_change: bool) -> None:
+    """DataError when ``images`` (``split`` 'train' or 'val') are not those the checkpoint's run recorded (its
+    ``data_digest``, or that of its :data:`lmdeq.models.PUBLISHED` entry), unless ``allow_data_change``."""
+    if split == "all":
+        return
+    recorded = ckpt.get("data_digest")
+    if recorded is None:
+        published = published_entry(checkpoint)
+        recorded = published[1].get("data_digest") if published else None
+    want = (recorded or {}).get(split)
+    if want is None or want == images.digest():
+        return
+    what = "validation" if split == "val" else "training"
+    if not allow_data_change:
+        recorded_data = ckpt["train_config"].get("data")
+        raise DataError(f"data: the {what} images of {data} are not those {checkpoint}'s run {what[:-1]}ed on "
+                        f"(their digest differs from its data_digest: other files, or edited ones); pass --data with "
+                        f"the files the run was trained on (its train_config.data: {recorded_data!r}), or "
+                        "--allow-data-change to evaluate on these")
+    log.warning("data: evaluating on other %s images than %s's run recorded (--allow-data-change)", what, checkpoint)
 
 
 def run_evaluation(checkpoint: str | os.PathLike, *, data: str | None = None, split: str = "val",
                    limit: int | None = None, batch_size: int | None = None, device="auto", workers: int = 0,
                    cache_dir=None, progress: bool = True, strict: bool = False,
-                   model_factory: Callable[[dict], torch.nn.Module] | None = None, dist_backend: str = "auto") -> dict:
-    """Evaluate a training checkpoint (last.pt or best.pt); returns loss, acc, n, mean solver stats, L and
-    'certified'. The weights must be finite and fit the model; the data's classes must be the run's. Under
-    torchrun every rank evaluates a shard of the images and returns the metrics of all of them."""
+                   model_factory: Callable[[dict], torch.nn.Module] | None = None, dist_backend: str = "auto",
+                   allow_data_change: bool = False) -> dict:
+    """Evaluate a training checkpoint (last.pt or best.pt); returns its epoch and step, loss, acc, n, mean solver
+    stats, L and 'certified'. The weights must be finite and fit the model; the data's classes must be the run's.
+    Under torchrun every rank evaluates a shard of the images and returns the metrics of all of them.
+
+    Without ``data`` the checkpoint's recorded ``train_config.data`` is read, a relative path relative to the
+    current directory (as the training command line took it); when it cannot be read, the error names the
+    recorded path, where it came from and the --data that evaluates the same images. The run's 'val' and
+    'train' images must be those the checkpoint recorded (``data_digest``, or its
+    :data:`lmdeq.models.PUBLISHED` entry's): otherwise a DataError, unless ``allow_data_change``."""
     with distributed(resolve_device(device), dist_backend) as (dist, dev):
         return _evaluate(checkpoint, dist, dev, data=data, split=split, limit=limit, batch_size=batch_size,
                          workers=workers, cache_dir=cache_dir, progress=progress and dist.is_main, strict=strict,
-                         model_factory=model_factory)
+                         model_factory=model_factory, allow_data_change=allow_data_change)
 
 
 def _evaluate(checkpoint, dist: Dist, dev: torch.device, *, data, split, limit, batch_size, workers, cache_dir,
-              progress, strict, model_factory) -> dict:
+              progress, strict, model_factory, allow_data_change) -> dict:
     ckpt = dist.from_main(lambda: load_checkpoint(checkpoint))
     source = f"checkpoint {checkpoint}"
     try:
@@ -308,15 +380,23 @@ def _evaluate(checkpoint, dist: Dist, dev: torch.device, *, data, split, limit, 
     load_weights(model, ckpt["model_state"], source)
     check_solvable(model, source, CheckpointError)
     model.to(dev)
-    name, images = dist.staggered(lambda: eval_images(cfg, split, limit, cache_dir, workers, progress, strict))
+    try:
+        name, images = dist.staggered(lambda: eval_images(cfg, split, cache_dir, workers, progress, strict))
+    except (DataNotFoundError, DataUnavailableError) as err:
+        if data is not None:
+            raise
+        raise type(err)(_recorded_data_error(checkpoint, cfg, err)) from err
     check_same_data(Splits(images, None, None), dist)
     if ckpt.get("classes") is not None and tuple(ckpt["classes"]) != images.classes:
         raise DataError(f"data: the images have the classes {list(images.classes)}, but {checkpoint} was trained on "
                         f"{list(ckpt['classes'])}")
+    _check_recorded_digest(checkpoint, ckpt, split, images, cfg.data, allow_data_change)
+    if limit is not None and limit < len(images):
+        images = images.subset(stratified_subset(images.labels, len(images.classes), limit, cfg.seed, "eval"))
     check_classes(images, name, model)
     stats = preset_defaults((model_config(model) or {}).get("preset"))
     metrics = evaluate(model, images, cfg.eval_batch_size, dev, workers, progress, desc=f"eval {name}", dist=dist,
                        stats=stats)
     bound = certified_bound(model, training=False)
-    return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "split": name, **metrics,
+    return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "step": ckpt["step"], "split": name, **metrics,
             "lipschitz_bound": bound, "certified": bound is not None and bound < 1.0}

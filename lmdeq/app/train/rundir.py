@@ -6,7 +6,9 @@ and the best epoch's weights. An epoch end (:func:`commit_epoch`) writes it atom
 point), then derives ``best.pt`` (when the epoch improved) and ``metrics.jsonl`` from it. A crash at any
 instant leaves the previous or the new ``last.pt``; :func:`reconcile` (run before training resumes)
 rewrites whichever derived file is missing, stale or torn, and deletes the temporary files of killed
-writers, so a resumed run ends with exactly the files of an uninterrupted one.
+writers, so a resumed run ends with exactly the files of an uninterrupted one. A step checkpoint
+(:func:`commit_step`, ``lmdeq train --checkpoint-every``) writes ``last.pt`` alone, the same atomic way: its
+derived files are those of the last epoch end, which it leaves as they are.
 
 Lock. :func:`locked` holds an exclusive ``fcntl.flock`` on ``<run>/.lock`` (holder's pid inside) while a
 process trains into the directory; a second process fails at once with :class:`RunLockedError` naming
@@ -141,7 +143,7 @@ def _remove_empty(created: list[Path]) -> None:
 
 # -- the epoch-end commit and its derived files ------------------------------------------------------------
 def best_payload(state: dict) -> dict:
-    """``best.pt`` of a run state: the best epoch's weights, configs and record."""
+    """``best.pt`` of a run state: the best epoch's weights, configs and record, and the run's data digests."""
     b = state["best_epoch"]
     record = state["history"][b - 1]
     weights = state["model_state"] if state["best_model_state"] is None else state["best_model_state"]
@@ -149,7 +151,8 @@ def best_payload(state: dict) -> dict:
             "epoch": b, "step": record["step"], "run_id": state["run_id"], "classes": state["classes"],
             "record": record, "best_val_acc": state["best_val_acc"], "best_epoch": b,
             "lipschitz_bound": record.get("lipschitz_bound"),
-            "lipschitz_bound_eval": record.get("lipschitz_bound_eval")}
+            "lipschitz_bound_eval": record.get("lipschitz_bound_eval"),
+            **({"data_digest": state["data_digest"]} if "data_digest" in state else {})}
 
 
 @contextlib.contextmanager
@@ -172,6 +175,13 @@ def commit_epoch(run_dir: str | os.PathLike, state: dict) -> None:
         if state["best_epoch"] is not None and state["best_epoch"] == state["epoch"]:
             save_checkpoint(run_dir / BEST_FILE, best_payload(state), BEST)
         write_jsonl(run_dir / METRICS, state["history"])
+
+
+def commit_step(run_dir: str | os.PathLike, state: dict) -> None:
+    """Commit a run state within an epoch (a step checkpoint): ``last.pt`` alone, atomically."""
+    run_dir = Path(run_dir)
+    with _writing(run_dir):
+        save_checkpoint(run_dir / LAST, state, RUN)
 
 
 def _best_is_current(path: Path, state: dict) -> bool:
@@ -246,6 +256,7 @@ def fork(run_dir: str | os.PathLike, state: dict, source: str | os.PathLike) -> 
 
 # -- comparing two runs ----------------------------------------------------------------------------------------
 TIMING_KEYS = frozenset({"train_time_s", "val_time_s", "images_per_s"})
+INVOCATION_FILES = frozenset({"config.json"})   # the flags of one invocation (its --out included), not the run's result
 
 
 def _differs(a, b) -> bool:
@@ -266,13 +277,15 @@ def _untimed(records: list[dict]) -> list[dict]:
 
 def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> list[str]:
     """How the run directory ``other`` differs from ``reference`` (empty: the same run, bit for bit, up to
-    wall-clock timings and the ids of the run and of its torchrun job): file names, every tensor and number of
-    last.pt and best.pt, metrics.jsonl. Used to
-    check that a killed and resumed run ended exactly like an uninterrupted one."""
+    wall-clock timings and the ids of the run and of its torchrun job): file names (but config.json), every tensor
+    and number of last.pt and best.pt, metrics.jsonl, and the CSV logs (:mod:`lmdeq.app.train.loggers`: steps.csv
+    exactly, epochs.csv but its timing columns). Used to check that a killed and resumed run ended exactly like an
+    uninterrupted one."""
+    from .loggers import EPOCHS_CSV, STEPS_CSV
     from .metrics import read_jsonl
 
     ref, got = Path(reference), Path(other)
-    names = sorted(p.name for p in ref.iterdir()), sorted(p.name for p in got.iterdir())
+    names = [sorted(p.name for p in d.iterdir() if p.name not in INVOCATION_FILES) for d in (ref, got)]
     if names[0] != names[1]:
         return [f"files {names[1]} instead of {names[0]}"]
     problems = []
@@ -295,4 +308,15 @@ def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> list
             problems.append(f"{METRICS} differs")
         if read_jsonl(got / METRICS) != load_checkpoint(got / LAST)["history"]:
             problems.append(f"{METRICS} is not the history its {LAST} committed")
+    if (ref / STEPS_CSV).exists() and (ref / STEPS_CSV).read_bytes() != (got / STEPS_CSV).read_bytes():
+        problems.append(f"{STEPS_CSV} differs")
+    if (ref / EPOCHS_CSV).exists() and _untimed_csv(ref / EPOCHS_CSV) != _untimed_csv(got / EPOCHS_CSV):
+        problems.append(f"{EPOCHS_CSV} differs")
     return problems
+
+
+def _untimed_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as fh:
+        return _untimed(list(csv.DictReader(fh)))

@@ -11,6 +11,14 @@ step the model is called as ``model(x, jac_loss=True[, max_iter=...])``, returni
 step trains on ``loss + factor * jr`` (the released ``(loss + factor * jac_loss).backward()``); the other
 steps are the plain step above.
 
+Mixed precision (``amp='bf16'``): the forward pass (``model(x)``, the solves and the JR estimate included) runs
+under ``torch.autocast(device, bfloat16)``, CPU and CUDA alike; the loss is taken on fp32 logits, and the
+backward pass (whose implicit adjoint solve re-enters the forward pass's autocast state, :mod:`lmdeq.deq.adjoint`),
+the optimiser step and the constraint upkeep (``constraint_step``: power iterations, gamma clip) run outside
+autocast, in the parameters' fp32. The certified bound is computed by the trainer outside this function, also
+outside autocast (and :func:`lmdeq.ops.conv_power_iteration` turns autocast off itself). bf16 needs no loss
+scaling. ``amp='off'``: no autocast.
+
 Data-parallel (``dist`` with more than one rank, ``forward`` the DistributedDataParallel wrapper): each
 rank gets its shard of the global batch of N images, n_r of them. The ranks sum (loss_r n_r, hits_r, n_r)
 before the backward pass, so every rank knows the global batch's mean loss (and all of them raise
@@ -20,6 +28,7 @@ gradient a single process computes on the whole batch, whatever the shard sizes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -34,7 +43,17 @@ from .distributed import Dist
 from .hooks import apply_constraint
 from .jacobian import JacobianDraw
 
-__all__ = ["StepResult", "train_step"]
+__all__ = ["StepResult", "train_step", "forward_precision"]
+
+
+def forward_precision(device: torch.device, amp: str):
+    """The context of a training forward pass: bf16 autocast on ``device``'s type for ``amp='bf16'``, nothing
+    for 'off' (:data:`lmdeq.app.train.config.AMP_MODES`)."""
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if amp != "off":
+        raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
                nonfinite_error: Callable[[float], Exception] | None = None,
                memory_format: torch.memory_format = torch.contiguous_format,
                forward: torch.nn.Module | None = None, dist: Dist | None = None,
-               jacobian: JacobianDraw | None = None, stats: DataDefaults = DataDefaults()) -> StepResult:
+               jacobian: JacobianDraw | None = None, stats: DataDefaults = DataDefaults(),
+               amp: str = "off") -> StepResult:
     """Train ``model`` on one batch of uint8 ``images`` (B, 3, H, W) and ``labels`` (B,).
 
     ``nonfinite_error(loss)`` builds the exception raised for a NaN/Inf loss (default: NonFiniteError);
@@ -60,11 +80,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     DistributedDataParallel wrapper of ``model`` in a data-parallel step, with ``dist`` and this rank's
     shard as ``images``/``labels``: see the module docstring). ``jacobian``: the step's Jacobian-
     regularisation draw (see the module docstring; None: no JR). ``stats``: the normalisation statistics (the
-    preset's, :func:`lmdeq.app.data.augment.preset_defaults`)."""
+    preset's, :func:`lmdeq.app.data.augment.preset_defaults`). ``amp``: 'bf16' runs the forward pass under bf16
+    autocast (see the module docstring)."""
     x = normalize(images.to(device, non_blocking=True), stats.mean, stats.std).contiguous(memory_format=memory_format)
     y = labels.to(device, non_blocking=True)
     call = jacobian.model_kwargs() if jacobian is not None else {}
-    out = (model if forward is None else forward)(x, **call)
+    with forward_precision(x.device, amp):
+        out = (model if forward is None else forward)(x, **call)
     logits, jr = out if call else (out, None)
     n = int(y.shape[0])
     check_logits(logits, n, num_classes)

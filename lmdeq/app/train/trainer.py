@@ -9,6 +9,22 @@ holding the whole state, history and best weights, then the derived ``best.pt`` 
 Resuming from ``last.pt`` reproduces the uninterrupted run bit for bit on the same device, files
 included (batches are a function of (seed, epoch); every other state is in the checkpoint).
 
+Step checkpoints (``checkpoint_every`` = N > 0): after every N-th optimiser step that is not the last of its
+epoch, ``last.pt`` is also committed mid-epoch (:func:`lmdeq.app.train.rundir.commit_step`: the same atomic
+write), holding besides the run state the epoch's progress (``epoch_progress``: batches done, the running means
+of its record so far, its elapsed training time). A run resumed from it skips those batches of the epoch's plan
+(the batches are a function of (seed, epoch)) and continues the means, so it ends exactly as an uninterrupted
+run; ``epoch`` stays the count of completed epochs and ``step`` the optimiser steps done. A checkpoint without
+``epoch_progress`` (or with None) is at an epoch end.
+
+Mixed precision: ``cfg.amp = 'bf16'`` runs the training forward passes under bf16 autocast
+(:mod:`lmdeq.app.train.step`); the certified bounds, the validation and everything between steps run in fp32.
+
+Logs (``log``: :mod:`lmdeq.app.train.loggers`, rank 0): every step's values and every epoch's record go to the
+chosen loggers, which are made durable before each commit and cut back to the resumed step when a run resumes.
+``run_config`` (the resolved flags, :mod:`lmdeq.app.train.config_file`) is written as ``config.json`` after the
+first commit of each :meth:`fit` (a run directory holds it once it holds a run).
+
 Jacobian regularisation (a model config with ``jac_loss_weight`` and ``jac_loss_freq`` > 0): before each step
 the run's :class:`~lmdeq.app.train.jacobian.JacobianSchedule` draws whether the step trains on the JR estimate (and
 its forward-solve cap), as the released MDEQ + JR loop does, from a generator of its own seeded by the run's seed
@@ -27,8 +43,9 @@ synchronised, no dropout, solves of a fixed iteration count). The progress bar a
 the loss, accuracy and solver statistics of the whole global batch (summed over the ranks); validation
 runs on a shard per rank and sums the counts. Only rank 0 takes the run directory's lock, commits and
 prints; every rank keeps the same run state (:mod:`lmdeq.app.train.replicas`). The RNG of rank r > 0
-(dropout masks of its shard) is seeded from (seed, rank, epoch) at each epoch start, so a resume
-restores every rank exactly; rank 0's RNG is the one saved in ``last.pt``.
+(dropout masks of its shard) is seeded from (seed, rank, epoch) at each epoch start and from (seed, rank, step) at
+each step checkpoint, where every rank also takes rank 0's buffers (as at an epoch end), so a resume restores every
+rank exactly; rank 0's RNG is the one saved in ``last.pt``.
 """
 from __future__ import annotations
 
@@ -38,27 +55,30 @@ import math
 import os
 import time
 import uuid
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ... import checks
-from ...errors import CheckpointError, DataError, NonFiniteError, first_line
+from ...errors import CheckpointError, ConfigError, DataError, NonFiniteError, first_line
 from . import replicas
 from ..data.augment import preset_defaults
 from ..data.batches import check_shardable, train_batches
 from .checkpoint import capture_rng_state, restore_generators, restore_rng_state
 from .config import TrainConfig
+from .config_file import write_resolved_config
 from .distributed import ELASTIC_RUN_ID, SINGLE, Dist
 from .evaluate import evaluate
 from ..faults import fault_point
 from .hooks import SOLVER_KEYS, adjoint_tol, certified_bound, model_config, solver_stats, solves_unconverged
 from .jacobian import GENERATOR_NAME, JacobianSchedule
 from ..data.images import LabelledImages
+from .loggers import RunLogs, check_loggers
 from .metrics import MeanMeter, fmt_number, json_number
 from .optim import build_optimizer, build_scheduler, cycle_bounds
-from .rundir import BEST_FILE as BEST, LAST, METRICS, commit_epoch, locked, reconcile
+from .rundir import BEST_FILE as BEST, LAST, METRICS, commit_epoch, commit_step, locked, reconcile
 from ..data.split import derive_seed
 from .step import train_step
 
@@ -80,6 +100,42 @@ def _field(name: str):
                               f"{first_line(err)[:160]})") from None
 
 
+def check_outputs(out_dir, log, checkpoint_every: int) -> tuple[tuple[str, ...], int]:
+    """(the loggers of ``log``, ``checkpoint_every``) checked (:func:`lmdeq.app.train.loggers.check_loggers`, a
+    count); ConfigError when either asks for files without a run directory."""
+    names, every = check_loggers(log), checks.count("checkpoint_every", checkpoint_every)
+    if (names or every) and out_dir is None:
+        raise ConfigError("log / checkpoint_every: --log and --checkpoint-every need a run directory (--out)")
+    return names, every
+
+
+class _EpochTally:
+    """The progress of the epoch under way: batches done, the running means of its record, its solve verdicts,
+    its JR steps and training time so far (what a step checkpoint saves as ``epoch_progress``)."""
+
+    def __init__(self):
+        self.meter, self.jr_meter = MeanMeter(), MeanMeter()
+        self.batches = self.unconverged = self.judged = self.jr_steps = 0
+        self.time_s = 0.0
+
+    def state(self) -> dict:
+        return {"batches": self.batches, "unconverged": self.unconverged, "judged": self.judged,
+                "jr_steps": self.jr_steps, "time_s": self.time_s, "meter": self.meter.state_dict(),
+                "jr_meter": self.jr_meter.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict, steps_per_epoch: int) -> "_EpochTally":
+        tally = cls()
+        for name in ("batches", "unconverged", "judged", "jr_steps"):
+            setattr(tally, name, checks.count(name, state[name]))
+        if not 0 < tally.batches < steps_per_epoch:
+            raise ValueError(f"{tally.batches} batches done of an epoch of {steps_per_epoch}")
+        tally.time_s = float(state["time_s"])
+        tally.meter.load_state_dict(state["meter"])
+        tally.jr_meter.load_state_dict(state["jr_meter"])
+        return tally
+
+
 class Trainer:
     """Trains ``model`` (already on ``device``) on ``train_data``; validates on ``val_data`` if given.
 
@@ -88,6 +144,9 @@ class Trainer:
     ``bound_every``: the certified bound L is recomputed every this many steps (for the progress
     bar) and at every epoch end, on a fixed schedule so that display settings cannot change a run.
     ``on_epoch_end(record)``: called after each epoch's commit and log line (on every rank).
+    ``checkpoint_every``: commit ``last.pt`` also after every this many optimiser steps within an epoch (0: at
+    epoch ends only; see the module docstring). ``log``: names of :mod:`lmdeq.app.train.loggers` (needs
+    ``out_dir``). ``run_config``: the resolved flags written as ``config.json`` (None: no config.json).
     ``dist``: this process's place in a data-parallel run (see the module docstring; ``device`` is then
     this rank's device); progress bars and ``print_fn`` are used on rank 0 only.
     """
@@ -96,7 +155,8 @@ class Trainer:
                  val_data: LabelledImages | None, device: torch.device, workers: int = 0,
                  out_dir: str | Path | None = None, progress: bool = True, bound_every: int = 50,
                  on_epoch_end: Callable[[dict], None] | None = None, print_fn: Callable[[str], None] = print,
-                 dist: Dist = SINGLE, allow_data_change: bool = False):
+                 dist: Dist = SINGLE, allow_data_change: bool = False, checkpoint_every: int = 0, log=(),
+                 run_config: dict | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if val_data is not None and val_data.classes != train_data.classes:
@@ -105,6 +165,7 @@ class Trainer:
             raise ValueError(f"bound_every must be a positive int, got {bound_every!r}")
         if not isinstance(dist, Dist):
             raise TypeError(f"dist must be a lmdeq.app.train.distributed.Dist, got {type(dist).__name__}")
+        self.log_names, self.checkpoint_every = check_outputs(out_dir, log, checkpoint_every)
         check_shardable(len(train_data), cfg.batch_size, dist.world)
         self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
         self.data_defaults = preset_defaults(cfg.preset)   # normalisation and augmentation of the preset
@@ -132,6 +193,11 @@ class Trainer:
         self.bound = certified_bound(model, training=True)  # of the map solved in training (progress bar)
         self.bound_eval = certified_bound(model, training=False)  # of the map solved at inference
         self.jacobian = JacobianSchedule.for_model(model, cfg.seed, cfg.epochs * self.steps_per_epoch)
+        self._tally: _EpochTally | None = None  # the epoch under way (None: at an epoch end)
+        self._last_commit: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
+        self.run_config = run_config
+        self._logs: RunLogs | None = None
+        self._config_written = False
 
     def _generators(self) -> dict:
         """The run's own generators, saved and restored with the RNG state."""
@@ -145,7 +211,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The run state ``last.pt`` holds (see :mod:`lmdeq.app.train.checkpoint`)."""
-        best_is_current = self.best_epoch is not None and self.best_epoch == self.epoch
+        best_is_current = self.best_epoch is not None and self.best_epoch == self.epoch and self._tally is None
         return {
             "model_state": self.model.state_dict(),
             "model_config": model_config(self.model),
@@ -168,6 +234,7 @@ class Trainer:
             "rng": capture_rng_state(self._generators()),
             "world_size": self.dist.world,
             "elastic_run_id": os.environ.get(ELASTIC_RUN_ID),  # lets a torchrun restart continue this run
+            "epoch_progress": None if self._tally is None else self._tally.state(),
         }
 
     def _check_same_data(self, saved) -> None:
@@ -221,6 +288,14 @@ class Trainer:
             self.scheduler._last_lr = lrs
         with _field("epoch and step"):
             self.epoch, self.step = checks.count("epoch", ckpt["epoch"]), checks.count("step", ckpt["step"])
+        with _field("epoch_progress"):
+            progress = ckpt.get("epoch_progress")
+            self._tally = None if progress is None else _EpochTally.from_state(progress, self.steps_per_epoch)
+            done = 0 if self._tally is None else self._tally.batches
+            if self.step != self.epoch * self.steps_per_epoch + done:
+                raise ValueError(f"step {self.step} is not {self.epoch} epochs of {self.steps_per_epoch} steps and "
+                                 f"{done} more")
+        self._last_commit = (self.epoch, self.step)
         with _field("history"):
             self.history = [dict(r) for r in ckpt["history"]]
         self.run_id = ckpt["run_id"]
@@ -265,59 +340,104 @@ class Trainer:
         return out, (total[2 * m] > 0) if judged else None
 
     def train_epoch(self) -> dict:
-        """One pass over the training images; returns the epoch's means (loss, acc, solver stats) and
-        ``unconverged_steps`` (fraction of steps on an unconverged solve; None if the model does not say)."""
+        """One pass over the training images (the rest of it, after a step checkpoint); returns the epoch's means
+        (loss, acc, solver stats) and ``unconverged_steps`` (fraction of steps on an unconverged solve; None if the
+        model does not say)."""
         self.forward_model.train()
         epoch = self.epoch + 1
+        if self._tally is None:
+            self._tally = _EpochTally()
+        tally = self._tally
         loader = train_batches(self.train_data, self.cfg.batch_size, self.cfg.seed, epoch, self.cfg.augment,
                                self.data_defaults.padding, workers=self.workers, pin_memory=self.device.type == "cuda",
                                shard=(self.dist.rank, self.dist.world), flip=self.data_defaults.flip)
-        meter, last, jr_meter = MeanMeter(), {}, MeanMeter()
-        unconverged, judged, steps, jr_steps = 0, 0, 0, 0
-        start = time.perf_counter()
+        if tally.batches:   # resumed from a step checkpoint: the plan's first batches are done
+            loader = islice(loader, tally.batches, None)
+        last = {}
+        start = time.perf_counter() - tally.time_s
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.cfg.epochs}", unit="step",
-                       dynamic_ncols=True)
+            bar = tqdm(total=self.steps_per_epoch, initial=tally.batches, desc=f"epoch {epoch}/{self.cfg.epochs}",
+                       unit="step", dynamic_ncols=True)
         try:
             for images, labels in loader:
                 draw = self.jacobian.draw(self.step) if self.jacobian is not None else None
+                lr = self.optimizer.param_groups[0]["lr"]
                 done = train_step(self.model, self.optimizer, self.scheduler, images, labels, self.device,
                                   len(self.train_data.classes), self.cfg.grad_clip,
                                   lambda v: NonFiniteError(f"training diverged: the loss is {v} at epoch {epoch}, "
                                                            f"step {self.step + 1}; {self._kept()} (try a lower "
                                                            "--lr or --grad-clip)"),
                                   forward=self.forward_model, dist=self.dist, jacobian=draw,
-                                  stats=self.data_defaults)
+                                  stats=self.data_defaults, amp=self.cfg.amp)
                 self.step += 1
-                steps += 1
+                tally.batches += 1
                 if draw is not None:
-                    jr_steps += draw.jac_loss
+                    tally.jr_steps += int(draw.jac_loss)
                     if done.jac_loss is not None:
-                        jr_meter.update({"jac_loss": done.jac_loss})
+                        tally.jr_meter.update({"jac_loss": done.jac_loss})
                 info = getattr(self.model, "last_info", None) or {}
                 last, verdict = self._across_ranks(solver_stats(self.model, info=info),
                                                    solves_unconverged(self.model, info), done.shard)
                 if verdict is not None:
-                    judged += 1
-                    unconverged += verdict
-                meter.update({"loss": done.loss, "acc": done.correct / done.batch, **last}, weight=done.batch)
+                    tally.judged += 1
+                    tally.unconverged += verdict
+                tally.meter.update({"loss": done.loss, "acc": done.correct / done.batch, **last}, weight=done.batch)
                 if self.step % self.bound_every == 0:
                     self.bound = certified_bound(self.model, training=True)
                 if bar is not None:
-                    bar.set_postfix(self._postfix(meter, last), refresh=False)
+                    bar.set_postfix(self._postfix(tally.meter, last), refresh=False)
                     bar.update(1)
+                if self._logs is not None:
+                    self._logs.step({"step": self.step, "epoch": epoch, "loss": done.loss,
+                                     "acc": done.correct / done.batch, "lr": lr, **last, "jac_loss": done.jac_loss})
                 fault_point("step")
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0 \
+                        and tally.batches < self.steps_per_epoch:
+                    tally.time_s = time.perf_counter() - start
+                    self._step_checkpoint()
         finally:
             if bar is not None:
                 bar.close()
-        out = meter.means()
+        out = tally.meter.means()
         out["time_s"] = time.perf_counter() - start
-        out["unconverged_steps"] = unconverged / judged if judged == steps and steps else None
+        steps = tally.batches
+        out["unconverged_steps"] = tally.unconverged / tally.judged if tally.judged == steps and steps else None
         if self.jacobian is not None:
-            out.update(jr_steps=jr_steps, jac_loss=jr_meter.mean("jac_loss"))
+            out.update(jr_steps=tally.jr_steps, jac_loss=tally.jr_meter.mean("jac_loss"))
+        self._tally = None
         return out
+
+    def _step_checkpoint(self) -> None:
+        """Commit last.pt mid-epoch (see the module docstring); every rank first takes rank 0's buffers and ranks
+        r > 0 reseed from (seed, rank, step), exactly as a run resumed from this checkpoint starts."""
+        replicas.broadcast_buffers(self.model, self.dist)
+        self._reseed_rank()
+        self._commit(commit_step)
+        fault_point("step-checkpoint")
+
+    def _reseed_rank(self) -> None:
+        """Ranks r > 0 (dropout masks of their shards): the RNG for the epoch about to start, or for the rest of it
+        after a step checkpoint. Rank 0's RNG continues (it is saved in last.pt)."""
+        if self.dist.is_main:
+            return
+        key = ("step", self.step) if self._tally is not None else (self.epoch + 1,)
+        torch.manual_seed(derive_seed(self.cfg.seed, "rank", self.dist.rank, *key))
+
+    def _commit(self, write: Callable[[Path, dict], None]) -> None:
+        """Rank 0 commits the run state with ``write`` (:func:`commit_epoch` or :func:`commit_step`) after making
+        the logs durable, then (the first commit of this fit) writes config.json; every rank fails if it fails."""
+        def run():
+            if self._logs is not None:
+                self._logs.sync()
+            write(self.out_dir, self.state_dict())
+            if self.run_config is not None and not self._config_written:
+                write_resolved_config(self.out_dir, self.run_config)
+                self._config_written = True
+
+        self.dist.agree(run, run=self.dist.is_main and self.out_dir is not None)
+        self._last_commit = (self.epoch, self.step)
 
     def _record(self, train: dict, val: dict | None) -> dict:
         rec = {"epoch": self.epoch, "step": self.step, "world_size": self.dist.world,
@@ -371,9 +491,12 @@ class Trainer:
     def _kept(self) -> str:
         if self.out_dir is None:
             return "nothing was saved (no run directory)"
-        if self.epoch == 0:
+        if self._last_commit is None:
             return "no epoch was committed"
-        return f"{self.out_dir / LAST} keeps the state after epoch {self.epoch}"
+        epoch, step = self._last_commit
+        within = step - epoch * self.steps_per_epoch
+        return (f"{self.out_dir / LAST} keeps the state after epoch {epoch}"
+                + (f" and {within} steps of epoch {epoch + 1} (step {step})" if within else ""))
 
     def _start_replicas(self) -> None:
         """Data-parallel: wrap the model in DDP (once) and start every rank from rank 0's state."""
@@ -384,10 +507,19 @@ class Trainer:
         replicas.broadcast_state(self.model, self.dist)
 
     def _open_run_dir(self, stack: contextlib.ExitStack) -> None:
-        """Rank 0: lock the run directory (for the duration of ``stack``) and repair what a crash left."""
+        """Rank 0: lock the run directory (for the duration of ``stack``), repair what a crash left, and open the
+        logs at the current step."""
         if self.out_dir is not None:
             stack.enter_context(locked(self.out_dir))
             reconcile(self.out_dir, self.state_dict())
+            if self.log_names:
+                self._logs = RunLogs(self.log_names, self.out_dir, self.run_id, self.run_config)
+                stack.callback(self._close_logs)
+                self._logs.open(self.step, self.history)
+
+    def _close_logs(self) -> None:
+        logs, self._logs = self._logs, None
+        logs.close()
 
     def fit(self) -> dict:
         """Train from the current epoch to ``cfg.epochs``; returns a summary of the run."""
@@ -396,8 +528,7 @@ class Trainer:
             self._start_replicas()
             start = time.perf_counter()
             while self.epoch < self.cfg.epochs:
-                if not self.dist.is_main:  # rank 0's RNG continues (it is saved in last.pt)
-                    torch.manual_seed(derive_seed(self.cfg.seed, "rank", self.dist.rank, self.epoch + 1))
+                self._reseed_rank()
                 train = self.train_epoch()
                 self.epoch += 1
                 replicas.broadcast_buffers(self.model, self.dist)
@@ -415,8 +546,9 @@ class Trainer:
                                           for k, v in self.model.state_dict().items()}
                 rec = self._record(train, val)
                 self.history.append(rec)
-                self.dist.agree(lambda: commit_epoch(self.out_dir, self.state_dict()),
-                                run=self.dist.is_main and self.out_dir is not None)
+                if self._logs is not None:   # before the commit, which makes them durable
+                    self._logs.epoch(rec, self.history)
+                self._commit(commit_epoch)
                 self.print(self._epoch_line(rec))
                 if self.dist.is_main:
                     self._warn_unconverged(rec)

@@ -5,6 +5,10 @@ its custom autograd Functions.
   (elementwise, slope 0 or s). The original MDEQ uses s = 1. Inside the cell, s * relu(x) is evaluated as
   relu(x) with s folded into the neighbouring affine map (a GroupNorm's gamma/beta or the next convolution's
   weight), which saves a pass over the activations; the class holds s and the bound.
+* The other scaled activations, act(x) = s * phi(x) elementwise with phi 1-Lipschitz on R (|phi(a) - phi(b)| <=
+  |a - b|, so ||act(x) - act(y)||_2 <= s ||x - y||_2 summed over the entries): :class:`ScaledTanh` (tanh' in
+  (0, 1]), :class:`ScaledLeakyReLU` (slopes 1 and negative_slope, |negative_slope| <= 1), :class:`ScaledAbs`
+  (slopes +-1). :class:`ScaledActivation` is their base: ``lipschitz()`` is s.
 * :class:`VariationalDropout2d`, variational (per-channel) dropout with one mask per forward pass, as in MDEQ.
   The mask m has shape (B, C, 1, 1), entries 0 or 1/(1-p), drawn by :meth:`~VariationalDropout2d.reset_mask`
   once per forward pass and reused by every application of f during the solve, so f stays a fixed map. In
@@ -27,18 +31,22 @@ from torch.nn import functional as F
 
 from .. import checks
 
-__all__ = ["ScaledReLU", "VariationalDropout2d", "gradient_needed"]
+__all__ = ["ScaledActivation", "ScaledReLU", "ScaledTanh", "ScaledLeakyReLU", "ScaledAbs", "VariationalDropout2d",
+           "gradient_needed"]
 
 
-class ScaledReLU(nn.Module):
-    """act(x) = s * relu(x); Lipschitz constant s."""
+class ScaledActivation(nn.Module):
+    """act(x) = s * phi(x) for an elementwise 1-Lipschitz phi (subclasses define ``phi``); Lipschitz constant s."""
 
     def __init__(self, s: float = 1.0):
         super().__init__()
-        self.s = float(s)
+        self.s = checks.number("s", s, 0, low_open=True, where=f"{type(self).__name__}: ")
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(x)
+        out = self.phi(x)
         return out if self.s == 1.0 else out * self.s
 
     def lipschitz(self) -> float:
@@ -46,6 +54,41 @@ class ScaledReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"s={self.s}"
+
+
+class ScaledReLU(ScaledActivation):
+    """act(x) = s * relu(x); Lipschitz constant s."""
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+class ScaledTanh(ScaledActivation):
+    """act(x) = s * tanh(x); Lipschitz constant s (tanh' = 1 - tanh^2 in (0, 1])."""
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+class ScaledAbs(ScaledActivation):
+    """act(x) = s * |x|; Lipschitz constant s (| |a| - |b| | <= |a - b|)."""
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.abs(x)
+
+
+class ScaledLeakyReLU(ScaledActivation):
+    """act(x) = s * leaky_relu(x, negative_slope) with |negative_slope| <= 1; Lipschitz constant s."""
+
+    def __init__(self, s: float = 1.0, negative_slope: float = 0.01):
+        super().__init__(s)
+        self.negative_slope = checks.number("negative_slope", negative_slope, -1, 1, where="ScaledLeakyReLU: ")
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, negative_slope={self.negative_slope}"
 
 
 class VariationalDropout2d(nn.Module):

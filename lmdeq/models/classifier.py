@@ -21,7 +21,9 @@ The public surface the trainer relies on:
   iterations for this call (the released JR recipe's random threshold; see presets.py).
 
 The solves come from the config's ``forward`` / ``backward`` sections, resolved against the certified bound
-(solves.py). Unrolled warm-up (``unrolled_warmup_steps = P >
+(solves.py) by ``model.deq``, the :class:`~lmdeq.models.CertifiedDEQ` over the cell that runs every solve, keeps
+the norm estimates and the iteration budgets (certified.py); the model owns the cell (its state_dict keys are
+``cell.*``), the DEQ refers to it. Unrolled warm-up (``unrolled_warmup_steps = P >
 0``, the original MDEQ recipe's PRETRAIN_STEPS, problem.py): while fewer than P optimiser steps have been
 counted (buffer ``optimizer_steps``, saved with the weights), a forward pass returns head(f^L(0)) with L =
 ``unrolled_layers``, trained by backpropagation through the L applications (in training and evaluation alike,
@@ -35,18 +37,16 @@ import torch
 from torch import nn
 
 from .. import checks
-from ..cuda_graphs import GraphCache
-from ..deq import deq_solve, jac_reg, jacobian_pair
-from ..errors import NonFiniteError
-from ..solvers import Result
+from ..deq import jac_reg, jacobian_pair
+from .authors_cap import ReleasedConvCap
 from .cell_options import CellOptions
-from .constraints import CachedBound, ConstraintUpkeep
+from .certified import CertifiedDEQ
 from .mdeq_cell import MDEQCell
 from .outer import (ClassificationHead, check_images, init_outer_weights, make_injection, make_stem,
                     state_resolution)
 from .presets import input_shape, resolve_config
 from .problem import fixed_point_problem, graphed_problem, unrolled
-from .solves import ResolvedSolves, SolveStats
+from .solves import solves_of
 
 __all__ = ["MDEQClassifier", "mdeq"]
 
@@ -55,6 +55,15 @@ def mdeq(preset: str, lipschitz: bool = True, **overrides) -> "MDEQClassifier":
     """Build the MDEQ classifier ``preset`` (see :data:`lmdeq.models.PRESETS`), original or Lipschitz variant,
     with ``overrides`` of its config (:func:`lmdeq.models.resolve_config`)."""
     return MDEQClassifier(resolve_config(preset, lipschitz, **overrides))
+
+
+def _contraction_hint(cfg: dict) -> str:
+    """What the error for a bound L >= 1 advises: the settings that set it, with their values."""
+    if not cfg["lipschitz"]:
+        return ""
+    knobs = ", ".join(f"{k}={cfg[k]}" for k in ("s", "alpha", "beta", "conv_cap", "gamma_max"))
+    return (f"; lower s, alpha, beta or conv_cap ({knobs}), or set forward_budget / backward_budget (which scale "
+            "the caps down)")
 
 
 class MDEQClassifier(nn.Module):
@@ -74,11 +83,16 @@ class MDEQClassifier(nn.Module):
         self.cell = MDEQCell(channels, resolution, CellOptions.from_config(cfg))
         self.head = ClassificationHead(channels, cfg["head_channels"], cfg["final_channels"], cfg["num_classes"])
         init_outer_weights(self.stem, self.injection, self.head)
-        self.graphs = GraphCache(max_graphs=8)
-        self._solves = ResolvedSolves(cfg)
-        self._stats = SolveStats()
-        self._bound = CachedBound(self.cell)
-        self._constraints = ConstraintUpkeep(self, self.cell, cfg)
+        forward, backward = solves_of(cfg)
+        # The cell's solves, bound, budgets and norm upkeep: a CertifiedDEQ over the cell, which this model owns
+        # (its parameters and buffers keep their names cell.*), so the DEQ is kept as a plain attribute.
+        self.__dict__["deq"] = CertifiedDEQ(
+            self.cell, forward=forward, backward=backward, forward_budget=cfg.get("forward_budget"),
+            backward_budget=cfg.get("backward_budget"), power_iters=cfg.get("power_iters") or 2,
+            init_power_iters=cfg.get("init_power_iters") or 30, cuda_graphs=cfg["cuda_graphs"], strict=False,
+            hint=_contraction_hint(cfg))
+        released = self.lipschitz and cfg["constraint"] == "released"
+        self.released_cap = ReleasedConvCap(self, cfg["conv_cap"]) if released else None
         if cfg["unrolled_warmup_steps"] > 0:
             self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.int64))
 
@@ -108,27 +122,20 @@ class MDEQClassifier(nn.Module):
         if max_iter is not None:
             max_iter = checks.integer("max_iter", max_iter, 1, where="MDEQClassifier: ")
         check_images(x, self.input_shape[0], self.input_shape[1])
-        self._constraints.refresh_stale()
+        self.deq.refresh_stale()
         f, z0, injection = fixed_point_problem(self.stem, self.injection, self.cell, x)
         if self.in_unrolled_warmup():
             with self.cell.frozen_weights():
                 z, rel = unrolled(f, z0, self.config["unrolled_layers"])
                 pair = jacobian_pair(f, [p.detach() for p in z]) if jac_loss else None
-            self._stats.unrolled(self.config["unrolled_layers"], rel, self._solves.forward.tol,
-                                 backprop=torch.is_grad_enabled() and self.training)
+            self.deq.stats.unrolled(self.config["unrolled_layers"], rel, self.deq.solves.forward.tol,
+                                    backprop=torch.is_grad_enabled() and self.training)
             return self._output(self.head(z), pair)
-        solver, backward, bound = self._solves.resolve(self.lipschitz_bound, max_iter)
-        self._stats.bound_used(bound)
         graph = None
         if self.config["cuda_graphs"] and self.graphs.enabled(injection.device):
             graph = graphed_problem(self.cell, self.graphs, injection, self.training)
-        with self.cell.frozen_weights():
-            z, info = deq_solve(f, z0, solver=solver, backward=backward, on_backward=self._stats.backward, graph=graph,
-                                jacobian_pair=jac_loss)
-        self._stats.forward(info, self.graphs.captures)
-        # Checked solves read their residuals back anyway; a-priori (sync-free) solves are not read here.
-        if not solver.exact and info.result is Result.NONFINITE:
-            raise NonFiniteError("the forward solve produced NaN/Inf: non-finite input images or weights")
+        z, info = self.deq.solve(f, z0, graph=graph, jacobian_pair=jac_loss, max_iter=max_iter,
+                                 bound=self.lipschitz_bound)
         return self._output(self.head(z), info.jacobian_pair if jac_loss else None)
 
     def _output(self, logits: torch.Tensor, pair):
@@ -138,8 +145,17 @@ class MDEQClassifier(nn.Module):
 
     @property
     def last_info(self) -> dict:
-        """Latest solve statistics as python numbers (see :mod:`lmdeq.models.solve_stats`). Reading syncs."""
-        return self._stats.read()
+        """Latest solve statistics as python numbers (see :class:`lmdeq.models.solves.SolveStats`). Reading syncs."""
+        return self.deq.last_info
+
+    @property
+    def graphs(self):
+        """The :class:`~lmdeq.cuda_graphs.GraphCache` of this model's solves (its CertifiedDEQ's; assignable)."""
+        return self.deq.graphs
+
+    @graphs.setter
+    def graphs(self, cache) -> None:
+        self.deq.graphs = cache
 
     def graph_stats(self) -> dict:
         """The CUDA-graph counters of this model's solves (:meth:`lmdeq.cuda_graphs.GraphCache.stats`). A
@@ -154,7 +170,11 @@ class MDEQClassifier(nn.Module):
         if self.config["unrolled_warmup_steps"] > 0:
             with torch.no_grad():
                 self.optimizer_steps += 1
-        self._constraints.step(n_iter)
+        if not self.lipschitz:
+            return
+        if self.released_cap is not None:
+            self.released_cap.apply_()
+        self.deq.constraint_step(n_iter)
 
     def lipschitz_bound(self) -> float:
         """Certified upper bound L on the Lipschitz constant of z -> f(z; x), for any x, in the l2 norm of
@@ -164,5 +184,4 @@ class MDEQClassifier(nn.Module):
         fusion weights and the upsampling factors. It certifies Lip(f) <= L given that every conv's true
         operator norm is at most (1 + sigma_margin) times its power-iteration estimate (the tests check
         this against dense Jacobians). inf for the original MDEQ (standard GroupNorm is not Lipschitz)."""
-        self._constraints.refresh_stale()   # (a no-op unless weights changed in place since constraint_step)
-        return self._bound()
+        return self.deq.lipschitz_bound()   # (re-estimates layers whose weights changed in place)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cell_options import CellOptions
+from .lipschitz import BoundContext, register_lipschitz_rule
 
 __all__ = ["DownsamplePath", "UpsamplePath", "PostFusion", "MultiscaleFusion", "fusion_coefficients"]
 
@@ -52,12 +53,7 @@ class DownsamplePath(nn.Module):
 
     def lipschitz(self):
         """prod_t (c_t g_t) * s^(levels - 1)."""
-        bound = 1.0
-        for conv, norm in zip(self.convs, self.norms):
-            bound = bound * conv.lipschitz() * norm.lipschitz()
-        for act in self.acts:
-            bound = bound * act.lipschitz()
-        return bound
+        return _downsample_path(self, BoundContext(self))
 
 
 class UpsamplePath(nn.Module):
@@ -76,7 +72,7 @@ class UpsamplePath(nn.Module):
 
     def lipschitz(self):
         """c g 2^levels (nearest upsampling by k has l2 norm k)."""
-        return self.conv.lipschitz() * self.norm.lipschitz() * 2.0 ** self.levels
+        return _upsample_path(self, BoundContext(self))
 
 
 class PostFusion(nn.Module):
@@ -94,7 +90,8 @@ class PostFusion(nn.Module):
         return self.norm(self.conv(y, scale=self.act.s))   # conv(s relu y) = (s W) * relu y
 
     def lipschitz(self):
-        return self.act.lipschitz() * self.conv.lipschitz() * self.norm.lipschitz()
+        """s c g."""
+        return _post_fusion(self, BoundContext(self))
 
 
 def fusion_coefficients(num_branches: int, lipschitz: bool, beta: float) -> List[List[float]]:
@@ -150,16 +147,70 @@ class MultiscaleFusion(nn.Module):
             out.append(self.post[i](y, inplace=True))
         return out
 
-    def path_bounds(self) -> List[List[object]]:
-        """L_ij = m_ij Lip(F_ij) (m_ii on the diagonal; None where m_ij = 0, i.e. no path)."""
+    def path_bounds(self, bound=None) -> List[List[object]]:
+        """L_ij = m_ij Lip(F_ij) (m_ii on the diagonal; None where m_ij = 0, i.e. no path); ``bound``: the
+        :class:`~lmdeq.models.lipschitz.BoundContext` of an evaluation (default: a fresh one)."""
+        bound = BoundContext(self) if bound is None else bound
         n = len(self.paths)
         bounds = [[None] * n for _ in range(n)]
         for i, row in enumerate(self.paths):
             for j, path in enumerate(row):
                 m = self.coefficients[i][j]
                 if m != 0.0:
-                    bounds[i][j] = m if i == j else m * path.lipschitz()
+                    bounds[i][j] = m if i == j else m * bound(path)
         return bounds
 
-    def post_bounds(self) -> List[object]:
-        return [p.lipschitz() for p in self.post]
+    def post_bounds(self, bound=None) -> List[object]:
+        """P_i = Lip(post_i)."""
+        bound = BoundContext(self) if bound is None else bound
+        return [bound(p) for p in self.post]
+
+    def lipschitz(self):
+        """||diag(P) L||_2 (see :func:`_multiscale_fusion`)."""
+        return _multiscale_fusion(self, BoundContext(self))
+
+
+@register_lipschitz_rule(DownsamplePath)
+def _downsample_path(m: DownsamplePath, bound):
+    """prod_t (c_t g_t) * s^(levels - 1): a chain of (conv, GN) pairs with the activation between them."""
+    value = 1.0
+    for conv, norm in zip(m.convs, m.norms):
+        value = value * bound(conv) * bound(norm)
+    for act in m.acts:
+        value = value * bound(act)
+    return value
+
+
+@register_lipschitz_rule(UpsamplePath)
+def _upsample_path(m: UpsamplePath, bound):
+    """c g 2^levels: conv, GN, then nearest upsampling by k = 2^levels (each value copied k^2 times: norm k)."""
+    return bound(m.conv) * bound(m.norm) * 2.0 ** m.levels
+
+
+@register_lipschitz_rule(PostFusion)
+def _post_fusion(m: PostFusion, bound):
+    """s c g: activation, conv, GroupNorm."""
+    return bound(m.act) * bound(m.conv) * bound(m.norm)
+
+
+def norm_of_bound_matrix(entries: List[object], n: int) -> float:
+    """||E||_2 of the n x n non-negative matrix with these row-major entries (python floats or 0-d tensors),
+    computed in float64 on the CPU (one device read-back); inf when an entry is not finite."""
+    tensors = [e for e in entries if torch.is_tensor(e)]
+    device = tensors[0].device if tensors else "cpu"
+    flat = torch.stack([torch.as_tensor(e, dtype=torch.float64, device=device).detach() for e in entries])
+    matrix = flat.cpu().reshape(n, n)
+    if not torch.isfinite(matrix).all():
+        return float("inf")
+    return float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+@register_lipschitz_rule(MultiscaleFusion)
+def _multiscale_fusion(m: MultiscaleFusion, bound):
+    """(b_0, ..., b_{n-1}) -> (post_i(sum_j m_ij F_ij(b_j)))_i in the l2 norm of the concatenation: with L_ij =
+    m_ij Lip(F_ij) and P_i = Lip(post_i), ||f_i(b) - f_i(b')|| <= P_i sum_j L_ij ||b_j - b'_j||, so the bound is
+    ||diag(P) L||_2 (the norm of a non-negative matrix is monotone in its entries)."""
+    n = len(m.paths)
+    paths, post = m.path_bounds(bound), m.post_bounds(bound)
+    return norm_of_bound_matrix([0.0 if paths[i][j] is None else post[i] * paths[i][j] for i in range(n)
+                                 for j in range(n)], n)

@@ -25,6 +25,14 @@ that count with no convergence checks (``exact=True``). The authors' solver as r
 ``constraint='released'`` (see :data:`CONSTRAINTS`). ``cuda_graphs=True`` (default) replays each
 exact-count solve (:data:`APRIORI_SOLVES`) as one CUDA graph on CUDA devices.
 
+Certified settings of the Lipschitz variant beyond the paper's knobs: ``forward_budget`` / ``backward_budget`` = k
+(default None): the forward solve (from 0) / the adjoint solve (from v) reaches its relative tol within k steps by
+its a-priori count, because the caps of the cell's convolutions are scaled down, at init and after every optimiser
+step, until the certified bound is at most L*(k), the largest bound whose count is <= k
+(:mod:`lmdeq.models.budget`; ``lmdeq train --set forward_budget=4``). ``bound`` = 'layerwise' (default: every model
+so far) or 'composed' (also the norms of the cell's linear compositions, :mod:`lmdeq.models.composed`: a tighter
+certified bound). A config saved without these keys resolves to their defaults: the same model.
+
 Jacobian regularisation (Bai, Koltun & Kolter, ICML 2021), training settings of either variant, named after the
 released config keys (locuslab/deq and iiduka-researches/Lipschitz_mdeq MDEQ-Vision, ``LOSS.*`` and
 ``DEQ.RAND_F_THRES_DELTA``): on a training step drawn with probability ``jac_loss_freq`` the loss is
@@ -48,7 +56,7 @@ from .outer import state_resolution
 from .solves import check_solves, solve_sections
 
 __all__ = ["PRESETS", "PRESET_DATA", "describe_presets", "input_shape", "AUTHORS_SOLVER", "APRIORI_SOLVES", "CONSTRAINTS", "RELEASED_JR", "JR_KEYS", "ARCH_KEYS",
-           "resolve_config", "original_warmup_steps", "jacobian_regularised"]
+           "resolve_config", "original_warmup_steps", "jacobian_regularised", "BOUND_MODES"]
 
 # The two CIFAR-10 architectures of the original MDEQ (locuslab/deq experiments/cifar: LARGE, and TINY = MDEQ-small)
 # and of its ImageNet configs (experiments/imagenet cls_mdeq_SMALL.yaml / cls_mdeq_LARGE.yaml: a stem that halves
@@ -145,12 +153,17 @@ ARCH_KEYS = ("channels", "expansion", "num_groups", "dropout", "head_channels", 
 _COMMON_DEFAULTS = dict(num_classes=10, weight_norm=True, cuda_graphs=True, unrolled_warmup_steps=0,
                         unrolled_layers=UNROLLED_LAYERS, **JR_KEYS)
 _LIPSCHITZ_DEFAULTS = dict(s=0.4, gamma_max=1.0, alpha=0.5, beta=0.3, conv_cap=2.0, constraint="certified",
-                           sigma_margin=0.05, power_iters=2, init_power_iters=30)
+                           sigma_margin=0.05, power_iters=2, init_power_iters=30, forward_budget=None,
+                           backward_budget=None, bound="layerwise")
+# How the certified bound is computed (lmdeq.models.composed): 'layerwise' composes per-layer bounds (the default
+# of every model so far, so a config without the key keeps its behaviour); 'composed' also estimates the norms of
+# the linear compositions inside f (conv with GroupNorm, the multiscale fusion) and takes the smaller bound.
+BOUND_MODES = ("layerwise", "composed")
 # The Lipschitz variant's solves: Picard iteration to rel tol 1e-3, capped at the certified a-priori count.
 _LIPSCHITZ_SOLVES = dict(forward=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel"),
                          backward=Implicit(solver=FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel")))
 _LIPSCHITZ_ONLY = ("s", "gamma_max", "alpha", "beta", "conv_cap", "constraint", "sigma_margin", "power_iters",
-                   "init_power_iters")
+                   "init_power_iters", "forward_budget", "backward_budget", "bound")
 
 
 def _defaults(preset: str, lipschitz: bool) -> dict:
@@ -259,6 +272,7 @@ def _validate(cfg: dict) -> None:
     checks.integer("unrolled_layers", cfg["unrolled_layers"], 1)
     if cfg["lipschitz"]:
         checks.choice("constraint", cfg["constraint"], CONSTRAINTS)
+        _validate_bound_settings(cfg)
     _validate_solves(cfg)
     _validate_jacobian(cfg)
     if cfg["lipschitz"]:
@@ -269,6 +283,17 @@ def _validate(cfg: dict) -> None:
         checks.number("sigma_margin", cfg["sigma_margin"], 0)
         checks.integer("power_iters", cfg["power_iters"], 1)
         checks.integer("init_power_iters", cfg["init_power_iters"], 1)
+
+
+def _validate_bound_settings(cfg: dict) -> None:
+    """bound and the iteration budgets (their feasibility against the solves: check_solves)."""
+    checks.choice("bound", cfg["bound"], BOUND_MODES)
+    if cfg["bound"] == "composed" and cfg["constraint"] != "certified":
+        raise ConfigError(f"bound='composed' tightens the certified bound, but constraint={cfg['constraint']!r} "
+                          "certifies none: use constraint='certified' or bound='layerwise'")
+    for key in ("forward_budget", "backward_budget"):
+        if cfg[key] is not None:
+            cfg[key] = checks.integer(key, cfg[key], 1)
 
 
 def _validate_solves(cfg: dict) -> None:

@@ -6,8 +6,9 @@ the injection's memory format (channels_last when the model and input are), so f
 
 :func:`graphed_problem` describes that f for CUDA-graph replay (:class:`lmdeq.deq.GraphedProblem`): the injection
 and the dropout masks are the per-call inputs (copied into static buffers); the cell's parameters and norm
-estimates are read in place, so their storage is part of the key (moving the model re-captures), and the
-autocast state is part of every key (GraphedProblem.run).
+estimates are read in place, so their storage is part of the key (moving the model re-captures), as are the caps'
+scales an iteration budget sets (python constants of the capture), and the autocast state is part of every key
+(GraphedProblem.run).
 
 :func:`unrolled` is the original MDEQ recipe's unrolled warm-up (PRETRAIN_STEPS): f applied L times from z = 0
 as an explicit network, z_L = f(...f(f(0))), trained by backpropagation through the L applications.
@@ -23,6 +24,7 @@ from torch import nn
 from ..cuda_graphs import GraphCache
 from ..deq import GraphedProblem
 from ..numerics import relative_residual
+from .constraints import capped_layers
 from .mdeq_cell import MDEQCell
 
 __all__ = ["cell_map", "fixed_point_problem", "graphed_problem", "unrolled"]
@@ -52,6 +54,9 @@ def fixed_point_problem(stem: nn.Module, injection: nn.Module, cell: MDEQCell, x
 def graphed_problem(cell: MDEQCell, graphs: GraphCache, injection: torch.Tensor, training: bool) -> GraphedProblem:
     """The MDEQ's f for the injection ``injection`` as a :class:`~lmdeq.deq.GraphedProblem` (module docstring)."""
     storage = tuple(t.data_ptr() for t in cell.parameters()) + tuple(t.data_ptr() for t in cell.buffers())
+    caps = tuple(c.cap_scale for c in capped_layers(cell))   # (a budget's cap scale is a constant of the capture)
+    if any(scale != 1.0 for scale in caps):
+        storage = storage + caps
 
     @contextmanager
     def bind(static):

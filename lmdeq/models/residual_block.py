@@ -23,6 +23,7 @@ from torch import nn
 
 from .cell_options import CellOptions
 from .cell_parts import VariationalDropout2d
+from .lipschitz import BoundContext, register_lipschitz_rule
 
 __all__ = ["ResidualBlock"]
 
@@ -73,7 +74,13 @@ class ResidualBlock(nn.Module):
         return self.gn3(torch.relu_(mixed), gamma_scale=self.act3.s)
 
     def lipschitz(self):
-        """g3 s (a_res + a_f g2 d c2 s g1 c1); see the module docstring."""
-        inner = (self.gn2.lipschitz() * self.drop.lipschitz() * self.conv2.lipschitz() * self.act1.lipschitz()
-                 * self.gn1.lipschitz() * self.conv1.lipschitz())
-        return self.gn3.lipschitz() * self.act3.lipschitz() * (self.a_res + self.a_f * inner)
+        """g3 s (a_res + a_f g2 d c2 s g1 c1); see the module docstring (inf when a layer is unbounded)."""
+        return _residual_block(self, BoundContext(self))
+
+
+@register_lipschitz_rule(ResidualBlock)
+def _residual_block(m: ResidualBlock, bound):
+    """g3 s (a_res + a_f g2 d c2 s g1 c1): a convex residual (1 - alpha) z + alpha v(z) (v the chain conv1, gn1,
+    act1, conv2, drop, gn2 with the injection added: a term that does not depend on z) followed by act3, gn3."""
+    inner = (bound(m.gn2) * bound(m.drop) * bound(m.conv2) * bound(m.act1) * bound(m.gn1) * bound(m.conv1))
+    return bound(m.gn3) * bound(m.act3) * (m.a_res + m.a_f * inner)

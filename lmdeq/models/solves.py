@@ -14,6 +14,11 @@ for the forward solve from z0 = 0, :func:`lmdeq.solvers.adjoint_apriori_iteratio
 CUDA-graph replay), else the count is its cap and it still stops at tol. :func:`check_solves` states when that is
 possible — the one place of the rule — and :class:`ResolvedSolves` resolves the counts at every forward pass,
 with hysteresis (:class:`lmdeq.solvers.SettledCounts`) for exact counts, which key CUDA graphs.
+
+Iteration budgets (``forward_budget`` / ``backward_budget`` = k, :mod:`lmdeq.models.budget`): the solve must reach
+its tol within k steps by its a-priori count; :func:`check_solves` checks that the setting can hold, and
+:class:`ResolvedSolves` asserts at every resolution that the count the bound gives is <= k. A bound L >= 1 where a
+count is needed is a :class:`NotContractiveError` naming the settings to change.
 """
 from __future__ import annotations
 
@@ -25,9 +30,16 @@ import torch
 from ..deq import Implicit, backward_from_config, backward_to_config
 from ..deq.backward import Backward
 from ..errors import ConfigError
-from ..solvers import FixedPoint, SettledCounts, Solver, solver_from_config
+from ..solvers import (FixedPoint, SettledCounts, Solver, adjoint_apriori_iterations, apriori_iterations,
+                       solver_from_config)
+from .budget import bound_for_budget
 
-__all__ = ["solves_of", "solve_sections", "needs_bound", "check_solves", "ResolvedSolves", "SolveStats"]
+__all__ = ["solves_of", "solve_sections", "needs_bound", "check_solves", "check_solve_objects", "check_budgets",
+           "ResolvedSolves", "SolveStats", "NotContractiveError"]
+
+
+class NotContractiveError(ConfigError, RuntimeError):
+    """The certified bound L of f is not < 1 where an a-priori count (or a budget) needs it."""
 
 
 def solve_sections(forward, backward) -> dict:
@@ -59,18 +71,32 @@ def needs_bound(cfg: dict) -> bool:
 def check_solves(cfg: dict) -> None:
     """The rule of a-priori counts: they exist only under the certified bound (lipschitz=True with
     constraint='certified'); they are derived for stop_mode='rel' from the zero initial state and, for the adjoint,
-    from the start x0='v'; an exact count (no checks) counts Picard steps, so it needs a FixedPoint solver."""
+    from the start x0='v'; an exact count (no checks) counts Picard steps, so it needs a FixedPoint solver. The
+    same for iteration budgets (:func:`check_budgets`)."""
     forward, backward = solves_of(cfg)
+    certified = bool(cfg["lipschitz"]) and cfg.get("constraint") == "certified"
+    what = "lipschitz=False" if not cfg["lipschitz"] else f"constraint={cfg.get('constraint')!r}"
+    budgets = {k: cfg.get(k) for k in ("forward_budget", "backward_budget") if cfg.get(k) is not None}
+    if budgets and not certified:
+        raise ConfigError(f"{what} certifies no bound, so an iteration budget ({', '.join(sorted(budgets))}) cannot "
+                          "be guaranteed: use lipschitz=True with constraint='certified', or no budget")
+    check_solve_objects(forward, backward, certified=certified, uncertified=what, **budgets)
+
+
+def check_solve_objects(forward: Solver, backward: Backward, *, certified: bool = True,
+                        uncertified: str = "this model", forward_budget: Optional[int] = None,
+                        backward_budget: Optional[int] = None) -> None:
+    """:func:`check_solves` for the solve objects of a DEQ whose f has (``certified``) or lacks a certified bound."""
     for name, solver in _solvers(forward, backward):
         if not solver.needs_bound and solver.max_iter < 1:
             raise ConfigError(f"the {name}'s max_iter must be >= 1 (a model's state starts at 0: it needs at least "
                               f"one step), got {solver.max_iter}")
+    check_budgets(forward, backward, forward_budget, backward_budget)
     counted = _counted(forward, backward)
     if not counted:
         return
-    if not cfg["lipschitz"] or cfg.get("constraint") != "certified":
-        what = "lipschitz=False" if not cfg["lipschitz"] else f"constraint={cfg['constraint']!r}"
-        raise ConfigError(f"{what} certifies no bound, so there is no a-priori iteration count: give the "
+    if not certified:
+        raise ConfigError(f"{uncertified} certifies no bound, so there is no a-priori iteration count: give the "
                           f"{' and '.join(n for n, _ in counted)} an int max_iter (and exact=False)")
     for name, solver in counted:
         if solver.stop_mode != "rel":
@@ -84,12 +110,50 @@ def check_solves(cfg: dict) -> None:
                           "x0='v'")
 
 
-class ResolvedSolves:
-    """The solve objects of a model config, resolved against the certified bound at every call."""
+def budget_solvers(forward: Solver, backward: Backward, forward_budget, backward_budget) -> dict:
+    """{'forward_budget': (k, forward solver), 'backward_budget': (k, adjoint solver)} for the budgets set."""
+    out = {}
+    if forward_budget is not None:
+        out["forward_budget"] = (forward_budget, forward)
+    if backward_budget is not None:
+        out["backward_budget"] = (backward_budget, backward.solver if isinstance(backward, Implicit) else None)
+    return out
 
-    def __init__(self, cfg: dict):
-        self.forward, self.backward = solves_of(cfg)
+
+def check_budgets(forward: Solver, backward: Backward, forward_budget=None, backward_budget=None) -> None:
+    """A budget bounds a solve's a-priori count, so it needs what that count needs: stop_mode='rel' (from the
+    zero state), and for the backward budget an implicit backward whose adjoint starts at v; and a k and tol that
+    some bound meets (:func:`lmdeq.models.budget.bound_for_budget`). ConfigError naming the setting."""
+    for name, (k, solver) in budget_solvers(forward, backward, forward_budget, backward_budget).items():
+        if solver is None:
+            raise ConfigError(f"{name}={k} bounds the implicit backward's adjoint solve, but the backward method is "
+                              f"{'none' if backward is None else type(backward).__name__}: use Implicit or no "
+                              f"{name}")
+        if solver.stop_mode != "rel":
+            raise ConfigError(f"{name}={k}: the a-priori count a budget bounds is derived for stop_mode='rel' from "
+                              f"the zero initial state; set the {'forward' if name == 'forward_budget' else 'backward'}"
+                              " solver's stop_mode='rel'")
+        if name == "backward_budget" and backward.x0 != "v":
+            raise ConfigError(f"{name}={k}: the adjoint count is derived for the adjoint started at v: set the "
+                              "backward's x0='v'")
+        bound_for_budget(k, solver, adjoint=name == "backward_budget", name=name)
+
+
+class ResolvedSolves:
+    """The solve objects of a DEQ (``ResolvedSolves(forward, backward, budgets)``, or ``ResolvedSolves(cfg)`` for a
+    model config's), resolved against the certified bound at every call; ``budgets`` ({'forward': k, 'backward':
+    k}) are asserted at every resolution; ``hint``: what the L >= 1 error advises."""
+
+    def __init__(self, forward, backward: Backward = None, budgets: Optional[dict] = None, hint: str = ""):
+        if isinstance(forward, dict) and backward is None and budgets is None:   # ResolvedSolves(model config)
+            cfg = forward
+            forward, backward = solves_of(cfg)
+            budgets = {"forward": cfg.get("forward_budget"), "backward": cfg.get("backward_budget")}
+        self.forward, self.backward = forward, backward
+        self.budgets = {k: v for k, v in (budgets or {}).items() if v is not None}
+        self.hint = hint
         self.settled = SettledCounts()
+
 
     def resolve(self, bound: Callable[[], float], max_iter: Optional[int] = None
                 ) -> Tuple[Solver, Backward, Optional[float]]:
@@ -102,13 +166,30 @@ class ResolvedSolves:
                 raise ConfigError("MDEQClassifier: max_iter applies to checked solves with a set count; this model's "
                                   "forward solve runs an a-priori count")
             forward = forward.replace(max_iter=max_iter)
-        if not _counted(forward, backward):
+        if not _counted(forward, backward) and not self.budgets:
             return forward, backward, None
         L = bound()
+        if not L < 1.0:
+            raise NotContractiveError(
+                f"the certified bound L = {L:.4g} of f is not < 1, so no a-priori iteration count exists (the "
+                f"{' and '.join(n for n, _ in _counted(forward, backward)) or 'budgeted'} solve needs one){self.hint}")
+        self._check_budget("forward", forward, L, adjoint=False)
+        if isinstance(backward, Implicit):
+            self._check_budget("backward", backward.solver, L, adjoint=True)
         forward = self._settle(forward, L, "forward", adjoint=False)
         if isinstance(backward, Implicit) and backward.solver.needs_bound:
             backward = Implicit(solver=self._settle(backward.solver, L, "adjoint", adjoint=True), x0=backward.x0)
         return forward, backward, L
+
+    def _check_budget(self, side: str, solver: Solver, L: float, adjoint: bool) -> None:
+        """The guarantee of a budget: the a-priori count for L is within it (the caps were scaled for it)."""
+        k = self.budgets.get(side)
+        if k is None:
+            return
+        count = (adjoint_apriori_iterations if adjoint else apriori_iterations)(L, solver.tol, solver.damping)
+        if count > k:
+            raise RuntimeError(f"{side}_budget={k} violated: the certified bound L = {L:.6g} needs {count} steps "
+                               "(the caps were not scaled for the current estimates: a bug)")
 
     def _settle(self, solver: Solver, L: float, name: str, adjoint: bool) -> Solver:
         if not solver.needs_bound:

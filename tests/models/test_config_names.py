@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+import lmdeq.models.certified as certified   # (the module whose deq_solve the model calls: CertifiedDEQ)
 import lmdeq.models.classifier as classifier
 from lmdeq import Anderson, Apriori, Broyden, FixedPoint, Implicit
 from lmdeq.errors import ConfigTypeError
@@ -20,13 +21,13 @@ from .tiny import TINY2
 def _solve_kwargs(monkeypatch, model):
     """The keyword arguments the model passes to deq_solve in one forward pass."""
     seen = {}
-    real = classifier.deq_solve
+    real = certified.deq_solve
 
     def spy(f, z0, **kwargs):
         seen.update(kwargs)
         return real(f, z0, **kwargs)
 
-    monkeypatch.setattr(classifier, "deq_solve", spy)
+    monkeypatch.setattr(certified, "deq_solve", spy)
     model(torch.randn(2, 3, 32, 32))
     return seen
 

@@ -65,6 +65,6 @@ def test_model_runs_the_settled_counts():
         with torch.no_grad():
             model(x)
         steps.append(model.last_info["f_nstep"])
-        held.append(model._solves.settled.current["forward"])
+        held.append(model.deq.solves.settled.current["forward"])
     assert held == [c, c + 1, c + 1, c - 1]
     assert steps[1] == steps[0] + 1 and steps[2] == steps[1] and steps[3] == steps[0] - 1, steps

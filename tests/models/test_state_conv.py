@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lmdeq.models import deq_conv, mdeq
+from lmdeq.models import capped as deq_conv, mdeq   # (CappedConv2d's module)
 
 from .tiny import TINY2, TINY3
 

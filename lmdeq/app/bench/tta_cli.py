@@ -77,6 +77,14 @@ def add_shared_arguments(p) -> None:
     p.add_argument("--tag", type=file_tag, default="", help="suffix for result file names")
 
 
+def _budgets(text: str) -> List[int]:
+    """'2,3,4' -> [2, 3, 4]: distinct positive step counts."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or any(not t.isdigit() or not 1 <= int(t) <= 10_000 for t in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated step counts from 1 to 10000, got {text!r}")
+    return sorted({int(t) for t in items})
+
+
 def _model_override(text: str):
     from ..train.cli import parse_override   # imported when used: lmdeq bench must not need the training stack
 
@@ -100,6 +108,9 @@ def add_arguments(p) -> None:
     p.add_argument("--variants", type=name_list, default=DEFAULT_VARIANTS,
                    help="tta: certificate-cost variants to add, comma-separated, '' for none "
                         f"(default: {DEFAULT_VARIANTS})")
+    p.add_argument("--budgets", type=_budgets, default=[], metavar="K,K,...",
+                   help="tta: iteration budgets to add as methods: (c) with forward_budget = backward_budget = K, its "
+                        "caps scaled so that the certified counts stay <= K throughout training (method lmdeq_budgetK)")
     p.add_argument("--limit-train", type=positive_int, default=None, help="tta: stratified training subset (default: protocol)")
     p.add_argument("--limit-val", type=positive_int, default=None, help="tta: stratified validation subset (default: protocol)")
     p.add_argument("--val-fraction", type=float_in(0.0, 1.0, high_open=True, kind="a fraction"), default=0.1,
@@ -153,7 +164,8 @@ def _settings(args, device) -> Dict:
         checks.number("--budget-minutes", s["budget_minutes"], 0, low_open=True)
     for t in s["targets"]:
         checks.number("--target", t, 0, 1, low_open=True, high_open=True)
-    s["methods"] = _method_names(args.methods, args.variants)
+    s["methods"] = _method_names(args.methods, args.variants) + [f"lmdeq_budget{k}" for k in args.budgets]
+    s["budgets"] = list(args.budgets)
     return s
 
 
@@ -179,12 +191,16 @@ def _specs(args, settings, total_steps: int, device) -> List:
     solve_mode = "apriori" if device.type == "cuda" else "checked"   # as lmdeq bench's fast path
     overrides = dict(args.model_set)
     specs = []
+    budgets = {f"lmdeq_budget{k}": k for k in settings.get("budgets", [])}
     for name in settings["methods"]:
-        config = method_config(name, settings["preset"], solve_mode=solve_mode, unrolled_warmup_steps=warmup)
+        base = "lmdeq" if name in budgets else name
+        config = method_config(base, settings["preset"], solve_mode=solve_mode, unrolled_warmup_steps=warmup)
+        if name in budgets:
+            config.update(forward_budget=budgets[name], backward_budget=budgets[name])
         preset, lipschitz = config.pop("preset"), config.pop("lipschitz")
         config = dict(preset=preset, lipschitz=lipschitz, **model_arguments(preset, lipschitz, {**config, **overrides}))
-        specs.append(MethodSpec(name, LABELS[name], config,
-                                channels_last=name.startswith("lmdeq")))
+        label = f"(c) budget k={budgets[name]}" if name in budgets else LABELS[name]
+        specs.append(MethodSpec(name, label, config, channels_last=name.startswith("lmdeq")))
     return specs
 
 

@@ -277,3 +277,30 @@ def test_targets_against_the_jr_baseline():
     methods = [jr]
     assert [v["verdict"] for v in tta_report.targets(methods, tta_report.summarise(methods, [0.3]))[-2:]] == \
         ["N/A", "N/A"]
+
+
+def test_budget_methods_get_their_table_with_time_per_step():
+    def timed(name, seconds, acc, bound):
+        c = _curve(name, [(1.0, seconds, acc - 0.05), (2.0, 2 * seconds, acc)])
+        for i, p in enumerate(c["points"]):
+            p.update(interval_s=seconds * (1 + 0.5 * i), lipschitz_bound=bound)   # 10 steps per interval
+        return c
+
+    methods = [timed("lmdeq", 5.0, 0.40, 0.25), timed("lmdeq_budget3", 4.0, 0.37, 0.09),
+               timed("lmdeq_budget2", 3.0, 0.30, 0.03)]
+    summary = tta_report.summarise(methods, [0.3])
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["lmdeq_budget3"]["step_ms"] == {"median": 500.0, "min": 400.0, "max": 600.0}
+    text = tta_report.tables(summary, tta_report.targets(methods, summary), [0.3])
+    table = text.split("Iteration budgets")[1].split("Targets:")[0]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| lmdeq")]
+    assert [ln.split(" | ")[0] for ln in lines] == ["| lmdeq", "| lmdeq_budget2", "| lmdeq_budget3"]   # k ascending
+    assert "0.030" in lines[1] and "375 (300-450)" in lines[1] and "-10.0" in lines[1]
+
+
+@pytest.mark.parametrize("value", ["0", "2,x", "", "3,-1"])
+def test_bad_budgets_are_named(value):
+    from lmdeq.app.bench.tta_cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--budgets", value])

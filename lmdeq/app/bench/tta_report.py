@@ -92,7 +92,7 @@ def summarise(methods: Sequence[Dict], accuracies: Sequence[float],
                "acc_equal_wall": acc_at_time(pts, wall) if wall is not None else None,
                "time_to": {f"{a:g}": time_to(pts, a) for a in accuracies},
                "lipschitz_bound": pts[-1].get("lipschitz_bound") if pts else None,
-               **iteration_means(pts)}
+               "step_ms": step_ms(pts), **iteration_means(pts)}
         rows.append(row)
     return {"equal_epochs": epochs, "equal_wall_s": wall, "rows": rows}
 
@@ -207,8 +207,39 @@ def tables(summary: Dict, verdicts: List[Dict], accuracies: Sequence[float],
                  + markdown_table(cost, ["label", "acc", "delta", "train", "bound"],
                                   ["method", f"acc @ {E} epochs", "(c) minus it, points", "training time",
                                    "certified L (eval)"]))
+    budgets = sorted((r for r in summary["rows"] if r["method"].startswith("lmdeq_budget")),
+                     key=lambda r: int(r["method"][len("lmdeq_budget"):]))
+    if budgets and "lmdeq" in rows:
+        text += ("\n\nIteration budgets (forward_budget = backward_budget = k: the caps scaled so that the certified "
+                 f"counts stay <= k; accuracy after {E} epochs; ms per step: median over the evaluation intervals, "
+                 "which alternate between the methods, and min-max):\n\n" + _budget_table(rows["lmdeq"], budgets, E))
     text += "\n\nTargets:\n\n" + "\n".join(f"- **{v['verdict']}**: {v['target']} ({v['detail']})" for v in verdicts)
     return text
+
+
+def step_ms(points: Sequence[Dict]) -> Optional[Dict[str, float]]:
+    """Milliseconds per training step over a method's evaluation intervals: median, min and max."""
+    per = sorted(1000 * p["interval_s"] / p["interval_steps"] for p in points if p.get("interval_steps"))
+    if not per:
+        return None
+    mid = len(per) // 2
+    median = per[mid] if len(per) % 2 else 0.5 * (per[mid - 1] + per[mid])
+    return {"median": median, "min": per[0], "max": per[-1]}
+
+
+def _budget_table(default: Dict, budgets: Sequence[Dict], epochs) -> str:
+    out = []
+    for r in [default, *budgets]:
+        ms = r.get("step_ms")
+        acc, base = r["acc_equal_epochs"], default["acc_equal_epochs"]
+        out.append({"label": r["label"], "bound": "-" if r["lipschitz_bound"] is None else f"{r['lipschitz_bound']:.3f}",
+                    "iters": "-" if r["f_nstep"] is None else f"{r['f_nstep']:.1f} / {r['b_nstep'] or 0:.1f}",
+                    "ms": "-" if ms is None else f"{ms['median']:.0f} ({ms['min']:.0f}-{ms['max']:.0f})",
+                    "acc": _fmt_acc(acc), "best": _fmt_acc(r["best_acc"]),
+                    "delta": "-" if r is default or acc is None or base is None else f"{100 * (acc - base):+.1f}"})
+    return markdown_table(out, ["label", "bound", "iters", "ms", "acc", "delta", "best"],
+                          ["method", "certified L (eval, end)", "f / b iters per step", "ms per step",
+                           f"acc @ {epochs} epochs", "vs (c), points", "best acc"])
 
 
 def load_notes(result: Dict) -> List[str]:

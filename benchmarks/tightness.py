@@ -10,6 +10,8 @@ injection), its inner chain v_j = gn2(conv2 act(gn1(conv1 z))) + inj, the fusion
 outputs -> f) and each post-fusion layer. Images: ``--data`` (an ImageFolder, a .tar.gz of one, or 'cifar10'):
 ``--images`` of the published model's held-out split (the stratified 10% hold-out of seed 0 of the training
 images, lmdeq.app.data.split), normalised as published; without --data, N(0, 1) images of CIFAR size.
+``--checkpoint PATH`` measures another Lipschitz MDEQ checkpoint instead (a run's best.pt, or the weights ``lmdeq
+bench tta --save-runs`` keeps) on the same images.
 
 The ledger of the slack, each a bound on ||J_f|| that holds for every input (except the last two rows):
 
@@ -250,7 +252,7 @@ def one_fewer(L: float, adjoint: bool) -> float:
 def report(result: dict) -> str:
     r = result
     m = r["measured"]
-    lines = [f"# Tightness of the certified bound: {NAME}", "",
+    lines = [f"# Tightness of the certified bound: {r['checkpoint']}", "",
              f"Images: {r['images']}. float64, eval mode; power iteration: {r['iters']} iterations "
              f"(jvp/vjp). Machine: {r['machine']} (shared, loaded: no timings).", "",
              "| bound on ‖J_f‖ (eval mode) | L | vs measured max | a-priori counts fwd / adj (tol 1e-3) |",
@@ -288,9 +290,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/tightness-cpu-amd-epyc",
                    help="output path without suffix: writes .json and .md")
     p.add_argument("--machine", default="CPU, AMD EPYC (2 cores)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a model-only or training checkpoint of a Lipschitz MDEQ (default: the published weights)")
     args = p.parse_args(argv)
     torch.set_grad_enabled(True)
-    model = pretrained(NAME).double().eval()
+    if args.checkpoint is None:
+        label, model = NAME, pretrained(NAME)
+    else:
+        from lmdeq.app.train.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        label, model = args.checkpoint, mdeq(**ckpt["model_config"])
+        model.load_state_dict(ckpt["model_state"])
+    model = model.double().eval()
     ckpt_state = {k: v for k, v in model.state_dict().items()}
     config = dict(model.config)
     x, what = held_out_images(args.data, args.images)
@@ -375,7 +387,7 @@ def main(argv=None) -> int:
         f"{one_fewer(ledger_out['layerwise'], False):.4f}, one fewer adjoint L <= "
         f"{one_fewer(ledger_out['layerwise'], True):.4f}. The measured norm would allow {counts(jmax)}.",
     ]
-    result = dict(benchmark="tightness", checkpoint=NAME, images=what, n_images=x.shape[0], iters=args.iters,
+    result = dict(benchmark="tightness", checkpoint=label, images=what, n_images=x.shape[0], iters=args.iters,
                   machine=args.machine, torch=torch.__version__, ledger=ledger_out, measured=measured,
                   per_image=per_image, components=components, composed_pieces=pieces, K=K,
                   layers=layers, findings=findings,

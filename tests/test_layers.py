@@ -1,11 +1,11 @@
-"""The layer map (README, Layout): lmdeq is two wings, the library and the application (``lmdeq.app``) on top of
+"""The layer map (docs/development.md, Layout): lmdeq is two wings, the library and the application (``lmdeq.app``) on top of
 it. A module imports only its own layer and the layers below it in its own wing; an application module may also
 import any library module, and the library never imports the application. No module imports itself back through
 others (no cycles).
 
 Every import counts, at module level or inside a function (a module's ``__getattr__`` included), and so do
 ``importlib.import_module("...")`` and ``__import__("...")`` with a literal name. To place a new package, add its
-name to its layer in LAYERS (and to the README's map, which this test compares).
+name to its layer in LAYERS (and to the docs' layer map, which this test compares).
 """
 import ast
 import re
@@ -155,7 +155,7 @@ def may_import(module: str, target: str) -> bool:
 
 def test_every_module_has_a_layer():
     unplaced = sorted(m for m in _modules() if layer_of(m) is None)
-    assert not unplaced, f"modules outside the layer map (add them to LAYERS and the README): {unplaced}"
+    assert not unplaced, f"modules outside the layer map (add them to LAYERS and the docs' layer map): {unplaced}"
 
 
 def test_every_layer_is_in_the_wing_its_names_say():
@@ -271,15 +271,16 @@ def test_the_checks_find_what_they_look_for():
 
 
 def _readme_map() -> list:
-    """The lines of the first code block of the README's Layout section (the layer map: the application wing, then
-    the library wing, each headed by a ``<wing> wing`` line and listing its layers top first)."""
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"## Layout\n.*?```\n(.*?)```", text, re.S)
-    assert block, "README.md has no Layout code block"
+    """The lines of the first code block of the Layout section of the docs' development page (the layer map: the
+    application wing, then the library wing, each headed by a ``<wing> wing`` line and listing its layers top
+    first)."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    block = re.search(r"## Layout\n.*?```(?:text)?\n(.*?)```", text, re.S)
+    assert block, "docs/development.md has no Layout code block"
     return block.group(1).splitlines()
 
 
-NAME_COLUMN = 20   # the README map's layer names are padded to this width; the package names start there
+NAME_COLUMN = 20   # the docs' layer map's layer names are padded to this width; the package names start there
 
 
 def test_the_readme_shows_the_same_map():
@@ -287,17 +288,17 @@ def test_the_readme_shows_the_same_map():
     headers = {}
     for wing in (APP, LIBRARY):
         hits = [i for i, line in enumerate(lines) if line.startswith(f"{wing} wing ")]
-        assert len(hits) == 1, f"expected one README map line starting with {wing + ' wing'!r}, found {len(hits)}"
+        assert len(hits) == 1, f"expected one docs' layer map line starting with {wing + ' wing'!r}, found {len(hits)}"
         headers[wing] = hits[0]
-    assert headers[APP] < headers[LIBRARY], "the README's map draws the application wing above the library"
+    assert headers[APP] < headers[LIBRARY], "the docs' layer map draws the application wing above the library"
     rows = []
     for wing, name, packages in LAYERS:
         hits = [i for i, line in enumerate(lines) if line.startswith(name + "  ")]
-        assert len(hits) == 1, f"layer {name!r}: expected one README map line starting with it, found {len(hits)}"
+        assert len(hits) == 1, f"layer {name!r}: expected one docs' layer map line starting with it, found {len(hits)}"
         row = hits[0]
         rows.append(row)
         wing_end = min([h for h in headers.values() if h > headers[wing]] + [len(lines)])
-        assert headers[wing] < row < wing_end, f"layer {name!r} is not drawn in the README map's {wing} wing"
+        assert headers[wing] < row < wing_end, f"layer {name!r} is not drawn in the docs' layer map's {wing} wing"
         entry, k = [lines[row]], row + 1
         while k < len(lines) and lines[k].startswith(" "):   # continuation lines
             entry, k = entry + [lines[k]], k + 1
@@ -305,7 +306,7 @@ def test_the_readme_shows_the_same_map():
             # one line per package: its name first after the layer-name column, then what it holds
             own = [line for line in entry if re.match(rf"{re.escape(package)}\s+\S", line[NAME_COLUMN:])]
             assert len(own) == 1, (
-                f"{package}: expected one line of its own on the README map's {name!r} layer, found {len(own)}")
+                f"{package}: expected one line of its own on the docs' layer map's {name!r} layer, found {len(own)}")
         listed = {line[NAME_COLUMN:].split()[0] for line in entry if line[NAME_COLUMN:].strip()}
-        assert listed == set(packages), f"README map's {name!r} layer lists {sorted(listed)}, LAYERS {packages}"
-    assert rows == sorted(rows, reverse=True), "the README's map lists the layers top first (LAYERS reversed)"
+        assert listed == set(packages), f"docs' layer map's {name!r} layer lists {sorted(listed)}, LAYERS {packages}"
+    assert rows == sorted(rows, reverse=True), "the docs' layer map lists the layers top first (LAYERS reversed)"

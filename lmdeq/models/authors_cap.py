@@ -19,7 +19,7 @@ smaller by up to a factor k), so even where the cap acts it certifies nothing.
 The persistent vectors are buffers ``released_cap_u`` of the convs (as the released
 ``u_for_spectral_norm``), drawn at construction from the global RNG, so checkpoints restore them.
 lmdeq's own constraint, ``constraint='certified'``, caps the true operator norm inside the forward pass
-instead (deq_conv.py).
+instead (capped.py).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .deq_conv import DEQConv2d
+from .capped import CappedConv2d
 
 __all__ = ["ReleasedConvCap", "BUFFER"]
 
@@ -41,7 +41,7 @@ class ReleasedConvCap:
 
     def __init__(self, model: nn.Module, cap: float):
         self.cap = float(cap)
-        self.convs: List[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Conv2d, DEQConv2d))]
+        self.convs: List[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Conv2d, CappedConv2d))]
         for conv in self.convs:
             u = torch.randn(conv.out_channels)
             conv.register_buffer(BUFFER, F.normalize(u, dim=0))
@@ -49,7 +49,7 @@ class ReleasedConvCap:
     @staticmethod
     def _stored_weight(conv: nn.Module):
         """The parameter the division lands on for good, or None where weight norm recomputes it."""
-        if isinstance(conv, DEQConv2d) and conv.weight_norm:
+        if isinstance(conv, CappedConv2d) and conv.weight_norm:
             return None
         return conv.weight
 

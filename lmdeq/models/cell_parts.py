@@ -14,7 +14,7 @@ its custom autograd Functions.
   once per forward pass and reused by every application of f during the solve, so f stays a fixed map. In
   training mode the layer is 1/(1-p)-Lipschitz (a diagonal scaling with entries <= 1/(1-p)); in eval mode it
   is the identity.
-* :func:`gradient_needed` says whether a custom Function's backward (the cell's convolution, deq_conv.py, and
+* :func:`gradient_needed` says whether a custom Function's backward (the cell's convolution, capped.py, and
   mean-only GroupNorm, normalization.py) must compute the gradient of one of its inputs: the input must require
   grad and, where the engine can tell, the gradient's consumer must run in this pass (``torch.autograd.grad``
   with respect to other tensors skips it, so a vector-Jacobian product with respect to the DEQ state skips the

@@ -13,7 +13,7 @@
   (y <- bottleneck_{i+1}(z_{i+1}) + down_i(y)); then a 1x1 conv to the final width, BN, ReLU, global average
   pooling and a linear classifier.
 * Initialisation (MDEQ's, :func:`init_outer_weights`): conv weights and biases ~ N(0, 0.01), BatchNorm weight 1
-  and bias 0. (The cell's convolutions initialise themselves, see deq_conv.py.)
+  and bias 0. (The cell's convolutions initialise themselves, see capped.py.)
 """
 from __future__ import annotations
 

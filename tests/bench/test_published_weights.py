@@ -1,5 +1,5 @@
-"""The trained checkpoint the repository publishes (weights/cifar10-small-lipschitz.pt, README "Trained
-weights"): its sha256 is the README's, it loads as a model-only checkpoint, builds the certified model (L < 1),
+"""The trained checkpoint the repository publishes (weights/cifar10-small-lipschitz.pt, docs/results/training.md):
+its sha256 is the one the docs state, it loads as a model-only checkpoint, builds the certified model (L < 1),
 and ``lmdeq eval --checkpoint`` evaluates it from another directory (as on a fresh clone) on images of the
 checkpoint's classes."""
 import json
@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "weights" / "cifar10-small-lipschitz.pt"
 
 
-def test_the_readme_states_the_published_files_sha256():
-    readme = (ROOT / "README.md").read_text()
-    stated = re.search(r"weights/cifar10-small-lipschitz\.pt.*?sha256\s+`([0-9a-f]{64})`", readme, re.S)
-    assert stated, "README's Trained weights section names the file and its sha256"
+def test_the_docs_state_the_published_files_sha256():
+    page = (ROOT / "docs" / "results" / "training.md").read_text()
+    stated = re.search(r"weights/cifar10-small-lipschitz\.pt.*?sha256\s+`([0-9a-f]{64})`", page, re.S)
+    assert stated, "the docs' training results page names the file and its sha256"
     assert stated[1] == file_sha256(WEIGHTS)
     assert WEIGHTS.stat().st_size < 2 * 2 ** 20
 

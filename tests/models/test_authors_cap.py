@@ -11,18 +11,18 @@ from torch.nn import functional as F
 
 from lmdeq.models import APRIORI_SOLVES, AUTHORS_SOLVER, mdeq
 from lmdeq.models.authors_cap import BUFFER
-from lmdeq.models.deq_conv import DEQConv2d
+from lmdeq.models.capped import CappedConv2d
 
 from .tiny import TINY3, lipschitz_solves
 
 
 def _convs(model):
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, DEQConv2d))]
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, CappedConv2d))]
 
 
 def _forward_weight(conv):
     """The weight the forward pass uses (weight norm applied), float64."""
-    if isinstance(conv, DEQConv2d):
+    if isinstance(conv, CappedConv2d):
         return conv.effective_weight().detach().double()
     return conv.weight.detach().double()
 
@@ -62,7 +62,7 @@ def test_released_cap_matches_the_reference_on_every_conv():
         sigma, expected, u_new = _released_step(w, u, 2.0)
         assert sigma > 2.0
         after = _forward_weight(conv)
-        if isinstance(conv, DEQConv2d) and conv.weight_norm:
+        if isinstance(conv, CappedConv2d) and conv.weight_norm:
             weight_normed += 1
             assert torch.equal(after, w), name          # undone by weight norm, as released
         else:

@@ -1,8 +1,8 @@
-"""DEQConv2d: power-iteration norm estimates against dense Jacobians, and the cap on the effective weight."""
+"""CappedConv2d: power-iteration norm estimates against dense Jacobians, and the cap on the effective weight."""
 import pytest
 import torch
 
-from lmdeq.models.deq_conv import DEQConv2d
+from lmdeq.models.capped import CappedConv2d
 from lmdeq.models.constraints import update_norm_estimates
 from lmdeq.models.normalization import MeanOnlyGroupNorm
 
@@ -10,7 +10,7 @@ from .tiny import dense_conv_norm
 
 
 def _conv(c_in, c_out, k, stride, size, weight_norm=False, cap=2.0, margin=0.05):
-    conv = DEQConv2d(c_in, c_out, k, stride=stride, input_size=size, weight_norm=weight_norm, cap=cap,
+    conv = CappedConv2d(c_in, c_out, k, stride=stride, input_size=size, weight_norm=weight_norm, cap=cap,
                      margin=margin).double()
     with torch.no_grad():  # O(1) weights so that the norm is not tiny
         for p in conv.parameters():
@@ -79,10 +79,10 @@ def test_forward_matches_conv2d_and_gradient_reaches_raw_weight():
 
 
 def test_uncapped_conv_has_no_bound_and_capped_needs_an_estimate():
-    conv = DEQConv2d(2, 2, 3, input_size=(4, 4))
+    conv = CappedConv2d(2, 2, 3, input_size=(4, 4))
     assert conv.lipschitz() == float("inf")
     assert not conv.estimate_is_stale()
-    capped = DEQConv2d(2, 2, 3, input_size=(4, 4), cap=1.0)
+    capped = CappedConv2d(2, 2, 3, input_size=(4, 4), cap=1.0)
     assert capped.estimate_is_stale()
     with pytest.raises(RuntimeError, match="no norm estimate"):
         capped.lipschitz()
@@ -97,7 +97,7 @@ def test_update_rejects_bad_iteration_count():
 
 def test_kxk_cap_needs_input_size():
     with pytest.raises(ValueError, match="input_size"):
-        DEQConv2d(2, 2, 3, cap=1.0)
+        CappedConv2d(2, 2, 3, cap=1.0)
 
 
 def test_mean_only_group_norm_clips_gamma_and_is_a_projection():

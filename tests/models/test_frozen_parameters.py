@@ -4,7 +4,7 @@ is inside a no-grad solve; and the cell's in-place ReLUs never touch its inputs.
 import torch
 
 from lmdeq.models import mdeq
-from lmdeq.models.deq_conv import DEQConv2d
+from lmdeq.models.capped import CappedConv2d
 from lmdeq.models.fusion import PostFusion
 from lmdeq.models.normalization import MeanOnlyGroupNorm
 
@@ -48,7 +48,7 @@ def test_group_norm_scaled_parameters_are_computed_once_and_keep_their_gradient(
 
 def test_conv_input_scaled_weight_is_computed_once_per_block():
     torch.manual_seed(1)
-    conv = DEQConv2d(4, 4, 1, weight_norm=True, cap=2.0).double()
+    conv = CappedConv2d(4, 4, 1, weight_norm=True, cap=2.0).double()
     from lmdeq.models.constraints import update_norm_estimates
 
     update_norm_estimates([conv], 5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lmdeq.models import capped as deq_conv, mdeq   # (CappedConv2d's module)
+from lmdeq.models import capped, mdeq
 
 from .tiny import TINY2, TINY3
 
@@ -26,7 +26,7 @@ def test_training_step_unchanged_against_plain_convolutions(tiny, monkeypatch):
     model = mdeq("cifar10-small", **tiny, dropout=0.2, init_power_iters=2).double().train()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     out, grads, _ = _step(model, x)
-    monkeypatch.setattr(deq_conv._StateConv2d, "apply",
+    monkeypatch.setattr(capped._StateConv2d, "apply",
                         staticmethod(lambda x, w, stride, padding: F.conv2d(x, w, stride=stride, padding=padding)))
     out_ref, grads_ref, _ = _step(model, x)
     assert float((out - out_ref).norm() / out_ref.norm()) < 1e-12
@@ -38,8 +38,8 @@ def test_the_input_gradient_is_computed_for_the_adjoint_and_skipped_after_it(mon
     torch.manual_seed(1)
     model = mdeq("cifar10-small", **TINY2, init_power_iters=2).double().train()
     seen = []
-    real = deq_conv.adjoint_done
-    monkeypatch.setattr(deq_conv, "adjoint_done", lambda t: seen.append(real(t)) or seen[-1])
+    real = capped.adjoint_done
+    monkeypatch.setattr(capped, "adjoint_done", lambda t: seen.append(real(t)) or seen[-1])
     _step(model, torch.randn(2, 3, 32, 32, dtype=torch.float64))
     b_evals = model.last_info["b_nstep"]
     blocks = len(model.cell.blocks)
@@ -67,10 +67,10 @@ def test_state_conv_derivatives_under_function_transforms():
     w = torch.randn(6, 4, 3, 3, dtype=torch.float64)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     v, u = torch.randn_like(x), torch.randn(2, 6, 5, 5, dtype=torch.float64)
-    fn = lambda t: deq_conv._StateConv2d.apply(t, w, 1, 1)
+    fn = lambda t: capped._StateConv2d.apply(t, w, 1, 1)
     ref = lambda t: F.conv2d(t, w, padding=1)
     assert torch.allclose(torch.func.jvp(fn, (x,), (v,))[1], torch.func.jvp(ref, (x,), (v,))[1], rtol=1e-13)
     assert torch.allclose(torch.func.vjp(fn, x)[1](u)[0], torch.func.vjp(ref, x)[1](u)[0], rtol=1e-13)
     xs = x.clone().requires_grad_()
     ws = w.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: deq_conv._StateConv2d.apply(a, b, 2, 1), (xs, ws))
+    assert torch.autograd.gradcheck(lambda a, b: capped._StateConv2d.apply(a, b, 2, 1), (xs, ws))

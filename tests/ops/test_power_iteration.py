@@ -128,12 +128,12 @@ def test_norm_estimates_under_autocast_equal_fp32():
     fp32 estimates it stores outside one, bit for bit."""
     import copy
 
-    from lmdeq.models.deq_conv import DEQConv2d
+    from lmdeq.models.capped import CappedConv2d
     from lmdeq.models.constraints import update_norm_estimates
 
     torch.manual_seed(0)
-    convs = [DEQConv2d(4, 6, 3, input_size=(8, 8), cap=2.0), DEQConv2d(6, 4, 3, stride=2, input_size=(9, 9), cap=2.0),
-             DEQConv2d(6, 5, 1, cap=2.0)]
+    convs = [CappedConv2d(4, 6, 3, input_size=(8, 8), cap=2.0), CappedConv2d(6, 4, 3, stride=2, input_size=(9, 9), cap=2.0),
+             CappedConv2d(6, 5, 1, cap=2.0)]
     twins = copy.deepcopy(convs)
     update_norm_estimates(convs, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -16,7 +16,7 @@ the model's state must stay identical too:
 * step counters kept in buffers (the original MDEQ's unrolled warm-up) advance alike on every rank.
 
 :func:`broadcast_state` loads the broadcast state with ``load_state_dict`` on every rank: a model whose
-layers tie their norm estimates to the weights' versions (``DEQConv2d``) then counts its estimates as
+layers tie their norm estimates to the weights' versions (``CappedConv2d``) then counts its estimates as
 current. (DDP's own broadcast of the weights at construction writes them in place, which would
 otherwise mark the estimates stale and make the next forward pass re-estimate them.)
 

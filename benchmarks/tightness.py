@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from lmdeq.deq import jacobian_norm
 from lmdeq.models import PUBLISHED, mdeq, pretrained
 from lmdeq.models.fusion import norm_of_bound_matrix
 from lmdeq.models.normalization import _mean_only_group_norm
@@ -54,21 +55,6 @@ _SOLVER = FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel")
 # -- measurements -------------------------------------------------------------------------------------------------
 def _norm(parts) -> torch.Tensor:
     return torch.sqrt(sum((p * p).sum() for p in parts))
-
-
-def jacobian_norm(fn, point, iters: int, seed: int = 0) -> float:
-    """||J_fn(point)||_2 by power iteration on J^T J (jvp, vjp); fn maps a list of tensors to a list."""
-    gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in point]
-    _, vjp = torch.func.vjp(fn, point)
-    sigma = 0.0
-    for _ in range(iters):
-        n = _norm(v)
-        v = [t / n for t in v]
-        _, jv = torch.func.jvp(fn, (point,), (v,))
-        sigma = float(_norm(jv).detach())
-        v = [t.detach() for t in vjp(jv)[0]]
-    return sigma
 
 
 def linear_norm(fn, shapes, iters: int, seed: int = 1) -> float:

@@ -12,14 +12,14 @@ training, benchmarks, the command line), sits on top of the library, which never
 __version__ = "0.1.0"
 
 from . import ops, solvers  # noqa: E402
-from .deq import DEQ, JFB, Implicit, Phantom, deq_solve, jac_reg, power_method  # noqa: E402
+from .deq import DEQ, JFB, Implicit, Phantom, deq_solve, jac_reg, jacobian_norm, power_method  # noqa: E402
 from .solvers import Anderson, Apriori, AuthorsAnderson, Broyden, FixedPoint  # noqa: E402
 
 # The certified DEQ layer and the bound of a module tree (lmdeq.models), imported on first use.
 _MODELS_API = ("CertifiedDEQ", "lipschitz_bound", "register_lipschitz_rule")
 
 __all__ = ["DEQ", "deq_solve", "Implicit", "JFB", "Phantom", "FixedPoint", "Anderson", "Broyden", "AuthorsAnderson",
-           "Apriori", "jac_reg", "power_method", "ops", "solvers", "__version__", *_MODELS_API]
+           "Apriori", "jac_reg", "power_method", "jacobian_norm", "ops", "solvers", "__version__", *_MODELS_API]
 
 
 def __getattr__(name):

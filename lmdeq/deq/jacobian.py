@@ -44,7 +44,7 @@ from .. import checks
 from ..errors import ConfigError, ConfigTypeError
 from ..solvers import StateLayout
 
-__all__ = ["JacobianPair", "jac_reg", "power_method", "jacobian_pair"]
+__all__ = ["JacobianPair", "jac_reg", "power_method", "jacobian_pair", "jacobian_norm"]
 
 
 class JacobianPair(NamedTuple):
@@ -183,3 +183,26 @@ def jacobian_pair(f: Callable, z) -> JacobianPair:
     with torch.enable_grad():
         return JacobianPair(f(leaf), leaf)
 
+
+
+def jacobian_norm(f: Callable, z, iters: int = 20, seed: int = 0) -> float:
+    """||J_f(z)||_2, the spectral norm of f's Jacobian at z, by ``iters`` steps of power iteration on J^T J
+    (J v by ``torch.func.jvp``, J^T u by ``torch.func.vjp``): v <- J^T J v / ||J v||, sigma = ||J v|| for a unit v.
+    ``z`` is a tensor or a list / tuple of tensors (f maps it to the same structure); the norm is that of the
+    concatenated state, all samples together (for an f acting on each sample alone, the largest per-sample norm).
+    Power iteration approaches the norm from below: the result is a lower estimate, exact in the limit."""
+    iters = checks.integer("iters", iters, 1)
+    single = torch.is_tensor(z)
+    point = (z,) if single else tuple(z)
+    fn = (lambda *p: (f(p[0]),)) if single else (lambda *p: tuple(f(list(p))))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = tuple(torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in point)
+    _, vjp = torch.func.vjp(fn, *point)
+    sigma = 0.0
+    for _ in range(iters):
+        n = torch.sqrt(sum((t * t).sum() for t in v))
+        v = tuple(t / n for t in v)
+        _, jv = torch.func.jvp(fn, point, v)
+        sigma = float(torch.sqrt(sum((t * t).sum() for t in jv)).detach())
+        v = tuple(t.detach() for t in vjp(jv))
+    return sigma

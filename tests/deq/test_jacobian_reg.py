@@ -426,3 +426,20 @@ def test_graphed_adjoint_pays_one_evaluation_and_keeps_its_gradients():
     assert torch.equal(z_a, z_b) and all(torch.equal(a, b) for a, b in zip(g_a, g_b))
     f0, zz = info.jacobian_pair
     assert zz.is_leaf and zz.requires_grad and torch.equal(f0, f(zz.detach()))
+
+
+def test_jacobian_norm_is_the_spectral_norm_of_the_jacobian():
+    """Against the dense Jacobian in float64: a linear map on a tensor state and a nonlinear map on a list state."""
+    from lmdeq.deq import jacobian_norm
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    z = torch.randn(1, 6, generator=gen, dtype=torch.float64)
+    assert jacobian_norm(lambda t: t @ A.T, z, iters=200) == pytest.approx(
+        float(torch.linalg.matrix_norm(A, ord=2)), rel=1e-8)
+    B = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    parts = [torch.randn(1, 4, generator=gen, dtype=torch.float64), torch.randn(1, 3, generator=gen, dtype=torch.float64)]
+    f = lambda p: [torch.tanh(p[0] + p[1] @ B), torch.sin(p[1])]   # noqa: E731
+    flat = lambda v: torch.cat([t.flatten() for t in f([v[:4].view(1, 4), v[4:].view(1, 3)])])   # noqa: E731
+    dense = torch.autograd.functional.jacobian(flat, torch.cat([t.flatten() for t in parts]))
+    assert jacobian_norm(f, parts, iters=300) == pytest.approx(float(torch.linalg.matrix_norm(dense, ord=2)), rel=1e-6)

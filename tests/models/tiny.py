@@ -37,23 +37,6 @@ def state_norm(z):
     return torch.sqrt(sum((t * t).sum() for t in z))
 
 
-@torch.no_grad()  # the function transforms still differentiate w.r.t. z; parameters are not tracked
-def jacobian_spectral_norm(f, z, iters=10, seed=0):
-    """Power iteration on J^T J of f at z (jvp for J v, vjp for J^T u): a lower estimate of ||J_f(z)||_2
-    in the l2 norm of the concatenated state (all samples together, which equals the per-sample max for
-    a map that acts on samples independently)."""
-    gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in z]
-    _, vjp_fn = torch.func.vjp(f, z)
-    sigma = 0.0
-    for _ in range(iters):
-        n = state_norm(v)
-        v = [t / n for t in v]
-        _, jv = torch.func.jvp(f, (z,), (v,))
-        sigma = float(state_norm(jv))
-        v = list(vjp_fn(jv)[0])
-    return sigma
-
 
 def dense_conv_norm(weight, input_shape, stride):
     """||x -> conv2d(x, W, stride, padding=k//2)||_2 from the dense Jacobian (float64)."""

@@ -1,7 +1,7 @@
 """mkdocs hooks of lmdeq's docs (mkdocs.yml: ``hooks``).
 
-The committed benchmark results live in ``benchmarks/results/`` (the benchmarks write them there), not in
-``docs/``. So that the result pages show the figures and can link the raw files without a second copy in the
+The committed benchmark results live in ``benchmarks/results/`` not in
+``docs/`` (a benchmark writes there only when its ``--out`` says so). So that the result pages show the figures and can link the raw files without a second copy in the
 repository, every file under ``benchmarks/results/`` but the Markdown tables is added to the site as ``results/files/<name>``: a page
 in ``docs/results/`` links ``files/speedup-cpu-amd-epyc.json`` or shows ``![...](files/<name>.png)``, and
 mkdocs checks each such link like any other (a missing result file fails ``mkdocs build --strict``).

@@ -36,6 +36,7 @@ one at any point.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, List, NamedTuple, Tuple
 
 import torch
@@ -185,24 +186,35 @@ def jacobian_pair(f: Callable, z) -> JacobianPair:
 
 
 
-def jacobian_norm(f: Callable, z, iters: int = 20, seed: int = 0) -> float:
+def jacobian_norm(f: Callable, z, iters: int = 20, seed: int = 0, per_sample: bool = False):
     """||J_f(z)||_2, the spectral norm of f's Jacobian at z, by ``iters`` steps of power iteration on J^T J
     (J v by ``torch.func.jvp``, J^T u by ``torch.func.vjp``): v <- J^T J v / ||J v||, sigma = ||J v|| for a unit v.
-    ``z`` is a tensor or a list / tuple of tensors (f maps it to the same structure); the norm is that of the
-    concatenated state, all samples together (for an f acting on each sample alone, the largest per-sample norm).
-    Power iteration approaches the norm from below: the result is a lower estimate, exact in the limit."""
+    ``z`` is a tensor or a list / tuple of tensors, batch first (f maps it to the same structure). By default the
+    norm of the whole map on the concatenated state, a float; ``per_sample=True``, for an f that acts on each
+    sample alone (a block-diagonal J), each sample's vector is normalised on its own and the result is the (B,)
+    tensor of the samples' norms. Power iteration approaches the norm from below: a lower estimate, exact in the
+    limit."""
     iters = checks.integer("iters", iters, 1)
     single = torch.is_tensor(z)
     point = (z,) if single else tuple(z)
     fn = (lambda *p: (f(p[0]),)) if single else (lambda *p: tuple(f(list(p))))
+
+    def norm(parts):   # per sample (B,) or of everything (a 0-d tensor)
+        sq = sum((t.reshape(t.shape[0], -1) ** 2).sum(dim=1) for t in parts)
+        return (sq if per_sample else sq.sum()).sqrt()
+
+    def scaled(parts, n):
+        return tuple(t / n.reshape((-1,) + (1,) * (t.dim() - 1)) if per_sample else t / n for t in parts)
+
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = tuple(torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in point)
-    _, vjp = torch.func.vjp(fn, *point)
-    sigma = 0.0
-    for _ in range(iters):
-        n = torch.sqrt(sum((t * t).sum() for t in v))
-        v = tuple(t / n for t in v)
-        _, jv = torch.func.jvp(fn, point, v)
-        sigma = float(torch.sqrt(sum((t * t).sum() for t in jv)).detach())
-        v = tuple(t.detach() for t in vjp(jv))
-    return sigma
+    sigma = None
+    with warnings.catch_warnings():   # torch's first jvp loads its decompositions through torch.jit.script
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+        _, vjp = torch.func.vjp(fn, *point)
+        for _ in range(iters):
+            v = scaled(v, norm(v).clamp_min(torch.finfo(point[0].dtype).tiny))
+            _, jv = torch.func.jvp(fn, point, v)
+            sigma = norm(jv).detach()
+            v = tuple(t.detach() for t in vjp(jv))
+    return sigma if per_sample else float(sigma)

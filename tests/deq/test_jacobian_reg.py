@@ -443,3 +443,15 @@ def test_jacobian_norm_is_the_spectral_norm_of_the_jacobian():
     flat = lambda v: torch.cat([t.flatten() for t in f([v[:4].view(1, 4), v[4:].view(1, 3)])])   # noqa: E731
     dense = torch.autograd.functional.jacobian(flat, torch.cat([t.flatten() for t in parts]))
     assert jacobian_norm(f, parts, iters=300) == pytest.approx(float(torch.linalg.matrix_norm(dense, ord=2)), rel=1e-6)
+
+
+def test_jacobian_norm_per_sample_is_each_samples_norm():
+    from lmdeq.deq import jacobian_norm
+
+    gen = torch.Generator().manual_seed(1)
+    A = torch.randn(3, 5, 5, generator=gen, dtype=torch.float64)       # one matrix per sample
+    z = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    got = jacobian_norm(lambda t: torch.einsum("bij,bj->bi", A, t), z, iters=300, per_sample=True)
+    assert got.shape == (3,)
+    assert torch.allclose(got, torch.linalg.matrix_norm(A, ord=2), rtol=1e-8)
+    assert jacobian_norm(lambda t: torch.einsum("bij,bj->bi", A, t), z, iters=300) == pytest.approx(float(got.max()))

@@ -10,6 +10,7 @@ injection), its inner chain v_j = gn2(conv2 act(gn1(conv1 z))) + inj, the fusion
 outputs -> f) and each post-fusion layer. Images: ``--data`` (an ImageFolder, a .tar.gz of one, or 'cifar10'):
 ``--images`` of the published model's held-out split (the stratified 10% hold-out of seed 0 of the training
 images, lmdeq.app.data.split), normalised as published; without --data, N(0, 1) images of CIFAR size.
+``--summarise A.json B.json ... --out STEM`` writes the one-row-per-result table of earlier runs to STEM.md.
 ``--checkpoint PATH`` measures another Lipschitz MDEQ checkpoint instead (a run's best.pt, or the weights ``lmdeq
 bench tta --save-runs`` keeps) on the same images.
 
@@ -268,6 +269,19 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(results: list) -> str:
+    """One row per tightness result (this script's JSON): the certified bounds, the measured norm, the counts."""
+    lines = ["| checkpoint | certified L (layerwise) | certified L (composed) | measured ‖J_f(z*)‖ max / median | "
+             "layerwise / measured | counts fwd / adj, certified | counts fwd / adj at the measured norm |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        led, jf = r["ledger"], r["measured"]["J_f"]
+        lines.append(f"| {r['checkpoint']} | {led['layerwise']:.4f} | {led['composed']:.4f} | {jf['max']:.4f} / "
+                     f"{jf['median']:.4f} | {led['layerwise'] / jf['max']:.2f}x | {counts(led['layerwise'])} | "
+                     f"{counts(jf['max'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="ImageFolder, .tar.gz of one, or 'cifar10' (default: random images)")
@@ -278,7 +292,14 @@ def main(argv=None) -> int:
     p.add_argument("--machine", default="CPU, AMD EPYC (2 cores)")
     p.add_argument("--checkpoint", default=None,
                    help="a model-only or training checkpoint of a Lipschitz MDEQ (default: the published weights)")
+    p.add_argument("--summarise", nargs="+", metavar="JSON", default=None,
+                   help="measure nothing: write the table of these results (this script's JSON) to --out .md")
     args = p.parse_args(argv)
+    if args.summarise:
+        table = summary_table([json.loads(Path(f).read_text()) for f in args.summarise])
+        Path(args.out + ".md").write_text(table)
+        print(table)
+        return 0
     torch.set_grad_enabled(True)
     if args.checkpoint is None:
         label, model = NAME, pretrained(NAME)

@@ -62,6 +62,11 @@ def read_records(file: str) -> List[Dict]:
     return records
 
 
+def _bound(value) -> str:
+    """A certified bound for the table ('-' where the record has none: a log, or the original MDEQ's inf)."""
+    return "-" if value is None or value == float("inf") else f"{value:.4f}"
+
+
 def draw(args) -> int:
     """Read the run, check where the files go, write the PNG (and the table unless --png-only)."""
     records = read_records(args.metrics)
@@ -77,10 +82,12 @@ def draw(args) -> int:
     written = [f"{stem}.png"]
     if not args.png_only:
         rows = [{"epoch": r["epoch"], "train": f"{p['train_s'] / 60:.1f} min", "loss": f"{r['train_loss']:.3f}",
-                 "acc": f"{r['val_acc']:.4f}", "f": r.get("f_nstep"), "b": r.get("b_nstep")}
+                 "acc": f"{r['val_acc']:.4f}", "f": r.get("f_nstep"), "b": r.get("b_nstep"),
+                 "L": _bound(r.get("lipschitz_bound")), "L_eval": _bound(r.get("lipschitz_bound_eval"))}
                 for r, p in zip(records, points)]
-        table = markdown_table(rows, ["epoch", "train", "loss", "acc", "f", "b"],
-                               ["epoch", "training time", "train loss", "val acc", "f-evals / step", "b-evals / step"])
+        table = markdown_table(rows, ["epoch", "train", "loss", "acc", "f", "b", "L", "L_eval"],
+                               ["epoch", "training time", "train loss", "val acc", "f-evals / step", "b-evals / step",
+                                "certified L (training)", "certified L (inference)"])
         with open(f"{stem}.md", "w") as fh:
             fh.write(table + "\n")
         print(table)

@@ -93,6 +93,7 @@ def test_glibc_thresholds_that_are_no_byte_count_are_refused_by_name(value, monk
     """glibc ignores such a value; lmdeq must neither report it as a setting nor read it with a traceback."""
     from lmdeq.errors import ConfigError
 
+    monkeypatch.setattr(allocator, "_state", {})   # this process's own tuning (by an earlier test) not in the way
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", value)
     with pytest.raises(ConfigError, match="MALLOC_TRIM_THRESHOLD_"):
         allocator.allocator_state()

@@ -219,7 +219,8 @@ def tables(summary: Dict, verdicts: List[Dict], accuracies: Sequence[float],
 
 def step_ms(points: Sequence[Dict]) -> Optional[Dict[str, float]]:
     """Milliseconds per training step over a method's evaluation intervals: median, min and max."""
-    per = sorted(1000 * p["interval_s"] / p["interval_steps"] for p in points if p.get("interval_steps"))
+    per = sorted(1000 * p["interval_s"] / p["interval_steps"] for p in points
+                 if p.get("interval_steps") and p.get("interval_s") is not None)
     if not per:
         return None
     mid = len(per) // 2

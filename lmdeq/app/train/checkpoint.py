@@ -134,9 +134,12 @@ def _bad_items(field: str, value) -> bool:
 
 
 def _inconsistent(ckpt: dict) -> str | None:
-    """What contradicts itself in a well-typed checkpoint's best-epoch bookkeeping, or None."""
+    """What contradicts itself in a well-typed run checkpoint's best-epoch bookkeeping (which a resume continues),
+    or None. (A model-only checkpoint may name its epoch without a validation accuracy.)"""
+    if ckpt.get("kind") != RUN:
+        return None
     best_epoch, best_acc = ckpt.get("best_epoch"), ckpt.get("best_val_acc")
-    if ("best_epoch" in ckpt or "best_val_acc" in ckpt) and (best_epoch is None) != (best_acc is None):
+    if (best_epoch is None) != (best_acc is None):
         return f"best_epoch {best_epoch!r} and best_val_acc {best_acc!r} (both set or both None)"
     return None
 

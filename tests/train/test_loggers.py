@@ -8,9 +8,9 @@ import signal
 import sys
 
 import pytest
-from train_helpers import TinyDEQClassifier, run_in_fork, write_image_folder
+from train_helpers import TinyDEQClassifier, resume_path, run_in_fork, tiny_run_config, train_tiny, write_image_folder
 
-from lmdeq.app.train import TrainConfig, run_training
+from lmdeq.app.train import run_training
 from lmdeq.app.train.checkpoint import load_checkpoint
 from lmdeq.app.train.cli import main
 from lmdeq.app.train.loggers import STEP_COLUMNS, wandb_id
@@ -22,17 +22,15 @@ from lmdeq.errors import ConfigError
 STEPS_PER_EPOCH, EPOCHS = 4, 3
 
 
-def _cfg(data):
-    return TrainConfig(data=str(data), epochs=EPOCHS, batch_size=5, eval_batch_size=7, val_fraction=0.25, seed=0)
+_cfg = tiny_run_config   # EPOCHS epochs of STEPS_PER_EPOCH steps
 
 
 def _train(cfg, out, cache, log=("csv", "tensorboard"), resume=None):
-    run_training(cfg, device="cpu", out_dir=out, cache_dir=cache, progress=False, bound_every=2, resume=resume,
-                 model_factory=lambda _c: TinyDEQClassifier(), print_fn=lambda s: None, log=log)
+    train_tiny(cfg, out, cache, resume=resume, log=log)
 
 
 def _resume(cfg, out, cache, log=("csv", "tensorboard")):
-    _train(cfg, out, cache, log, resume=out / "last.pt" if (out / "last.pt").exists() else None)
+    _train(cfg, out, cache, log, resume=resume_path(out))
 
 
 def _rows(path):

@@ -10,9 +10,9 @@ import signal
 import pytest
 import torch
 from ddp_helpers import run_ranks
-from train_helpers import TinyDEQClassifier, run_in_fork, write_image_folder
+from train_helpers import TinyDEQClassifier, resume_path, run_in_fork, tiny_run_config, train_tiny, write_image_folder
 
-from lmdeq.app.train import TrainConfig, run_training
+from lmdeq.app.train import run_training
 from lmdeq.app.train.checkpoint import load_checkpoint
 from lmdeq.app.train.rundir import compare_runs
 from lmdeq.errors import CheckpointError, ConfigError
@@ -20,18 +20,15 @@ from lmdeq.errors import CheckpointError, ConfigError
 EVERY = 3   # steps 3, 6 (mid epoch 2) and 9 (mid epoch 3); step 12 ends epoch 3 (no step checkpoint there)
 
 
-def _cfg(data):
-    return TrainConfig(data=str(data), epochs=3, batch_size=5, eval_batch_size=7, val_fraction=0.25, seed=0)
+_cfg = tiny_run_config
 
 
 def _train(cfg, out, cache, every=EVERY, resume=None, log=("csv",)):
-    run_training(cfg, device="cpu", out_dir=out, cache_dir=cache, progress=False, bound_every=2, resume=resume,
-                 model_factory=lambda _c: TinyDEQClassifier(), print_fn=lambda s: None, checkpoint_every=every,
-                 log=log)
+    train_tiny(cfg, out, cache, resume=resume, checkpoint_every=every, log=log)
 
 
 def _train_or_resume(cfg, out, cache):
-    _train(cfg, out, cache, resume=out / "last.pt" if (out / "last.pt").exists() else None)
+    _train(cfg, out, cache, resume=resume_path(out))
 
 
 @pytest.fixture(scope="module")

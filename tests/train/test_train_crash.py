@@ -14,9 +14,8 @@ import shutil
 
 import pytest
 import torch
-from train_helpers import TinyDEQClassifier, run_in_fork, write_image_folder
+from train_helpers import resume_path, run_in_fork, tiny_run_config, train_tiny, write_image_folder
 
-from lmdeq.app.train import TrainConfig, run_training
 from lmdeq.app.train.checkpoint import load_checkpoint
 from lmdeq.app.train.metrics import read_jsonl, write_jsonl
 from lmdeq.app.train.rundir import compare_runs
@@ -24,19 +23,13 @@ from lmdeq.app.train.rundir import compare_runs
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cfg(data):
-    # seed 0: validation accuracy improves at epochs 1 and 2, not at 3 (best.pt then lags last.pt)
-    return TrainConfig(data=str(data), epochs=3, batch_size=5, eval_batch_size=7, val_fraction=0.25, seed=0)
-
-
-def _train(cfg, out, cache, resume=None):
-    run_training(cfg, device="cpu", out_dir=out, cache_dir=cache, progress=False, bound_every=2, resume=resume,
-                 model_factory=lambda _c: TinyDEQClassifier(), print_fn=lambda s: None)
+_cfg = tiny_run_config   # seed 0: best.pt lags last.pt (validation improves at epochs 1 and 2, not at 3)
+_train = train_tiny
 
 
 def _train_or_resume(cfg, out, cache):
     """What a user does after a crash: resume when the run has a last.pt, else start it again."""
-    _train(cfg, out, cache, resume=out / "last.pt" if (out / "last.pt").exists() else None)
+    train_tiny(cfg, out, cache, resume=resume_path(out))
 
 
 def assert_same_run(ref: Path, got: Path):

@@ -92,3 +92,25 @@ def run_in_fork(fn, *args, fault=None, timeout=120):
         proc.join()
         raise TimeoutError(f"{fn.__name__} did not finish within {timeout}s")
     return proc.exitcode
+
+
+def tiny_run_config(data):
+    """The kill-and-resume tests' run: 3 epochs of TinyDEQClassifier on a write_image_folder() folder (18 training
+    images at batch 5: 4 steps per epoch); with seed 0 validation improves at epochs 1 and 2, not at 3."""
+    from lmdeq.app.train import TrainConfig
+
+    return TrainConfig(data=str(data), epochs=3, batch_size=5, eval_batch_size=7, val_fraction=0.25, seed=0)
+
+
+def train_tiny(cfg, out, cache, resume=None, **options):
+    """run_training of ``cfg`` with TinyDEQClassifier on the CPU, quietly, into ``out`` (``options``: more
+    run_training keywords, e.g. log=, checkpoint_every=)."""
+    from lmdeq.app.train import run_training
+
+    run_training(cfg, device="cpu", out_dir=out, cache_dir=cache, progress=False, bound_every=2, resume=resume,
+                 model_factory=lambda _c: TinyDEQClassifier(), print_fn=lambda s: None, **options)
+
+
+def resume_path(out):
+    """What a user does after a crash: resume the run when it has a last.pt, else start it again (None)."""
+    return out / "last.pt" if (out / "last.pt").exists() else None

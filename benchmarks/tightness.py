@@ -310,7 +310,7 @@ def main(argv=None) -> int:
         label, model = args.checkpoint, mdeq(**ckpt["model_config"])
         model.load_state_dict(ckpt["model_state"])
     model = model.double().eval()
-    model.lipschitz_bound()   # the model's own bound first: an iteration budget sets its cap scale there
+    model.lipschitz_bound()   # an iteration budget recomputes its cap scale from the float64 estimates here
     ckpt_state = {k: v for k, v in model.state_dict().items()}
     config = dict(model.config)
     x, what = held_out_images(args.data, args.images)

@@ -10,6 +10,7 @@ from lmdeq.errors import ConfigError, UnsupportedError
 from lmdeq.models import (APRIORI_SOLVES, AddInput, CappedConv2d, CertifiedDEQ, ConvexResidual, MeanOnlyGroupNorm,
                           ScaledReLU, Sequential, mdeq, resolve_config)
 from lmdeq.models.budget import bound_for_budget, reachable_tol
+from lmdeq.models.constraints import capped_layers
 from lmdeq.models.certified import APRIORI_FORWARD
 from lmdeq.models.solves import NotContractiveError
 from lmdeq.solvers import Apriori, FixedPoint, adjoint_apriori_iterations, apriori_iterations
@@ -174,7 +175,12 @@ def test_a_resumed_budgeted_model_recomputes_the_same_caps_and_logits():
     state, config = model.state_dict(), model.config
     torch.manual_seed(99)   # a fresh process draws other vectors: the loaded buffers replace them
     resumed = mdeq(**config).eval()
+    at_init = resumed.deq.budget.cap_scale
     resumed.load_state_dict(state)
+    # The loaded estimates set the cap scale at once: every layer's own bound is the budgeted one before any solve.
+    assert at_init != model.deq.budget.cap_scale
+    assert all(c.cap_scale == model.deq.budget.cap_scale for c in resumed.cell.convs())
+    assert resumed.cell.layerwise_bound() == model.cell.layerwise_bound()
     with torch.no_grad():
         after = resumed(x)
     assert torch.equal(before, after)
@@ -233,6 +239,20 @@ def test_budget_errors_at_the_solve_and_for_f_that_no_cap_can_bring_down():
     _randomise_(big, 3.0, 9)
     ok = CertifiedDEQ(big, forward=APRIORI_FORWARD, forward_budget=12)
     assert ok.lipschitz_bound() <= ok.budget.bound and ok.budget.cap_scale < 1.0
+
+
+def test_loading_a_state_dict_sets_the_budgets_cap_scale_at_once():
+    torch.manual_seed(11)
+    big = _f(cap=5.0)
+    _randomise_(big, 3.0, 9)
+    saved = CertifiedDEQ(big, forward=APRIORI_FORWARD, forward_budget=12)
+    fresh = CertifiedDEQ(_f(cap=5.0), forward=APRIORI_FORWARD, forward_budget=12)
+    assert fresh.budget.cap_scale != saved.budget.cap_scale < 1.0
+    fresh.load_state_dict(saved.state_dict())
+    # No bound or solve asked yet: the layers' own bounds already use the loaded estimates' cap scale.
+    assert [c.cap_scale for c in capped_layers(fresh.f)] == [saved.budget.cap_scale] * 2
+    assert [float(c.lipschitz()) for c in capped_layers(fresh.f)] == [float(c.lipschitz())
+                                                                      for c in capped_layers(big)]
 
 
 def test_constraint_step_keeps_any_f_certified_after_an_optimiser_step():

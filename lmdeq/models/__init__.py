@@ -19,7 +19,9 @@ Certified building blocks (each with its Lipschitz bound as ``lipschitz()`` and 
 * :func:`lipschitz_bound` composes the bounds and refuses what it cannot certify; :func:`register_lipschitz_rule`
   adds a rule for a module type of your own; :func:`refresh_norm_estimates` refreshes every capped layer of a
   module tree in one batched op call per kind; :class:`LinearChain` (and the MDEQ's ``bound='composed'``) bounds a
-  linear composition by its own estimated norm, never above the product of its layers' bounds.
+  linear composition by its own estimated norm, never above the product of its layers' bounds;
+  :func:`verified_lipschitz_bound` is the same bound with every capped layer's norm verified
+  (:func:`conv2d_norm_upper_bound`: no power-iteration estimate, no margin assumed).
 """
 from .blocks import AddInput, ConvexResidual, Parallel, Residual, Sequential
 from .capped import CappedConv2d, CappedLinear
@@ -33,10 +35,11 @@ from .lipschitz import lipschitz_bound, register_lipschitz_rule
 from .normalization import MeanOnlyGroupNorm
 from .presets import APRIORI_SOLVES, AUTHORS_SOLVER, PRESETS, RELEASED_JR, resolve_config
 from .published import PUBLISHED, pretrained
+from .verified import conv2d_norm_upper_bound, verified_lipschitz_bound
 
 __all__ = ["mdeq", "pretrained", "PUBLISHED", "PRESETS", "AUTHORS_SOLVER", "APRIORI_SOLVES", "RELEASED_JR",
            "MDEQClassifier", "resolve_config",
            "CertifiedDEQ", "APRIORI_FORWARD", "APRIORI_BACKWARD", "lipschitz_bound", "register_lipschitz_rule",
            "refresh_norm_estimates", "CappedConv2d", "CappedLinear", "MeanOnlyGroupNorm", "ScaledReLU", "ScaledTanh",
            "ScaledLeakyReLU", "ScaledAbs", "Sequential", "Residual", "ConvexResidual", "Parallel", "AddInput",
-           "MultiscaleFusion", "LinearChain"]
+           "MultiscaleFusion", "LinearChain", "verified_lipschitz_bound", "conv2d_norm_upper_bound"]

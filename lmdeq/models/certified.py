@@ -39,6 +39,7 @@ from .constraints import (CachedBound, capped_layers, composed_estimates, frozen
                           refresh_stale_estimates, update_norm_estimates)
 from .lipschitz import lipschitz_bound
 from .solves import NotContractiveError, ResolvedSolves, SolveStats, _counted, budget_solvers, check_solve_objects
+from .verified import verified_lipschitz_bound
 
 __all__ = ["CertifiedDEQ", "APRIORI_FORWARD", "APRIORI_BACKWARD"]
 
@@ -153,6 +154,13 @@ class CertifiedDEQ(nn.Module):
         mode (:func:`lmdeq.models.lipschitz_bound`; cached while nothing changes)."""
         self.refresh_stale()
         return self._bound()
+
+    def verified_lipschitz_bound(self) -> float:
+        """The certified bound of :meth:`lipschitz_bound` with every capped layer's norm replaced by a verified
+        upper bound (:func:`lmdeq.models.verified_lipschitz_bound`): it rests on no power-iteration estimate, so
+        it holds even where an estimate fell short of its margin. Not cached (an FFT and SVDs per layer)."""
+        self.refresh_stale()
+        return verified_lipschitz_bound(self.f, allow_unbounded=not self.strict)
 
     # -- solving ---------------------------------------------------------------------------------------------
     @contextmanager

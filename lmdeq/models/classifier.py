@@ -192,3 +192,9 @@ class MDEQClassifier(nn.Module):
         operator norm is at most (1 + sigma_margin) times its power-iteration estimate (the tests check
         this against dense Jacobians). inf for the original MDEQ (standard GroupNorm is not Lipschitz)."""
         return self.deq.lipschitz_bound()   # (re-estimates layers whose weights changed in place)
+
+    def verified_lipschitz_bound(self) -> float:
+        """:meth:`lipschitz_bound` with every conv bounded by its verified operator norm (polyphase circulant
+        embedding, :mod:`lmdeq.models.verified`) instead of (1 + sigma_margin) sigma_hat: the same rules, no
+        assumption about the estimates. inf for the original MDEQ."""
+        return self.deq.verified_lipschitz_bound()

@@ -38,11 +38,11 @@ def state_norm(z):
 
 
 
-def dense_conv_norm(weight, input_shape, stride):
-    """||x -> conv2d(x, W, stride, padding=k//2)||_2 from the dense Jacobian (float64)."""
+def dense_conv_norm(weight, input_shape, stride, padding=None):
+    """||x -> conv2d(x, W, stride, padding)||_2 (padding k // 2 unless given) from the dense Jacobian (float64)."""
     weight = weight.detach().double()
     x = torch.zeros(input_shape, dtype=torch.float64)
-    pad = weight.shape[-1] // 2
+    pad = weight.shape[-1] // 2 if padding is None else padding
     jac = torch.autograd.functional.jacobian(lambda t: F.conv2d(t, weight, stride=stride, padding=pad), x)
     out_numel = jac.numel() // x.numel()
     return float(torch.linalg.matrix_norm(jac.reshape(out_numel, x.numel()), ord=2))
@@ -59,38 +59,3 @@ def scale_weights_(model, conv_factor, gamma_factor):
         if isinstance(module, torch.nn.GroupNorm) or type(module).__name__ == "MeanOnlyGroupNorm":
             if module.weight is not None:
                 module.weight.mul_(gamma_factor)
-
-
-def conv_norm_upper_bound(weight, input_hw, stride):
-    """An upper bound on ||x -> conv2d(x, W, stride, padding=k//2)||_2 on inputs of size input_hw (float64).
-
-    Exact for 1x1 convs (the matrix norm) and small inputs (dense matrix). Otherwise the zero-padded conv
-    is a restriction of a circular conv on an N x N torus (N >= H + k//2), whose norm is
-    max_w ||W_hat(w)||_2 over the torus frequencies; a stride-2 3x3 conv is first rewritten, through the
-    orthogonal split of x into its four polyphase components, as a stride-1 conv on the coarse grid with
-    4 C_in channels and taps {-1, 0}. These bounds are within ~0.5% of the true norm from 16x16 up."""
-    w = weight.detach().double()
-    c_out, c_in, k, _ = w.shape
-    if k == 1:
-        return float(torch.linalg.matrix_norm(w.reshape(c_out, c_in), ord=2))
-    numel = c_in * input_hw[0] * input_hw[1]
-    if numel <= 1024:
-        basis = torch.eye(numel, dtype=torch.float64).reshape(numel, c_in, *input_hw)
-        cols = F.conv2d(basis, w, stride=stride, padding=k // 2).reshape(numel, -1)
-        return float(torch.linalg.matrix_norm(cols, ord=2))
-    if stride == 2:
-        if k != 3 or input_hw[0] % 2 or input_hw[1] % 2:
-            raise ValueError("polyphase bound implemented for 3x3 stride-2 convs on even sizes")
-        tap = {0: (1, 0), 1: (0, 1), 2: (1, 1)}   # kernel tap a -> (input phase r, coarse tap e)
-        poly = torch.zeros(c_out, c_in, 2, 2, 2, 2, dtype=torch.float64)   # (o, c, r, t, e_a, e_b)
-        for a in range(3):
-            for b in range(3):
-                (r, ea), (t, eb) = tap[a], tap[b]
-                poly[:, :, r, t, ea, eb] += w[:, :, a, b]
-        w, k = poly.reshape(c_out, 4 * c_in, 2, 2), 2
-        input_hw = (input_hw[0] // 2, input_hw[1] // 2)
-    elif stride != 1:
-        raise ValueError(f"stride {stride} not supported")
-    n = max(input_hw) + k
-    spectrum = torch.fft.fft2(w, s=(n, n)).permute(2, 3, 0, 1)
-    return float(torch.linalg.matrix_norm(spectrum, ord=2).max())

@@ -75,6 +75,10 @@ def test_a_bf16_run_trains_in_bf16_and_records_the_fp32_bound(tmp_path):
     assert records[-1]["lipschitz_bound"] == certified_bound(model, training=True)
     assert records[-1]["lipschitz_bound_eval"] == certified_bound(model, training=False)
     assert records[-1]["certified"]
+    # and so is the bound from verified operator norms; every estimate was within its margin
+    assert records[-1]["lipschitz_bound_verified"] == certified_bound(model, training=True, verified=True)
+    assert records[-1]["lipschitz_bound_eval_verified"] == certified_bound(model, training=False, verified=True)
+    assert records[-1]["lipschitz_bound_verified"] <= records[-1]["lipschitz_bound"]
 
 
 def _cli(tmp_path, *extra):

@@ -12,6 +12,7 @@ from lmdeq.errors import NonFiniteError
 from lmdeq.app.train import TrainConfig, run_training
 from lmdeq.app.train.checkpoint import load_checkpoint
 from lmdeq.app.train.metrics import read_jsonl
+from lmdeq.app.train.model import build_model
 
 CLASSES10 = tuple(f"k{i}" for i in range(10))
 TINY = ["--set", "channels=[8,8]", "--set", "head_channels=[4,8]", "--set", "final_channels=32",
@@ -162,6 +163,38 @@ def test_training_on_unconverged_solves_warns_every_epoch(tmp_path, caplog):
                      print_fn=lambda s: None)
     assert "did not reach" not in caplog.text
     assert [r["unconverged_steps"] for r in read_jsonl(tmp_path / "ok" / "metrics.jsonl")] == [0.0, 0.0]
+
+
+def test_norm_estimates_that_fall_short_are_caught_by_the_verified_bound(tmp_path, caplog):
+    """A model whose power iteration under-estimates every conv norm 100-fold (as after an optimiser step too large
+    for the warm refresh): its certified L < 1 is wrong, and the verified bound of each epoch says so."""
+    write_image_folder(tmp_path / "d" / "train", per_class=2, classes=CLASSES10)
+    cfg = TrainConfig(data=str(tmp_path / "d"), epochs=2, batch_size=15, val_fraction=0.25,
+                      model_overrides={"channels": [8, 8], "head_channels": [4, 8], "final_channels": 32,
+                                       "num_groups": 4, "f_max_iter": 30, "b_max_iter": 30})
+
+    def short_estimates(c):
+        model = build_model(c)
+        with torch.no_grad():   # weights well above the caps, so the (wrongly) unscaled ones are too large
+            for conv in model.cell.convs():
+                getattr(conv, "weight_g", None if conv.weight_norm else conv.weight).mul_(3.0)
+        refresh = model.constraint_step
+
+        def refresh_short(*args, **kwargs):
+            refresh(*args, **kwargs)
+            with torch.no_grad():
+                for conv in model.cell.convs():
+                    conv.sigma.mul_(0.01)
+        model.constraint_step = refresh_short
+        return model
+
+    with caplog.at_level(logging.WARNING, logger="lmdeq"):
+        run_training(cfg, device="cpu", out_dir=tmp_path / "r", cache_dir=tmp_path / "c", progress=False,
+                     model_factory=short_estimates, print_fn=lambda s: None)
+    records = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert all(r["certified"] and r["lipschitz_bound_verified"] >= 1.0 for r in records), records
+    warned = [r.getMessage() for r in caplog.records if "fell short" in r.getMessage()]
+    assert [w.split(":")[0] for w in warned] == ["epoch 1", "epoch 2"] and "--set power_iters=" in warned[0]
 
 
 def test_non_finite_images_and_logits_are_errors(tmp_path):

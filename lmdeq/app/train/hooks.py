@@ -53,10 +53,11 @@ def apply_constraint(model: torch.nn.Module) -> None:
         step()
 
 
-def certified_bound(model: torch.nn.Module, training: bool | None = None) -> float | None:
-    """``model.lipschitz_bound()`` as a float (None without the hook), in the model's current mode or,
-    with ``training`` given, in that mode (the bound may depend on it, e.g. dropout's 1/(1-p) in training)."""
-    bound = getattr(model, "lipschitz_bound", None)
+def certified_bound(model: torch.nn.Module, training: bool | None = None, verified: bool = False) -> float | None:
+    """``model.lipschitz_bound()`` (``verified``: ``model.verified_lipschitz_bound()``, which rests on no norm
+    estimate) as a float (None without the hook), in the model's current mode or, with ``training`` given, in that
+    mode (the bound may depend on it, e.g. dropout's 1/(1-p) in training)."""
+    bound = getattr(model, "verified_lipschitz_bound" if verified else "lipschitz_bound", None)
     if not callable(bound):
         return None
     was_training = model.training

@@ -345,7 +345,8 @@ def run_evaluation(checkpoint: str | os.PathLike, *, data: str | None = None, sp
                    model_factory: Callable[[dict], torch.nn.Module] | None = None, dist_backend: str = "auto",
                    allow_data_change: bool = False) -> dict:
     """Evaluate a training checkpoint (last.pt or best.pt); returns its epoch and step, loss, acc, n, mean solver
-    stats, L and 'certified'. The weights must be finite and fit the model; the data's classes must be the run's.
+    stats, L, 'certified' and L from verified norms. The weights must be finite and fit the model; the data's classes
+    must be the run's.
     Under torchrun every rank evaluates a shard of the images and returns the metrics of all of them.
 
     Without ``data`` the checkpoint's recorded ``train_config.data`` is read, a relative path relative to the
@@ -399,4 +400,5 @@ def _evaluate(checkpoint, dist: Dist, dev: torch.device, *, data, split, limit, 
                        stats=stats)
     bound = certified_bound(model, training=False)
     return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "step": ckpt["step"], "split": name, **metrics,
-            "lipschitz_bound": bound, "certified": bound is not None and bound < 1.0}
+            "lipschitz_bound": bound, "certified": bound is not None and bound < 1.0,
+            "lipschitz_bound_verified": certified_bound(model, training=False, verified=True)}

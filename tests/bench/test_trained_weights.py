@@ -74,6 +74,7 @@ def test_lmdeq_eval_loads_it_in_a_fresh_process_elsewhere(trained):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     full = load_checkpoint(tmp / "run" / "best.pt")
     assert result["acc"] == full["best_val_acc"] and result["certified"] is True
+    assert result["lipschitz_bound_verified"] == full["record"]["lipschitz_bound_eval_verified"]
 
 
 def test_lmdeq_bench_accepts_it_as_trained_weights(trained):
@@ -95,6 +96,10 @@ def test_training_curve_for_the_readme(trained, capsys):
     assert (tmp / "curve.png").stat().st_size > 0
     table = (tmp / "curve.md").read_text()
     assert table.startswith("| epoch |") and len(table.strip().splitlines()) == 3   # header, rule, epoch 1
+    record = json.loads((tmp / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    header, _, row = table.strip().splitlines()
+    assert header.rstrip(" |").endswith("verified L (inference)")
+    assert row.rstrip(" |").endswith(f"{record['lipschitz_bound_eval_verified']:.4f}")
 
 
 def test_bench_takes_a_checkpoint_trained_with_other_shapes(tmp_path):

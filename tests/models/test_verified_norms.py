@@ -66,6 +66,14 @@ def test_the_bound_is_exact_for_1x1_and_tight_at_image_sizes():
     assert exact <= bound <= exact * 1.02
 
 
+def test_frequencies_taken_a_block_at_a_time_give_the_same_bound(monkeypatch):
+    torch.manual_seed(8)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    whole = conv2d_norm_upper_bound(w, (20, 17), 2, 1, dense_max=0)
+    monkeypatch.setattr("lmdeq.models.verified._BLOCK_ENTRIES", 1)   # one frequency row per block
+    assert conv2d_norm_upper_bound(w, (20, 17), 2, 1, dense_max=0) == pytest.approx(whole, rel=1e-12)
+
+
 def test_inputs_in_any_layout_and_precision_give_the_same_bound():
     torch.manual_seed(2)
     w = torch.randn(3, 4, 3, 3, dtype=torch.float64)

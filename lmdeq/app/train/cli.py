@@ -139,8 +139,8 @@ def handle_eval(args: argparse.Namespace) -> int:
           f"{result['n']} images, "
           f"loss {result['loss']:.4f}, acc {result['acc']:.4f}, f_nstep {fmt_number(result.get('f_nstep'), '.3g')}, "
           f"f_residual {fmt_number(result.get('f_residual'), '.3g')}, certified L = {fmt_number(bound, '.4f')}"
-          f"{' (contraction certified)' if result['certified'] else ''}"
-          f" (verified {fmt_number(result['lipschitz_bound_verified'], '.4f')}), {result['time_s']:.1f}s")
+          f" (verified {fmt_number(result['lipschitz_bound_verified'], '.4f')}"
+          f"{'; contraction certified' if result['certified'] else ''}), {result['time_s']:.1f}s")
     return 0
 
 

@@ -276,33 +276,40 @@ def figure(result: Dict, path: str) -> str:
 
 def plot_curves(path: str, methods: Sequence[Dict], accuracies: Sequence[float], title: str,
                 notes: Sequence[str] = ()) -> str:
-    """Validation accuracy vs training seconds (log x, plain-number ticks) and vs epochs (integer ticks), one
-    line per method (a legend when there are several), the target accuracies as dashed lines, ``notes`` under
-    the plots. Returns ``path``."""
+    """Validation accuracy vs training time and vs epochs (integer ticks), one line per method (a legend when there
+    are several), the target accuracies as dashed lines, ``notes`` under the plots. Several methods: seconds on a
+    log axis (plain-number ticks), as their times differ by multiples; one run: minutes on a linear axis. Returns
+    ``path``."""
     import matplotlib.ticker
 
     from .report import figure as new_figure, save_figure
 
     fig, (ax_t, ax_e) = new_figure(title, (12.0, 4.5), notes, ncols=2)
+    several = sum(1 for m in methods if m["points"]) > 1
+    unit = 1.0 if several else 60.0
     for m in methods:
         pts = [p for p in m["points"] if p["train_s"] > 0]
         if not pts:
             continue
-        ax_t.plot([p["train_s"] for p in pts], [p["val_acc"] for p in pts], marker=".", label=m["label"])
+        ax_t.plot([p["train_s"] / unit for p in pts], [p["val_acc"] for p in pts], marker=".", label=m["label"])
         ax_e.plot([p["epoch"] for p in pts], [p["val_acc"] for p in pts], marker=".", label=m["label"])
     for ax in (ax_t, ax_e):
         for a in accuracies:
             ax.axhline(a, color="grey", linestyle="--", linewidth=0.7)
         ax.set_ylabel("validation accuracy")
         ax.grid(True, alpha=0.3)
-    ax_t.set_xscale("log")
-    ax_t.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax_t.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: _minor_label(ax_t, v)))
-    ax_t.set_xlabel("training wall-clock (s, evaluation excluded; log scale)")
+    if several:
+        ax_t.set_xscale("log")
+        ax_t.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax_t.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: _minor_label(ax_t, v)))
+        ax_t.set_xlabel("training wall-clock (s, evaluation excluded; log scale)")
+    else:
+        ax_t.set_xlim(left=0)
+        ax_t.set_xlabel("training wall-clock (min, evaluation excluded)")
     ax_e.set_xlabel("epochs")
     ax_e.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_e.set_xlim(left=0)
-    if sum(1 for m in methods if m["points"]) > 1:
+    if several:
         ax_e.legend(fontsize=8, loc="lower right")   # (rising curves leave that corner of the epoch plot free)
     return save_figure(fig, path)
 

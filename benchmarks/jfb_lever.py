@@ -7,7 +7,7 @@ bound bounds the error of the cheaper gradient. Measured here on trained weights
 relative error and cosine of the parameter gradients (JFB vs implicit) per batch, next to the certified L and
 L / (1 - L), and the training-step time of both, interleaved round by round.
 
-    python benchmarks/jfb_lever.py --weights weights/cifar10-small-lipschitz.pt \\
+    python benchmarks/jfb_lever.py --weights weights/cifar10-small-lipschitz-5ep.pt \\
         --data ../shared/data/cifar10-train-jpeg.tar.gz --batches 4 --rounds 7 --out benchmarks/results/jfb-lever.json
 
 The result JSON goes to --out, or to jfb-lever.json in a new run folder outside the checkout

@@ -52,7 +52,7 @@ from lmdeq.models.budget import bound_for_budget
 from lmdeq.models.verified import verified_norm
 from lmdeq.solvers import Apriori, FixedPoint, adjoint_apriori_iterations, apriori_iterations
 
-NAME = "cifar10-small-lipschitz"
+NAME = "cifar10-small-lipschitz-5ep"   # the weights of the committed results (tightness-cpu-amd-epyc.*)
 _SOLVER = FixedPoint(max_iter=Apriori(), tol=1e-3, stop_mode="rel")
 
 

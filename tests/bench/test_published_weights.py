@@ -1,39 +1,51 @@
-"""The trained checkpoint the repository publishes (weights/cifar10-small-lipschitz.pt, docs/results/training.md):
-its sha256 is the one the docs state, it loads as a model-only checkpoint, builds the certified model (L < 1),
-and ``lmdeq eval --checkpoint`` evaluates it from another directory (as on a fresh clone) on images of the
-checkpoint's classes."""
+"""The trained checkpoints the repository publishes (weights/, lmdeq.models.PUBLISHED, docs/results/training.md):
+each file's sha256 is the one the docs state, it loads as a model-only checkpoint, builds the certified model
+(L < 1) and agrees with its registry entry, and ``lmdeq eval --checkpoint`` evaluates it from another directory
+(as on a fresh clone) on images of the checkpoint's classes."""
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from lmdeq.files import file_sha256
-from lmdeq.models import mdeq
+from lmdeq.models import PUBLISHED, mdeq
 from lmdeq.app.train.checkpoint import load_checkpoint
 
 from ..train.train_helpers import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT / "weights" / "cifar10-small-lipschitz.pt"
+WEIGHTS = ROOT / "weights" / PUBLISHED["cifar10-small-lipschitz"]["file"]   # the default of pretrained()
+NAMES = sorted(PUBLISHED)
 
 
-def test_the_docs_state_the_published_files_sha256():
+@pytest.mark.parametrize("name", NAMES)
+def test_the_docs_state_the_published_files_sha256(name):
+    file = ROOT / "weights" / PUBLISHED[name]["file"]
     page = (ROOT / "docs" / "results" / "training.md").read_text()
-    stated = re.search(r"weights/cifar10-small-lipschitz\.pt.*?sha256\s+`([0-9a-f]{64})`", page, re.S)
-    assert stated, "the docs' training results page names the file and its sha256"
-    assert stated[1] == file_sha256(WEIGHTS)
-    assert WEIGHTS.stat().st_size < 2 * 2 ** 20
+    stated = re.search(rf"weights/{re.escape(file.name)}`.*?sha256\s+`([0-9a-f]{{64}})`", page, re.S)
+    assert stated, f"the docs' training results page names {file.name} and its sha256"
+    assert stated[1] == file_sha256(file) == PUBLISHED[name]["sha256"]
+    assert file.stat().st_size < 2 * 2 ** 20
 
 
-def test_the_published_weights_build_the_certified_model():
-    ckpt = load_checkpoint(WEIGHTS)
+@pytest.mark.parametrize("name", NAMES)
+def test_the_published_weights_build_the_certified_model_of_their_entry(name):
+    from lmdeq.models.presets import PRESET_DATA
+
+    entry = PUBLISHED[name]
+    ckpt = load_checkpoint(ROOT / "weights" / entry["file"])
+    assert entry["preset"] == ckpt["model_config"]["preset"] and entry["val_acc"] == round(ckpt["best_val_acc"], 4)
+    assert entry["epochs"] == ckpt["epoch"] and entry["schedule_epochs"] == ckpt["train_config"]["epochs"]
+    assert tuple(entry["mean"]) == PRESET_DATA[entry["preset"]]["mean"]
     assert ckpt["kind"] == "best" and ckpt["model_config"]["lipschitz"]
     model = mdeq(**ckpt["model_config"]).eval()
     model.load_state_dict(ckpt["model_state"])
-    assert model.lipschitz_bound() < 1.0
+    assert round(model.lipschitz_bound(), 3) == entry["lipschitz_bound_eval"] < 1.0
+    assert round(model.verified_lipschitz_bound(), 3) == entry["lipschitz_bound_eval_verified"]
     with torch.no_grad():
         logits = model(torch.rand(2, 3, 32, 32))
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
@@ -54,17 +66,10 @@ def test_lmdeq_eval_runs_on_the_published_weights_from_another_directory(tmp_pat
 def test_pretrained_is_the_published_model_in_one_line(tmp_path, monkeypatch):
     """lmdeq.models.pretrained: the same model as the file built by hand, in eval mode; its registry entry agrees
     with the checkpoint; a damaged file, an unknown name and a missing file are clear errors."""
-    import pytest
-
     from lmdeq.errors import CheckpointError, ConfigError
-    from lmdeq.models import PUBLISHED, pretrained
-    from lmdeq.models.presets import PRESET_DATA
+    from lmdeq.models import pretrained
 
-    entry = PUBLISHED["cifar10-small-lipschitz"]
-    assert entry["sha256"] == file_sha256(WEIGHTS)
     ckpt = load_checkpoint(WEIGHTS)
-    assert entry["preset"] == ckpt["model_config"]["preset"] and entry["val_acc"] == round(ckpt["best_val_acc"], 4)
-    assert tuple(entry["mean"]) == PRESET_DATA[entry["preset"]]["mean"]
     model = pretrained("cifar10-small-lipschitz")
     assert not model.training
     by_hand = mdeq(**ckpt["model_config"]).eval()

@@ -1,4 +1,4 @@
-"""The published checkpoint through the certified blocks: its stored config still builds the model it was published
+"""The published 5-epoch checkpoint through the certified blocks: its stored config still builds the model it was published
 as (layerwise bound, no budget, the same logits and bound as before the blocks were made public: the reference
 values below were computed from it before that change), and the composed bound of the same weights is tighter,
 yet above the measured ||J_f(z*)||."""
@@ -24,7 +24,7 @@ REFERENCE_BOUND = 0.23718029736948634
 
 
 def _checkpoint():
-    return torch.load(weights_path("cifar10-small-lipschitz"), map_location="cpu", weights_only=True)
+    return torch.load(weights_path("cifar10-small-lipschitz-5ep"), map_location="cpu", weights_only=True)
 
 
 def test_the_published_config_keeps_its_behaviour():
@@ -32,13 +32,13 @@ def test_the_published_config_keeps_its_behaviour():
     assert not {"bound", "forward_budget", "backward_budget"} & set(cfg)   # saved before these settings existed
     resolved = resolve_config(**cfg)
     assert (resolved["bound"], resolved["forward_budget"], resolved["backward_budget"]) == ("layerwise", None, None)
-    model = pretrained("cifar10-small-lipschitz")
+    model = pretrained("cifar10-small-lipschitz-5ep")
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(123))
     with torch.no_grad():
         logits = model(x)
     assert torch.allclose(logits[:3], torch.tensor(REFERENCE_LOGITS), rtol=1e-5, atol=1e-5)
     assert model.lipschitz_bound() == pytest.approx(REFERENCE_BOUND, rel=1e-12)
-    assert round(model.lipschitz_bound(), 3) == PUBLISHED["cifar10-small-lipschitz"]["lipschitz_bound_eval"]
+    assert round(model.lipschitz_bound(), 3) == PUBLISHED["cifar10-small-lipschitz-5ep"]["lipschitz_bound_eval"]
 
 
 def test_the_composed_bound_of_the_published_weights_is_tighter_and_still_above_the_measured_norm():

@@ -400,7 +400,7 @@ def _evaluate(checkpoint, dist: Dist, dev: torch.device, *, data, split, limit, 
                        stats=stats)
     bound = certified_bound(model, training=False)
     verified = certified_bound(model, training=False, verified=True)
-    # certified: a contraction by the estimate-based bound and by the one from verified norms alike
+    # certified: a contraction by the estimate-based bound and, where the model has one, by the verified bound
     return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "step": ckpt["step"], "split": name, **metrics,
             "lipschitz_bound": bound, "lipschitz_bound_verified": verified,
-            "certified": all(b is not None and b < 1.0 for b in (bound, verified))}
+            "certified": bound is not None and bound < 1.0 and (verified is None or verified < 1.0)}

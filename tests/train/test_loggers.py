@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import sys
+import time
 
 import pytest
 from train_helpers import TinyDEQClassifier, resume_path, run_in_fork, tiny_run_config, train_tiny, write_image_folder
@@ -106,6 +107,22 @@ def test_a_killed_and_resumed_run_logs_exactly_the_uninterrupted_run(reference, 
 
 def _untimed(scalars):
     return {tag: v for tag, v in scalars.items() if not tag.endswith(("_time_s", "images_per_s"))}
+
+
+def test_a_sitting_resumed_within_the_same_second_sorts_after_the_earlier_one(tmp_path):
+    """TensorBoard reads event files in name order: an earlier sitting's file of this very second, whose host and
+    pid part sorts after ours, must still come first."""
+    pytest.importorskip("tensorboard")
+    from lmdeq.app.train.loggers import TENSORBOARD_DIR, _TensorBoard
+
+    logs = tmp_path / TENSORBOARD_DIR
+    logs.mkdir()
+    earlier = logs / f"events.out.tfevents.{int(time.time()):010d}.~.99999999.0"   # (sorts after any host name)
+    earlier.write_bytes(b"")
+    board = _TensorBoard(tmp_path)
+    board.open(0, [])
+    board.close()
+    assert sorted(p.name for p in logs.iterdir())[0] == earlier.name
 
 
 def test_a_torn_last_row_is_dropped_on_resume(reference):

@@ -34,6 +34,7 @@ import hashlib
 import importlib
 import io
 import os
+import time
 from pathlib import Path
 
 from ...errors import ConfigError, RunDirectoryError
@@ -112,6 +113,19 @@ def _numbers(values: dict, prefix: str, skip=("step", "epoch")) -> dict:
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _after_earlier_sittings(log_dir: Path) -> None:
+    """Wait past the second of the newest event file in ``log_dir``. TensorBoard reads a directory's event files in
+    name order, and a name is events.out.tfevents.<seconds, 10 digits>.<host>.<pid>...: a sitting resumed within
+    the second an earlier one opened its file could sort before it (by host or pid) and have its steps purged as
+    out of order."""
+    seconds = [int(part) for part in (p.name.split(".")[3] for p in log_dir.glob("events.out.tfevents.*"))
+               if part.isdigit()]
+    if seconds:
+        wait = max(seconds) + 1 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+
+
 class _TensorBoard:
     def __init__(self, out_dir: Path):
         self.log_dir = out_dir / TENSORBOARD_DIR
@@ -120,6 +134,7 @@ class _TensorBoard:
     def open(self, step: int, history: list[dict]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        _after_earlier_sittings(self.log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step + 1)
 
     def step(self, row: dict) -> None:

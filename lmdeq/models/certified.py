@@ -58,14 +58,6 @@ def _parts(f: nn.Module) -> str:
     return "bounds of its parts: " + (", ".join(out) if out else "-")
 
 
-def _enforce_loaded_budget(deq: "CertifiedDEQ", _incompatible) -> None:
-    """``load_state_dict`` post-hook (torch calls it once the children are loaded): the budget's cap scale from the
-    loaded estimates, so every layer's own bound is the budgeted one at once. (A model that keeps its DEQ as a
-    plain attribute registers its own hook; a state dict loaded into ``f`` alone is caught by ``budget.ensure()``
-    before the next bound or solve.)"""
-    deq.budget.ensure()
-
-
 class CertifiedDEQ(nn.Module):
     """z* = f(z*, injection(x)) with certified iteration counts (module docstring).
 
@@ -109,7 +101,7 @@ class CertifiedDEQ(nn.Module):
         self.graphs = GraphCache(max_graphs=8)
         self.stats = SolveStats()
         self._bound = CachedBound(f, allow_unbounded=not strict)
-        self.register_load_state_dict_post_hook(_enforce_loaded_budget)
+        self.register_load_state_dict_post_hook(self.budget_after_load)
         if capped_layers(f) or composed_estimates(f):
             self.refresh(self.init_power_iters, project=False)   # (parameters as initialised or given)
         if strict:
@@ -148,6 +140,13 @@ class CertifiedDEQ(nn.Module):
                     composed.refresh(self.init_power_iters)
         elif self.budget:
             self.budget.ensure()   # (estimates loaded into f alone, or set by hand)
+
+    def budget_after_load(self, _module: nn.Module, _incompatible) -> None:
+        """``load_state_dict`` post-hook (torch calls it once the children are loaded), registered by this DEQ and
+        by a model that keeps it as a plain attribute (whose loading never reaches this module): the budget's cap
+        scale from the loaded estimates, so every layer's own bound is the budgeted one at once. A state dict
+        loaded into ``f`` alone is caught by ``budget.ensure()`` before the next bound or solve."""
+        self.budget.ensure()
 
     def lipschitz_bound(self) -> float:
         """The certified bound L of z -> f(z, x) (any x) in the l2 norm of the state per sample, in f's current

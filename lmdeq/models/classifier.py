@@ -51,12 +51,6 @@ from .solves import solves_of
 __all__ = ["MDEQClassifier", "mdeq"]
 
 
-def _enforce_loaded_budget(model: "MDEQClassifier", _incompatible) -> None:
-    """``load_state_dict`` post-hook: torch does not call the hook of ``model.deq`` (a plain attribute), so the
-    model sets the budget's cap scale from the loaded estimates itself."""
-    model.deq.budget.ensure()
-
-
 def mdeq(preset: str, lipschitz: bool = True, **overrides) -> "MDEQClassifier":
     """Build the MDEQ classifier ``preset`` (see :data:`lmdeq.models.PRESETS`), original or Lipschitz variant,
     with ``overrides`` of its config (:func:`lmdeq.models.resolve_config`)."""
@@ -97,7 +91,7 @@ class MDEQClassifier(nn.Module):
             backward_budget=cfg.get("backward_budget"), power_iters=cfg.get("power_iters") or 2,
             init_power_iters=cfg.get("init_power_iters") or 30, cuda_graphs=cfg["cuda_graphs"], strict=False,
             hint=_contraction_hint(cfg))
-        self.register_load_state_dict_post_hook(_enforce_loaded_budget)
+        self.register_load_state_dict_post_hook(self.deq.budget_after_load)   # (torch does not reach self.deq)
         released = self.lipschitz and cfg["constraint"] == "released"
         self.released_cap = ReleasedConvCap(self, cfg["conv_cap"]) if released else None
         if cfg["unrolled_warmup_steps"] > 0:

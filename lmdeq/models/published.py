@@ -22,6 +22,8 @@ from ..files import file_sha256
 __all__ = ["PUBLISHED", "pretrained", "weights_path"]
 
 _CIFAR10_SPLIT = "CIFAR-10 training split (50,000 images): 45,000 trained on, 5,000 held out by seed 0"
+_CIFAR10_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
+# digests of the images trained on and held out (what a checkpoint's data_digest records; eval compares)
 _CIFAR10_DIGEST = {"train": "ea5e4f8695368ddf53035a8715ecedf3", "val": "df167893e2d72763ee5138f567370e9b"}
 
 PUBLISHED = {
@@ -30,7 +32,7 @@ PUBLISHED = {
         file="cifar10-small-lipschitz.pt",
         sha256="e60ae126d1642ea22fd20569e5ecc6dea3ec858d785c43370a00f127a4ac044a",
         preset="cifar10-small", data=_CIFAR10_SPLIT,
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
+        **_CIFAR10_STATS,
         val_acc=0.7224, epochs=23, schedule_epochs=50, lipschitz_bound_eval=0.301,
         lipschitz_bound_eval_verified=0.269,
         data_digest=_CIFAR10_DIGEST,
@@ -40,9 +42,8 @@ PUBLISHED = {
         file="cifar10-small-lipschitz-5ep.pt",
         sha256="2c35661c81ba8ba7d1ad022bca8c827460d210977018e14347719b0be150fdcc",
         preset="cifar10-small", data=_CIFAR10_SPLIT,
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
+        **_CIFAR10_STATS,
         val_acc=0.6302, epochs=5, schedule_epochs=5, lipschitz_bound_eval=0.237, lipschitz_bound_eval_verified=0.213,
-        # digests of the images trained on and held out (what a checkpoint's data_digest records; eval compares)
         data_digest=_CIFAR10_DIGEST,
     ),
 }

@@ -14,6 +14,8 @@ from lmdeq.app.train.checkpoint import load_checkpoint
 from lmdeq.app.train.metrics import read_jsonl
 from lmdeq.app.train.model import build_model
 
+from tests.models.tiny import scale_weights_
+
 CLASSES10 = tuple(f"k{i}" for i in range(10))
 TINY = ["--set", "channels=[8,8]", "--set", "head_channels=[4,8]", "--set", "final_channels=32",
         "--set", "num_groups=4"]
@@ -175,9 +177,7 @@ def test_norm_estimates_that_fall_short_are_caught_by_the_verified_bound(tmp_pat
 
     def short_estimates(c):
         model = build_model(c)
-        with torch.no_grad():   # weights well above the caps, so the (wrongly) unscaled ones are too large
-            for conv in model.cell.convs():
-                getattr(conv, "weight_g", None if conv.weight_norm else conv.weight).mul_(3.0)
+        scale_weights_(model, conv_factor=3.0, gamma_factor=1.0)   # above the caps: the unscaled ones are too large
         refresh = model.constraint_step
 
         def refresh_short(*args, **kwargs):
